@@ -130,7 +130,7 @@ class NixFile:
 
     def selects(self, variable: str) -> Iterator[tuple[Node, tuple[str, ...]]]:
         """Every `variable.a.b…` select expression and its attribute path."""
-        for node in _descendants(self.tree.root_node):
+        for node in descendants(self.tree.root_node):
             if node.type != "select_expression":
                 continue
             head = node.child_by_field_name("expression")
@@ -227,7 +227,7 @@ def _bindings_of(attrset: Node) -> list[Node]:
     return []
 
 
-def _descendants(node: Node) -> Iterator[Node]:
+def descendants(node: Node) -> Iterator[Node]:
     stack = [node]
     while stack:
         current = stack.pop()
@@ -239,7 +239,7 @@ def first_syntax_error(node: Node) -> Node | None:
     """The first ERROR or MISSING node, or None when the tree is clean."""
     if not node.has_error:
         return None
-    for current in _descendants(node):
+    for current in descendants(node):
         if current.type == "ERROR" or current.is_missing:
             return current
     return node

@@ -1,0 +1,433 @@
+"""The user's nixos-config checkout: find the handbook's known mistakes and plan their fixes.
+
+Everything here reads through `runbook.nixfile` (a real parser) and plans edits as splices;
+`Change.write` confirms with `nix-instantiate --parse` (where Nix is installed) before a file
+is replaced. Handbook lesson 1 (`reference/handbook.zh.md` §关键经验 1): the attic flake's
+client breaks the build, so its input, its `outputs` argument and its modules go, nixpkgs'
+`services.atticd` / `pkgs.attic-client` stay, and the lock file loses the attic nodes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from tree_sitter import Node
+
+from runbook import local
+from runbook.errors import InputError, RunbookError, tail
+from runbook.nixfile import (
+    Edit,
+    NixFile,
+    apply_edits,
+    descendants,
+    insert_binding,
+    insert_in_list,
+    list_strings,
+    nix_attrpath,
+    nix_string,
+    remove_formal,
+    remove_node,
+    replace_node,
+    string_value,
+)
+
+logger: Final = logging.getLogger(__name__)
+
+# Directories that are never part of the configuration (nixos-config's vm/copy excludes the
+# first ones: reference/utm-makefile-keys.md §1 "vm/copy").
+_SKIP_DIRS: Final = frozenset({".git", ".jj", ".git-crypt", "vendor", "iso", "result", ".direnv"})
+# The repository name in github:OWNER/REPO, git+https://HOST/OWNER/REPO(.git), https://…/REPO/archive
+_REPO_IN_URL: Final = re.compile(
+    r"^(?:[a-z+]+:(?://[^/]+/)?)?[^/?#]+/([^/?#]+?)(?:\.git)?(?:[/?#]|$)"
+)
+# Flake packages → the nixpkgs attribute that replaces them (attic.md §3 "Packages").
+_NIXPKGS_ATTIC: Final = {
+    "attic": "attic-client",
+    "attic-client": "attic-client",
+    "default": "attic-client",
+    "attic-server": "attic-server",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One place in the config that is wrong; `fixable` when the planned edits cover it."""
+
+    file: Path  # relative to the config root
+    line: int
+    message: str
+    fixable: bool
+
+
+@dataclass
+class Plan:
+    """Problems found and the edits that fix the fixable ones, per file."""
+
+    problems: list[Problem] = field(default_factory=list)
+    edits: dict[Path, list[Edit]] = field(default_factory=dict)
+    rewrites: dict[Path, bytes] = field(default_factory=dict)  # whole files (flake.lock)
+
+    def add(self, problem: Problem, *edits: Edit) -> None:
+        self.problems.append(problem)
+        self.edits.setdefault(problem.file, []).extend(edits)
+
+    def extend(self, other: Plan) -> None:
+        self.problems.extend(other.problems)
+        for rel, edits in other.edits.items():
+            self.edits.setdefault(rel, []).extend(edits)
+        self.rewrites.update(other.rewrites)
+
+
+@dataclass(frozen=True)
+class Change:
+    """A file's new content, checked to parse."""
+
+    path: Path
+    before: bytes
+    after: bytes
+
+    def diff(self, label: str) -> str:
+        return "".join(
+            difflib.unified_diff(
+                self.before.decode(errors="replace").splitlines(keepends=True),
+                self.after.decode(errors="replace").splitlines(keepends=True),
+                f"a/{label}",
+                f"b/{label}",
+            )
+        )
+
+    def check(self) -> None:
+        """Raise RunbookError unless the installed Nix (if any) parses the new content."""
+        if self.path.suffix == ".nix":
+            check_parses_with_nix(self.after, str(self.path))
+
+    def write(self) -> None:
+        write_keeping_mode(self.path, self.after)
+        logger.info("edited %s", self.path)
+
+
+def write_changes(changes: Sequence[Change]) -> None:
+    """Check every change, then write them: a failed check leaves every file as it was."""
+    for change in changes:
+        change.check()
+    for change in changes:
+        change.write()
+
+
+class ConfigTree:
+    """A nixos-config checkout; each `.nix` file is parsed once, when first asked for."""
+
+    def __init__(self, root: Path) -> None:
+        if not (root / "flake.nix").is_file():
+            raise InputError(f"{root}: not a nixos-config checkout (expected a flake.nix in it)")
+        self.root = root
+        self._parsed: dict[Path, NixFile] = {}
+
+    def nix_files(self) -> list[Path]:
+        """Every .nix file, relative to the root, in a stable order."""
+        found: list[Path] = []
+        for folder, dirs, files in os.walk(self.root):
+            dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
+            here = Path(folder).relative_to(self.root)
+            found.extend(here / f for f in sorted(files) if f.endswith(".nix"))
+        return found
+
+    def get(self, rel: Path) -> NixFile:
+        if rel not in self._parsed:
+            self._parsed[rel] = NixFile((self.root / rel).read_bytes(), str(rel))
+        return self._parsed[rel]
+
+    def changes(self, plan: Plan) -> list[Change]:
+        """The new content of every file the plan edits (each checked to parse)."""
+        out: list[Change] = []
+        for rel in sorted({*plan.edits, *plan.rewrites}):
+            before = (self.root / rel).read_bytes()
+            after = plan.rewrites.get(rel) or apply_edits(before, plan.edits.get(rel, []), str(rel))
+            if after != before:
+                out.append(Change(self.root / rel, before, after))
+        return out
+
+
+# -- lesson 1: the attic flake -------------------------------------------------------------------
+
+
+def is_attic_url(url: str) -> bool:
+    """True for a flake URL whose repository is named `attic` (github:zhaofengli/attic, …)."""
+    match = _REPO_IN_URL.match(url.strip())
+    return match is not None and match.group(1).lower() == "attic"
+
+
+def attic_inputs(flake: NixFile) -> dict[str, str]:
+    """The flake inputs that fetch the attic repository: name → where from."""
+    names: dict[str, str] = {}
+    for b in flake.under(("inputs",)):
+        if len(b.path) < 3:
+            continue
+        value = string_value(b.value, flake.source)
+        key = b.path[-1]
+        if value and (
+            (key == "url" and is_attic_url(value)) or (key == "repo" and value == "attic")
+        ):
+            names[b.path[1]] = value if key == "url" else "repo = attic"
+    return names
+
+
+def declared_inputs(flake: NixFile) -> set[str]:
+    """Inputs named in `inputs` plus those taken by `outputs` (the latter resolve through the
+    flake registry when not declared)."""
+    names = {b.path[1] for b in flake.under(("inputs",)) if len(b.path) > 1}
+    names.update(f for f in _outputs_formals(flake) if f != "self")
+    return names
+
+
+def _outputs_formals(flake: NixFile) -> dict[str, Node]:
+    formals: dict[str, Node] = {}
+    for b in flake.find(("outputs",)):
+        params = (
+            b.value.child_by_field_name("formals")
+            if b.value.type == "function_expression"
+            else None
+        )
+        for formal in params.named_children if params is not None else []:
+            name = formal.child_by_field_name("name")
+            if formal.type == "formal" and name is not None:
+                formals[flake.text(name)] = formal
+    return formals
+
+
+def plan_attic_flake_removal(tree: ConfigTree) -> Plan:
+    """Problems and fixes for every trace of the attic flake in the checkout."""
+    plan = Plan()
+    flake_rel = Path("flake.nix")
+    flake = tree.get(flake_rel)
+    names = attic_inputs(flake)
+    if not names:
+        return plan
+    for name, source in sorted(names.items()):
+        _plan_input_removal(plan, flake, flake_rel, name, source)
+    for rel in tree.nix_files():
+        _plan_reference_removal(plan, tree.get(rel), rel, set(names))
+    return plan
+
+
+def _plan_input_removal(plan: Plan, flake: NixFile, rel: Path, name: str, source: str) -> None:
+    seen: set[int] = set()
+    for b in flake.under(("inputs", name)):
+        # Remove the binding that names the input, not the ones nested inside it.
+        if len(b.path) - len(b.own) > 1 or b.node.start_byte in seen:
+            continue
+        seen.add(b.node.start_byte)
+        message = (
+            f"flake input `{name}` ({source}): its attic-client fails to build; "
+            "use nixpkgs' attic (handbook lesson 1)"
+        )
+        plan.add(Problem(rel, b.line, message, True), remove_node(flake, b.node))
+    formal = _outputs_formals(flake).get(name)
+    if formal is not None:
+        plan.add(
+            Problem(rel, formal.start_point.row + 1, f"`outputs` takes `{name}`", True),
+            remove_formal(flake, formal),
+        )
+
+
+def _references(nix: NixFile, rel: Path, names: set[str]) -> Iterator[tuple[Node, tuple[str, ...]]]:
+    """Each `inputs.attic.…` (and, in flake.nix, `attic.…`) with its path from the input."""
+    for node, path in nix.selects("inputs"):
+        if path[0] in names:
+            yield node, path
+    if rel == Path("flake.nix"):  # `outputs = { attic, ... }:` binds the input by name there
+        for name in names:
+            for node, path in nix.selects(name):
+                yield node, (name, *path)
+
+
+def _plan_reference_removal(plan: Plan, nix: NixFile, rel: Path, names: set[str]) -> None:
+    for node, path in _references(nix, rel, names):
+        shown = nix.text(node)
+        element = _as_list_element(node)
+        line = node.start_point.row + 1
+        replacement = _nixpkgs_replacement(nix, path)
+        if element is not None and replacement:
+            plan.add(
+                Problem(
+                    rel,
+                    line,
+                    f"`{shown}` comes from the attic flake; nixpkgs has `{replacement}`",
+                    True,
+                ),
+                replace_node(element, replacement),
+            )
+        elif element is not None:
+            plan.add(
+                Problem(
+                    rel,
+                    line,
+                    f"`{shown}` comes from the attic flake; nixpkgs' services.atticd replaces it",
+                    True,
+                ),
+                remove_node(nix, element),
+            )
+        else:
+            plan.add(
+                Problem(
+                    rel,
+                    line,
+                    f"`{shown}` comes from the attic flake: remove it by hand "
+                    "(it is not a list element)",
+                    False,
+                )
+            )
+
+
+def _as_list_element(node: Node) -> Node | None:
+    """`node`, or the parentheses around it, when that is an element of a list literal."""
+    while node.parent is not None and node.parent.type == "parenthesized_expression":
+        node = node.parent
+    return node if node.parent is not None and node.parent.type == "list_expression" else None
+
+
+def _nixpkgs_replacement(nix: NixFile, path: tuple[str, ...]) -> str | None:
+    if len(path) < 4 or path[1] != "packages" or path[-1] not in _NIXPKGS_ATTIC:
+        return None
+    # Only where `pkgs` is an argument of the file's function, so the replacement evaluates.
+    has_pkgs = any(
+        n.type == "formal" and nix.text(n.child_by_field_name("name") or n) == "pkgs"
+        for n in descendants(nix.tree.root_node)
+    )
+    return f"pkgs.{_NIXPKGS_ATTIC[path[-1]]}" if has_pkgs else None
+
+
+# -- flake.lock ------------------------------------------------------------------------------------
+
+
+def read_lock(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable flake lock file ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), dict):
+        raise InputError(f"{path}: not a flake lock file (expected a `nodes` object)")
+    return data
+
+
+def stale_lock_inputs(lock: dict[str, Any], declared: set[str]) -> list[str]:
+    """Inputs the lock's root still pins although flake.nix no longer has them."""
+    root = lock["nodes"].get(lock.get("root", "root"), {})
+    return sorted(set(root.get("inputs", {})) - declared)
+
+
+def prune_lock(lock: dict[str, Any], drop: Sequence[str]) -> dict[str, Any]:
+    """The lock without the root inputs `drop` and the nodes only they reached, as
+    `nix flake lock` leaves it. Raises RunbookError if a kept `follows` goes through them."""
+    nodes: dict[str, Any] = json.loads(json.dumps(lock["nodes"]))
+    root_key = lock.get("root", "root")
+    root_inputs = nodes[root_key].setdefault("inputs", {})
+    for name in drop:
+        root_inputs.pop(name, None)
+    reachable: set[str] = set()
+    stack = [root_key]
+    while stack:
+        key = stack.pop()
+        if key in reachable or key not in nodes:
+            continue
+        reachable.add(key)
+        for target in nodes[key].get("inputs", {}).values():
+            if isinstance(target, str):
+                stack.append(target)
+            elif target and target[0] in drop:  # a follows path: ["input", "sub", …]
+                raise RunbookError(
+                    f"flake.lock: node {key} follows {'/'.join(target)}; "
+                    "run `nix flake lock` to relock"
+                )
+    pruned = {k: v for k, v in nodes.items() if k in reachable}
+    return {**lock, "nodes": pruned}
+
+
+def lock_text(lock: dict[str, Any]) -> bytes:
+    # Nix writes the lock as JSON indented by two spaces with a final newline; key order is kept.
+    return (json.dumps(lock, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+# -- list settings such as nix.settings.substituters -------------------------------------------
+
+
+def find_list_binding(nix: NixFile, path: Sequence[str]) -> Node | None:
+    """The list literal bound at `path` (the first, if several), or None when none is bound."""
+    bindings = nix.find(path)
+    for b in bindings:
+        if b.value.type == "list_expression":
+            return b.value
+    if bindings:
+        b = bindings[0]
+        raise InputError(
+            f"{nix.name}:{b.line}: {'.'.join(path)} is not a list literal; edit it by hand"
+        )
+    return None
+
+
+def plan_list_item(
+    nix: NixFile, path: Sequence[str], item: str, *, first: bool = False
+) -> Edit | None:
+    """The edit that puts the string `item` into the list at `path`; None if it is there."""
+    lst = find_list_binding(nix, path)
+    literal = nix_string(item)
+    if lst is not None:
+        present = {v.rstrip("/") for v, _ in list_strings(lst, nix.source) or []}
+        return (
+            None if item.rstrip("/") in present else insert_in_list(nix, lst, literal, first=first)
+        )
+    # No binding yet: add one to the deepest attrset already on the path.
+    for depth in range(len(path) - 1, 0, -1):
+        owners = [
+            b.value for b in nix.find(path[:depth]) if b.value.type.endswith("attrset_expression")
+        ]
+        if owners:
+            rest = nix_attrpath(path[depth:])
+            return insert_binding(nix, owners[0], f"{rest} = [ {literal} ];")
+    roots = [r for r in nix.roots if not _binds(nix, r, {"config", "options"})]
+    if not roots:
+        raise InputError(f"{nix.name}: found no module attribute set to add {'.'.join(path)} to")
+    return insert_binding(nix, roots[0], f"{nix_attrpath(path)} = [ {literal} ];")
+
+
+def _binds(nix: NixFile, attrset: Node, names: set[str]) -> bool:
+    return any(
+        b.node.parent is not None and b.node.parent.parent == attrset and b.own[0] in names
+        for b in nix.bindings
+    )
+
+
+# -- checking with Nix and writing ---------------------------------------------------------------
+
+
+def check_parses_with_nix(source: bytes, name: str) -> bool:
+    """Confirm `source` parses with the installed Nix; False when Nix is not installed."""
+    if local.which("nix-instantiate") is None:
+        return False
+    result = local.run(["nix-instantiate", "--parse", "-"], stdin=source.decode(), check=False)
+    if result.exit_code != 0:
+        raise RunbookError(f"{name}: Nix cannot parse the edited file: {tail(result.stderr, 3)}")
+    return True
+
+
+def write_keeping_mode(path: Path, data: bytes) -> None:
+    """Replace `path` atomically with `data`, keeping its permission bits."""
+    mode = path.stat().st_mode & 0o7777
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
