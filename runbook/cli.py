@@ -1,0 +1,88 @@
+"""The `runbook` command line: the only module that parses arguments.
+
+Each subcommand lives in `runbook/commands/<name>.py` and exposes
+`register(subparsers) -> None`, which adds its parser with `set_defaults(func=handler)`;
+a handler takes the parsed namespace and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Final, NoReturn
+
+from runbook import __version__
+from runbook.errors import EXIT_BAD_INPUT, RunbookError
+from runbook.secrets import install_log_masking, mask
+
+logger: Final = logging.getLogger(__name__)
+
+# One line per subcommand module; each helper adds its own.
+COMMAND_MODULES: Final[tuple[str, ...]] = (
+    "runbook.commands.exec_cmd",
+    "runbook.commands.doctor",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line error and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="runbook", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"runbook {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show debug logs and tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _setup_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(message)s" if not debug else "debug: %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    for noisy in ("paramiko", "papermill", "traitlets", "asyncio", "blib2to3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    install_log_masking(root)
+
+
+def execute(argv: Sequence[str]) -> int:
+    parser = get_parser()
+    args = parser.parse_args(list(argv))
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    _setup_logging(bool(args.debug))
+    try:
+        return int(args.func(args))
+    except RunbookError as exc:
+        if args.debug:
+            logger.exception("traceback")
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so in one line unless --debug
+        if args.debug:
+            raise
+        print(
+            mask(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug)"),
+            file=sys.stderr,
+        )
+        return 1
+
+
+def main() -> None:
+    sys.exit(execute(sys.argv[1:]))
