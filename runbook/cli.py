@@ -24,6 +24,8 @@ logger: Final = logging.getLogger(__name__)
 COMMAND_MODULES: Final[tuple[str, ...]] = (
     "runbook.commands.exec_cmd",
     "runbook.commands.doctor",
+    "runbook.commands.keygen",
+    "runbook.commands.verify_cache",
 )
 
 

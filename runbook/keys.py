@@ -221,7 +221,7 @@ def _utf8_text(decoded: bytes) -> str:
 
 def _rsa_from_pem(pem: str) -> rsa.RSAPrivateKey:
     """jwt-simple `RS256KeyPair::from_pem`: PKCS#8, else PKCS#1, then `validate()` (attic.md §1)."""
-    match = re.fullmatch(r"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*\n-----END \1-----", pem, re.S)
+    match = re.fullmatch(r"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*\n-----END \1-----", pem, re.DOTALL)
     if match is None or match.group(1) not in _PEM_LABELS:
         label = match.group(1) if match else "none"
         raise TokenSecretError(

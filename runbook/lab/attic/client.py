@@ -75,9 +75,12 @@ def resolve(ref: str) -> tuple[Server, str]:
     if not sep:
         server_name = conf.get("default-server") or next(iter(servers), "")
     if server_name not in servers:
-        raise ClientError("NoSuchServer" if sep else "NoDefaultServer",
-                          f"No server named \"{server_name}\" configured"
-                          if sep else "No servers configured. Run `attic login` first.")
+        raise ClientError(
+            "NoSuchServer" if sep else "NoDefaultServer",
+            f'No server named "{server_name}" configured'
+            if sep
+            else "No servers configured. Run `attic login` first.",
+        )
     entry = servers[server_name]
     token = entry.get("token")
     if not token and entry.get("token-file"):
@@ -88,9 +91,15 @@ def resolve(ref: str) -> tuple[Server, str]:
 # ---------------------------------------------------------------------------- HTTP
 
 
-def api(server: Server, method: str, path: str, body: Any = None,
-        data: bytes | None = None, headers: dict[str, str] | None = None,
-        endpoint: str | None = None) -> Any:
+def api(
+    server: Server,
+    method: str,
+    path: str,
+    body: Any = None,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    endpoint: str | None = None,
+) -> Any:
     base = (endpoint or server.endpoint).rstrip("/") + "/"
     hdrs = dict(headers or {})
     if server.token:
@@ -109,8 +118,9 @@ def api(server: Server, method: str, path: str, body: Any = None,
         except (ValueError, KeyError, TypeError):
             raise ClientError("ApiError", f"HTTP {exc.code}") from None
     except urllib.error.URLError as exc:
-        raise ClientError("RequestError", f"error sending request for url ({base}{path}): "
-                          f"{exc.reason}") from None
+        raise ClientError(
+            "RequestError", f"error sending request for url ({base}{path}): {exc.reason}"
+        ) from None
     return json.loads(raw) if raw else None
 
 
@@ -121,8 +131,12 @@ def cmd_login(args: argparse.Namespace) -> int:
     conf = load_config()
     servers = conf.setdefault("servers", {})
     verb = "Overwriting" if args.name in servers else "Configuring"
-    print(f"\u270d\ufe0f Configuring server \"{args.name}\"" if verb == "Configuring"
-          else f"\u270d\ufe0f Overwriting server \"{args.name}\"", file=sys.stderr)
+    print(
+        f'\u270d\ufe0f Configuring server "{args.name}"'
+        if verb == "Configuring"
+        else f'\u270d\ufe0f Overwriting server "{args.name}"',
+        file=sys.stderr,
+    )
     entry: dict[str, str] = {"endpoint": args.endpoint}
     if args.token:
         entry["token"] = args.token
@@ -143,7 +157,7 @@ def cmd_cache_create(args: argparse.Namespace) -> int:
         "upstream_cache_key_names": args.upstream_cache_key_name or ["cache.nixos.org-1"],
     }
     api(server, "POST", f"_api/v1/cache-config/{cache}", body)
-    print(f"\u2728 Created cache \"{cache}\" on \"{server.name}\"", file=sys.stderr)
+    print(f'\u2728 Created cache "{cache}" on "{server.name}"', file=sys.stderr)
     return 0
 
 
@@ -163,7 +177,7 @@ def cmd_cache_configure(args: argparse.Namespace) -> int:
         {"Period": args.retention_period} if args.retention_period is not None else "Global"
     )
     api(server, "PATCH", f"_api/v1/cache-config/{cache}", body)
-    print(f"\u2705 Configured \"{cache}\" on \"{server.name}\"", file=sys.stderr)
+    print(f'\u2705 Configured "{cache}" on "{server.name}"', file=sys.stderr)
     return 0
 
 
@@ -179,8 +193,10 @@ def cmd_cache_info(args: argparse.Namespace) -> int:
         ("Store Directory", info["store_dir"]),
         ("Priority", str(info["priority"])),
         ("Upstream Cache Keys", json.dumps(info["upstream_cache_key_names"])),
-        ("Retention Period",
-         "Global Default" if retention == "Global" else str(retention["Period"])),
+        (
+            "Retention Period",
+            "Global Default" if retention == "Global" else str(retention["Period"]),
+        ),
     ]
     for label, value in rows:  # eprintln!, right-aligned labels (attic.md §4)
         print(f"{label:>21}: {value}", file=sys.stderr)
@@ -190,7 +206,7 @@ def cmd_cache_info(args: argparse.Namespace) -> int:
 def cmd_cache_destroy(args: argparse.Namespace) -> int:
     server, cache = resolve(args.cache)
     api(server, "DELETE", f"_api/v1/cache-config/{cache}")
-    print(f"\U0001f5d1\ufe0f Deleted cache \"{cache}\"", file=sys.stderr)
+    print(f'\U0001f5d1\ufe0f Deleted cache "{cache}"', file=sys.stderr)
     return 0
 
 
@@ -198,8 +214,12 @@ def _path_infos(paths: list[str], closure: bool) -> list[dict[str, Any]]:
     argv = ["nix", *NIX_FLAGS, "path-info", "--json", *(["-r"] if closure else []), *paths]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise ClientError("NixError", proc.stderr.strip().splitlines()[-1] if proc.stderr else
-                          f"nix path-info exited with {proc.returncode}")
+        raise ClientError(
+            "NixError",
+            proc.stderr.strip().splitlines()[-1]
+            if proc.stderr
+            else f"nix path-info exited with {proc.returncode}",
+        )
     infos: list[dict[str, Any]] = json.loads(proc.stdout)
     return infos
 
@@ -226,9 +246,17 @@ def _upload(server: Server, endpoint: str, cache: str, info: dict[str, Any]) -> 
         "nar_hash": f"sha256:{digest.hex()}",
         "nar_size": len(nar),
     }
-    api(server, "PUT", "_api/v1/upload-path", data=nar, endpoint=endpoint,
-        headers={"X-Attic-Nar-Info": json.dumps(header),
-                 "Content-Type": "application/octet-stream"})
+    api(
+        server,
+        "PUT",
+        "_api/v1/upload-path",
+        data=nar,
+        endpoint=endpoint,
+        headers={
+            "X-Attic-Nar-Info": json.dumps(header),
+            "Content-Type": "application/octet-stream",
+        },
+    )
     rate = len(nar) / (1 << 20) / max(time.monotonic() - started, 1e-6)
     return f"\u2705 {Path(path).name} ({rate:.2f} MiB/s)"
 
@@ -255,22 +283,39 @@ def cmd_push(args: argparse.Namespace) -> int:
         else:
             candidates.append(info)
     hashes = [Path(i["path"]).name[:32] for i in candidates]
-    missing = set(api(server, "POST", "_api/v1/get-missing-paths",
-                      {"cache": cache, "store_path_hashes": hashes},
-                      endpoint=endpoint)["missing_paths"]) if hashes else set()
+    missing = (
+        set(
+            api(
+                server,
+                "POST",
+                "_api/v1/get-missing-paths",
+                {"cache": cache, "store_path_hashes": hashes},
+                endpoint=endpoint,
+            )["missing_paths"]
+        )
+        if hashes
+        else set()
+    )
     todo = [i for i in candidates if Path(i["path"]).name[:32] in missing]
     cached = len(candidates) - len(todo)
     if not todo:
-        print(f"\u2705 All done! ({cached} already cached, {in_upstream} in upstream)",
-              file=sys.stderr)
+        print(
+            f"\u2705 All done! ({cached} already cached, {in_upstream} in upstream)",
+            file=sys.stderr,
+        )
         return 0
-    print(f"\u2699\ufe0f Pushing {len(todo)} paths to \"{cache}\" on \"{server.name}\" "
-          f"({cached} already cached, {in_upstream} in upstream)...", file=sys.stderr, flush=True)
+    print(
+        f'\u2699\ufe0f Pushing {len(todo)} paths to "{cache}" on "{server.name}" '
+        f"({cached} already cached, {in_upstream} in upstream)...",
+        file=sys.stderr,
+        flush=True,
+    )
     return _push_all(server, endpoint, cache, todo, args.jobs)
 
 
-def _push_all(server: Server, endpoint: str, cache: str, todo: list[dict[str, Any]],
-              jobs: int) -> int:
+def _push_all(
+    server: Server, endpoint: str, cache: str, todo: list[dict[str, Any]], jobs: int
+) -> int:
     failed = 0
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [(i["path"], pool.submit(_upload, server, endpoint, cache, i)) for i in todo]

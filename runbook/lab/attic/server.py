@@ -311,7 +311,7 @@ class Handler(BaseHTTPRequestHandler):
         cache = self._auth_cache(str(info.get("cache", "")), ("push",))
         length = int(self.headers.get("Content-Length") or 0)
         self._body_read = True
-        nar_hash, size, existed = self.server.store.receive_nar(self.rfile, length)
+        nar_hash, size, existed = self.server.store.receive_nar(self.rfile, length)  # type: ignore[arg-type]
         claimed = str(info.get("nar_hash", ""))
         if nar_hash != claimed or size != int(info.get("nar_size", -1)):
             if not existed:
@@ -370,7 +370,7 @@ def parse_listen(listen: str) -> tuple[str, int, int]:
     return host, int(port), socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def _on_signal(signum: int, frame: FrameType | None) -> None:
+def _on_signal(_signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
@@ -407,8 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     if args.pid_file:
         Path(args.pid_file).write_text(f"{os.getpid()}\n")
-    bound = server.server_address
-    print(f"Listening on {bound[0]}:{bound[1]}...", file=sys.stderr, flush=True)
+    bound_host, bound_port = server.server_address[:2]
+    shown = f"[{bound_host!s}]" if family == socket.AF_INET6 else str(bound_host)
+    print(f"Listening on {shown}:{bound_port}...", file=sys.stderr, flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

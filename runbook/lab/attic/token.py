@@ -63,7 +63,7 @@ class CachePermission:
     @classmethod
     def from_claim(cls, claim: object) -> CachePermission:
         if not isinstance(claim, dict):
-            raise ValueError("permission entry is not an object")
+            raise ValueError("permission entry is not an object")  # noqa: TRY004 (any bad token is ValueError)
         perm = cls()
         by_key = {v: k for k, v in PERMISSION_KEYS.items()}
         for key, value in claim.items():
@@ -162,7 +162,7 @@ def decode_token(jwt: str, public_key: rsa.RSAPublicKey, now: int | None = None)
 
 def _check_claims(claims: object, now: int) -> Token:
     if not isinstance(claims, dict):
-        raise ValueError("claims are not an object")
+        raise ValueError("claims are not an object")  # noqa: TRY004 (any bad token is ValueError)
     exp, nbf = claims.get("exp"), claims.get("nbf")
     if isinstance(exp, int) and exp < now:
         raise ValueError("token expired")
@@ -170,7 +170,7 @@ def _check_claims(claims: object, now: int) -> Token:
         raise ValueError("token not valid yet")
     namespace = claims.get(CLAIMS_NAMESPACE)
     if not isinstance(namespace, dict) or not isinstance(namespace.get("caches"), dict):
-        raise ValueError(f"missing {CLAIMS_NAMESPACE} caches")
+        raise ValueError(f"missing {CLAIMS_NAMESPACE} caches")  # noqa: TRY004 (any bad token is ValueError)
     caches: list[tuple[str, CachePermission]] = []
     for pattern, claim in namespace["caches"].items():
         if not _PATTERN_RE.match(pattern):
