@@ -88,9 +88,8 @@ class KnownHosts:
 
     @staticmethod
     def _remove(keys: paramiko.HostKeys, name: str) -> None:
-        for entry in list(keys._entries):  # paramiko has no public removal API
-            if name in entry.hostnames:
-                keys._entries.remove(entry)
+        if keys.lookup(name) is not None:
+            del keys[name]
 
     def forget(self, name: str) -> None:
         with _lock:

@@ -65,8 +65,10 @@ class Sshd:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config)],
-                                     stderr=open(self.root / "sshd.log", "ab"))
+        self.proc = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config)],
+            stderr=open(self.root / "sshd.log", "ab"),
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with socket.socket() as s:
@@ -129,5 +131,11 @@ def fish_host(sshd: Sshd, tmp_path: Path):  # noqa: ANN201
     from runbook.models import Host
 
     # a known_hosts per test: one test changes the server's host key
-    return Host(name="fishvm", address="127.0.0.1", user=FISH_USER, port=sshd.port,
-                identity=sshd.user_key, known_hosts=tmp_path / "known_hosts")
+    return Host(
+        name="fishvm",
+        address="127.0.0.1",
+        user=FISH_USER,
+        port=sshd.port,
+        identity=sshd.user_key,
+        known_hosts=tmp_path / "known_hosts",
+    )

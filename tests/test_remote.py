@@ -32,10 +32,24 @@ HANDBOOK_CMD = "if [ 1 = 1 ]; then echo inside-if; fi && echo chained"
 def test_raw_handbook_command_fails_under_fish(sshd: Sshd) -> None:
     # What `ssh jqwang@vm '<bash>'` does: the login shell (fish) parses it.
     r = subprocess.run(
-        ["ssh", "-p", str(sshd.port), "-i", str(sshd.user_key), "-o", "BatchMode=yes",
-         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-         f"{FISH_USER}@127.0.0.1", HANDBOOK_CMD],
-        capture_output=True, text=True, check=False,
+        [
+            "ssh",
+            "-p",
+            str(sshd.port),
+            "-i",
+            str(sshd.user_key),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            f"{FISH_USER}@127.0.0.1",
+            HANDBOOK_CMD,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert "inside-if" not in r.stdout  # (fish 3.6 even exits 0 after the parse error)
     assert "fish: Missing end to balance this if statement" in r.stderr
@@ -50,7 +64,18 @@ def test_same_command_through_runbook_shell(fish_host: Host) -> None:
         assert r.stdout.split() == ["inside-if", "chained", "0"]
 
 
-NASTY = ["it's", 'say "hi"', "$HOME", "`id`", "a\\b", "two\nlines", "naïve – ünïcødé ✓", "*", ";", ""]
+NASTY = [
+    "it's",
+    'say "hi"',
+    "$HOME",
+    "`id`",
+    "a\\b",
+    "two\nlines",
+    "naïve – ünïcødé ✓",
+    "*",
+    ";",
+    "",
+]
 
 
 @pytest.mark.parametrize("elevate", [Elevate.NONE, Elevate.SUDO])
@@ -63,8 +88,11 @@ def test_quoting_survives_argv(fish_host: Host, elevate: Elevate) -> None:
 def test_env_cwd_pipes_redirects_land_inside_sudo(fish_host: Host, tmp_path: Path) -> None:
     target = "/root/runbook-test-redirect"
     with Connection(fish_host) as c:
-        c.sudo(f"echo \"$GREETING\" | tr a-z A-Z > {target}; pwd >> {target}",
-               env={"GREETING": "hello $USER `x`"}, cwd="/root")
+        c.sudo(
+            f'echo "$GREETING" | tr a-z A-Z > {target}; pwd >> {target}',
+            env={"GREETING": "hello $USER `x`"},
+            cwd="/root",
+        )
         r = c.sudo(["cat", target])
         c.sudo(["rm", "-f", target])
     assert r.stdout == "HELLO $USER `X`\n/root\n"
@@ -119,20 +147,32 @@ def test_put_mode_owner_and_never_readable_in_between(fish_host: Host) -> None:
 
 
 def test_password_login(sshd: Sshd, tmp_path: Path) -> None:
-    host = Host(name="pw", address="127.0.0.1", user=PASS_USER, port=sshd.port,
-                known_hosts=tmp_path / "known_hosts")
+    host = Host(
+        name="pw",
+        address="127.0.0.1",
+        user=PASS_USER,
+        port=sshd.port,
+        known_hosts=tmp_path / "known_hosts",
+    )
     with Connection(host, password=Secret(PASS_WORD, "pw")) as c:
         assert c.run("whoami").stdout == f"{PASS_USER}\n"
-    with pytest.raises(ConnectError, match="refused"), Connection(
-        host, password=Secret("wrong-password", "pw2")
-    ) as c:
+    with (
+        pytest.raises(ConnectError, match="refused"),
+        Connection(host, password=Secret("wrong-password", "pw2")) as c,
+    ):
         c.run("true")
 
 
 def test_changed_host_key_is_refused_then_replaced(sshd: Sshd, tmp_path: Path) -> None:
     kh = tmp_path / "known_hosts"
-    host = Host(name="h", address="127.0.0.1", user=FISH_USER, port=sshd.port,
-                identity=sshd.user_key, known_hosts=kh)
+    host = Host(
+        name="h",
+        address="127.0.0.1",
+        user=FISH_USER,
+        port=sshd.port,
+        identity=sshd.user_key,
+        known_hosts=kh,
+    )
     with Connection(host) as c:
         c.run("true")
     assert f"[127.0.0.1]:{sshd.port}" in kh.read_text()
@@ -203,8 +243,18 @@ def test_secrets_never_leak(fish_host: Host, caplog: pytest.LogCaptureFixture) -
         r2 = c.sudo(f"echo {raw} >&2", check=False)
         with pytest.raises(CommandError) as info:
             c.run(f"echo {raw} >&2; exit 9")
-    blobs = [r.stdout, r.command, r2.stderr, r2.command, str(info.value), repr(info.value),
-             caplog.text, "\n".join(lines), repr(token), f"{token}"]
+    blobs = [
+        r.stdout,
+        r.command,
+        r2.stderr,
+        r2.command,
+        str(info.value),
+        repr(info.value),
+        caplog.text,
+        "\n".join(lines),
+        repr(token),
+        f"{token}",
+    ]
     for blob in blobs:
         assert raw not in blob
     assert "*****" in r.stdout and "*****" in str(info.value)
