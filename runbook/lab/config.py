@@ -1,0 +1,100 @@
+"""The lab's parameters (`lab:` in params/lab.yaml) and the names derived from them."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from enum import Enum
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from runbook.errors import InputError
+
+logger: Final = logging.getLogger(__name__)
+
+DEFAULT_PARAMS: Final = Path(__file__).resolve().parents[2] / "params" / "lab.yaml"
+NETNS_PREFIX: Final = "rblab-"  # ip netns names: rblab-<host>
+VETH_PREFIX: Final = "rblabv"  # root-side veth names: rblabv<index> (IFNAMSIZ is 16)
+FIRST_HOST: Final = 11  # host i gets <subnet>.(11 + i); the bridge gets .1
+SSH_PORT: Final = 22
+
+
+class Phase(str, Enum):
+    LIVE = "live"  # the NixOS ISO: root logs in with a password, no user yet
+    INSTALLED = "installed"  # after a switch to machines/vm-shared.nix: root refused, user+key
+
+
+class HostSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    nixname: str = "vm-aarch64-utm"
+    phase: Phase = Phase.INSTALLED
+
+
+class LabParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    state_dir: Path = Path("/var/lib/runbook-lab")
+    subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.231.0.0/24")
+    bridge: str = Field(default="rblab0", pattern=r"^[a-z][a-z0-9]{0,14}$")
+    user: str = "jqwang"
+    shell: str = "/usr/bin/fish"
+    passwords: dict[str, str] = Field(default_factory=lambda: {"root": "root"})
+    identity: Path | None = None
+    hosts: tuple[HostSpec, ...] = Field(min_length=1)
+
+    @field_validator("hosts")
+    @classmethod
+    def _unique(cls, hosts: tuple[HostSpec, ...]) -> tuple[HostSpec, ...]:
+        names = [h.name for h in hosts]
+        if len(set(names)) != len(names):
+            raise ValueError("host names must be unique")
+        return hosts
+
+    @property
+    def identity_path(self) -> Path:
+        return self.identity or self.state_dir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state_dir / "known_hosts"
+
+    def address(self, index: int) -> str:
+        return str(self.subnet.network_address + FIRST_HOST + index)
+
+    @property
+    def gateway(self) -> str:
+        return str(self.subnet.network_address + 1)
+
+    def host_dir(self, name: str) -> Path:
+        return self.state_dir / "hosts" / name
+
+
+def load(path: Path | str | None = None) -> LabParams:
+    """Read the `lab:` section of a params file (params/lab.yaml by default)."""
+    source = Path(path) if path else DEFAULT_PARAMS
+    try:
+        data: Any = yaml.safe_load(source.read_text())
+    except OSError as exc:
+        raise InputError(f"{source}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{source}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("lab"), dict):
+        raise InputError(f"{source}: expected a `lab:` mapping with `hosts:`")
+    return from_mapping(data["lab"], str(source))
+
+
+def from_mapping(data: dict[str, Any], source: str = "lab params") -> LabParams:
+    try:
+        params = LabParams.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise InputError(f"{source}: lab.{where}: {err['msg']}") from None
+    if len(params.hosts) > params.subnet.num_addresses - FIRST_HOST - 1:
+        raise InputError(f"{source}: lab.hosts: too many hosts for {params.subnet}")
+    return params

@@ -1,0 +1,230 @@
+"""`lab up`, `lab down`, `lab status`: the whole lab's lifecycle, idempotent and crash-safe.
+
+`up` keeps every host that is healthy (init alive, sshd answering) and rebuilds the others
+from scratch, so a crash or a killed run is recovered by the next `up`. `down` kills each
+host's processes (its mount and pid namespaces die with them), deletes its network
+namespace and veth, the bridge, /nix-config's mount point and the state directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from runbook.errors import InputError, RunbookError
+from runbook.lab import host, net, services, system
+from runbook.lab.config import SSH_PORT, HostSpec, LabParams, Phase, from_mapping, load
+from runbook.local import run
+from runbook.secrets import write_private
+
+logger: Final = logging.getLogger(__name__)
+
+REGISTRY: Final = "lab.json"
+# Mount points the hosts need that a Debian machine lacks; made by up, removed by down.
+MOUNT_POINTS: Final = (Path("/nix-config"),)
+TEMPLATE: Final = Path(__file__).resolve().parent / "nixos-config"
+REQUIRED: Final = ("/usr/sbin/sshd", "/usr/bin/fish", "/usr/bin/sudo", "/usr/bin/rsync",
+                   "/usr/bin/nix-store", "/usr/sbin/ip", "/usr/bin/unshare", "/usr/bin/ssh-keygen")
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    name: str
+    address: str
+    port: int
+    user: str
+    identity: str
+    known_hosts: str
+    phase: str
+    services: dict[str, str]
+    running: bool
+
+    def public(self) -> dict[str, Any]:
+        """The `lab status --json` record that tools and tests rely on."""
+        keys = ("name", "address", "port", "user", "identity", "known_hosts", "phase")
+        return {k: v for k, v in asdict(self).items() if k in keys}
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise InputError("runbook lab needs root (network and mount namespaces): run it with sudo")
+    missing = [p for p in REQUIRED if not Path(p).exists()]
+    if missing:
+        raise InputError(
+            f"runbook lab needs {', '.join(missing)}: apt-get install -y openssh-server fish "
+            "sudo rsync nix-bin iproute2 util-linux"
+        )
+
+
+def _coerce(params: LabParams | Path | str | dict[str, Any] | None) -> LabParams:
+    if isinstance(params, LabParams):
+        return params
+    if isinstance(params, dict):
+        return from_mapping(params)
+    return load(params)
+
+
+def _registered(state_dir: Path) -> LabParams | None:
+    try:
+        data = json.loads((state_dir / REGISTRY).read_text())
+        return from_mapping(data["params"], str(state_dir / REGISTRY))
+    except (OSError, ValueError, KeyError, InputError):
+        return None
+
+
+def _client_key(params: LabParams) -> str:
+    key = params.identity_path
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "runbook-lab", "-f", key])
+    os.chmod(key, 0o600)
+    return " ".join(Path(f"{key}.pub").read_text().split()[:2]) + " runbook-lab"
+
+
+def _write_passwords(params: LabParams) -> None:
+    for user, password in params.passwords.items():
+        write_private(params.state_dir / "passwords" / user, password.encode())
+
+
+def _working_config(params: LabParams, pubkey: str) -> None:
+    """The lab's nixos-config checkout (what a user clones), with the lab key authorized."""
+    dest = params.state_dir / "nixos-config"
+    if dest.exists() or not TEMPLATE.is_dir():
+        return
+    shutil.copytree(TEMPLATE, dest)
+    keyfile = dest / "users" / params.user / "authorized_keys"
+    if keyfile.parent.is_dir():
+        keyfile.write_text(pubkey + "\n")
+
+
+def _healthy(params: LabParams, index: int, spec: HostSpec) -> bool:
+    return host.init_pid(spec.name) is not None and host.reachable(params.address(index), 0.3)
+
+
+def _destroy_host(params: LabParams | None, name: str) -> None:
+    host.stop(name)
+    net.delete_host_net(name)
+    if params is not None and params.host_dir(name).exists():
+        shutil.rmtree(params.host_dir(name), ignore_errors=True)
+
+
+def up(params: LabParams | Path | str | dict[str, Any] | None = None) -> list[HostStatus]:
+    """Bring every host of `params` up (default params/lab.yaml); returns their status."""
+    require_root()
+    lab = _coerce(params)
+    started = time.monotonic()
+    previous = _registered(lab.state_dir)
+    if previous is not None and (previous.subnet, previous.bridge) != (lab.subnet, lab.bridge):
+        down(previous)
+    wanted = {spec.name for spec in lab.hosts}
+    for stale in set(net.list_lab_netns()) - wanted:
+        _destroy_host(previous, stale)
+    lab.state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(lab.state_dir, 0o755)  # sshd reads per-host trees as the login user
+    pubkey = _client_key(lab)
+    _write_passwords(lab)
+    _working_config(lab, pubkey)
+    for point in MOUNT_POINTS:
+        point.mkdir(exist_ok=True)
+    net.ensure_bridge(lab)
+    (lab.state_dir / REGISTRY).write_text(json.dumps({"params": lab.model_dump(mode="json")},
+                                                     indent=1))
+    peers = {spec.name: lab.address(i) for i, spec in enumerate(lab.hosts)}
+    todo = [(i, s) for i, s in enumerate(lab.hosts) if not _healthy(lab, i, s)]
+    with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
+        list(pool.map(lambda item: _create(lab, item[0], item[1], peers, pubkey), todo))
+    _write_known_hosts(lab)
+    logger.info("lab up: %d host(s), %d (re)created, %.2f s", len(lab.hosts), len(todo),
+                time.monotonic() - started)
+    return status(lab)
+
+
+def _create(lab: LabParams, index: int, spec: HostSpec, peers: dict[str, str], pubkey: str) -> None:
+    _destroy_host(lab, spec.name)
+    host.prepare(lab, spec, peers, pubkey)
+    net.create_host_net(lab, index, spec.name)
+    host.start(lab, spec)
+    host.wait_booted(lab, spec, time.monotonic() + host.BOOT_TIMEOUT)
+
+
+def _write_known_hosts(lab: LabParams) -> None:
+    lines = []
+    for i, spec in enumerate(lab.hosts):
+        names = f"{lab.address(i)},{spec.name},{spec.name}.local"
+        lines += [f"{names} {key}" for key in system.host_public_keys(host.tree(lab, spec.name))]
+    lab.known_hosts.write_text("\n".join(lines) + "\n")
+
+
+def down(params: LabParams | Path | str | dict[str, Any] | None = None) -> None:
+    """Remove everything `up` made, for the registered lab and any stale rblab-* leftovers."""
+    require_root()
+    lab = _registered(_coerce(params).state_dir) if not isinstance(params, LabParams) else params
+    if lab is None:
+        lab = _coerce(params)
+    names = set(net.list_lab_netns()) | {s.name for s in lab.hosts}
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        list(pool.map(lambda n: _destroy_host(lab, n), sorted(names)))
+    for veth in net.stale_veths():
+        run(["ip", "link", "del", veth], check=False)
+    net.remove_bridge(lab)
+    for point in MOUNT_POINTS:
+        if point.is_dir() and not os.path.ismount(point) and not any(point.iterdir()):
+            point.rmdir()
+    if lab.state_dir.exists():
+        shutil.rmtree(lab.state_dir)
+    logger.info("lab down: %d host(s) removed", len(names))
+
+
+def status(params: LabParams | Path | str | dict[str, Any] | None = None) -> list[HostStatus]:
+    """Each host of the registered lab (or of `params` when none is registered)."""
+    given = _coerce(params)
+    lab = _registered(given.state_dir) or given
+    out = []
+    for i, spec in enumerate(lab.hosts):
+        root = host.tree(lab, spec.name)
+        phase = system.read_phase(root)
+        pid = host.init_pid(spec.name)
+        out.append(HostStatus(
+            name=spec.name, address=lab.address(i), port=SSH_PORT,
+            user="root" if phase == Phase.LIVE.value else lab.user,
+            identity=str(lab.identity_path), known_hosts=str(lab.known_hosts), phase=phase,
+            services=_services(pid), running=pid is not None,
+        ))
+    return out
+
+
+def _services(pid: int | None) -> dict[str, str]:
+    if pid is None:
+        return {}
+    root = Path(f"/proc/{pid}/root")
+    found = {}
+    for path in sorted(services.UNITS_DIR.glob("*.json")):
+        unit = services.load_unit(path.stem)
+        found[unit.name] = services.state(unit, root)
+    return found
+
+
+def exec_in(name: str, argv: list[str], stdin: str | None = None) -> Any:
+    """Run argv as root inside a host's namespaces (nsenter), like a console session."""
+    pid = host.init_pid(name)
+    if pid is None:
+        raise RunbookError(f"lab host {name} is not running")
+    return run(["nsenter", "-t", str(pid), "-a", "--", *argv], check=False, stdin=stdin)
+
+
+def askpass_env(user: str, params: LabParams | Path | str | None = None) -> dict[str, str]:
+    """Environment for OpenSSH to log in as `user` with the lab password (SSH_ASKPASS)."""
+    lab = _coerce(params)
+    return {
+        "SSH_ASKPASS": str(Path(__file__).resolve().parent / "askpass"),
+        "SSH_ASKPASS_REQUIRE": "force",
+        "DISPLAY": os.environ.get("DISPLAY", ":0"),
+        "RUNBOOK_LAB_PASSWORD_FILE": str(lab.state_dir / "passwords" / user),
+    }
