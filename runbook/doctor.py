@@ -116,13 +116,11 @@ class _Files:
 
     def __init__(self, tree: ConfigTree) -> None:
         self.tree = tree
-        self.ok: dict[Path, NixFile] = {}
-        self.broken: list[Finding] = []
-        for rel in tree.nix_files():
-            try:
-                self.ok[rel] = tree.get(rel)
-            except InputError as exc:
-                self.broken.append(Finding("nix-syntax", Severity.ERROR, str(exc), str(rel)))
+        self.ok = tree.parsed()
+        self.broken = [
+            Finding("nix-syntax", Severity.ERROR, str(exc), str(rel))
+            for rel, exc in tree.broken.items()
+        ]
 
     def bindings(self, path: tuple[str, ...]) -> Iterator[tuple[Path, NixFile, str, int]]:
         """(file, parsed, string value, line) for each string bound at `path`, in lists or not."""
@@ -380,7 +378,10 @@ def examine(opts: DoctorOptions) -> Report:
     if opts.cache_url is not None:
         validate_cache_url(opts.cache_url)
     if opts.public_key is not None:
-        parse_public_key(opts.public_key)  # InputError names what is wrong
+        try:
+            parse_public_key(opts.public_key)
+        except InputError as exc:
+            raise InputError(f"--public-key: {exc}") from None
     files = _Files(ConfigTree(opts.config))
     report = Report(findings=list(files.broken))
     for check in CHECKS:

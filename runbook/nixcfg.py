@@ -130,6 +130,7 @@ class ConfigTree:
             raise InputError(f"{root}: not a nixos-config checkout (expected a flake.nix in it)")
         self.root = root
         self._parsed: dict[Path, NixFile] = {}
+        self.broken: dict[Path, InputError] = {}  # files that do not parse, filled by parsed()
 
     def nix_files(self) -> list[Path]:
         """Every .nix file, relative to the root, in a stable order."""
@@ -138,6 +139,16 @@ class ConfigTree:
             dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
             here = Path(folder).relative_to(self.root)
             found.extend(here / f for f in sorted(files) if f.endswith(".nix"))
+        return found
+
+    def parsed(self) -> dict[Path, NixFile]:
+        """Every .nix file that parses; the others land in `broken`."""
+        found: dict[Path, NixFile] = {}
+        for rel in self.nix_files():
+            try:
+                found[rel] = self.get(rel)
+            except InputError as exc:
+                self.broken[rel] = exc
         return found
 
     def get(self, rel: Path) -> NixFile:
@@ -213,8 +224,8 @@ def plan_attic_flake_removal(tree: ConfigTree) -> Plan:
         return plan
     for name, source in sorted(names.items()):
         _plan_input_removal(plan, flake, flake_rel, name, source)
-    for rel in tree.nix_files():
-        _plan_reference_removal(plan, tree.get(rel), rel, set(names))
+    for rel, nix in tree.parsed().items():  # a file that does not parse is reported elsewhere
+        _plan_reference_removal(plan, nix, rel, set(names))
     return plan
 
 

@@ -239,9 +239,12 @@ def first_syntax_error(node: Node) -> Node | None:
     """The first ERROR or MISSING node, or None when the tree is clean."""
     if not node.has_error:
         return None
-    for current in descendants(node):
+    stack = [node]  # all children: a MISSING token (say a `]`) is not a named node
+    while stack:
+        current = stack.pop()
         if current.type == "ERROR" or current.is_missing:
             return current
+        stack.extend(reversed([c for c in current.children if c.has_error or c.is_missing]))
     return node
 
 
@@ -379,19 +382,17 @@ def _rest_is_blank(text: bytes) -> bool:
 
 def remove_range(source: bytes, start: int, end: int) -> Edit:
     """Remove [start, end): the whole line when nothing else is on it (a trailing comment goes
-    with it), else the range and the blanks on one side of it."""
+    with it), else the range and, where blanks precede it, the blanks after it."""
     line_start, line_end = _line_bounds(source, start, end)
     if not source[line_start:start].strip() and _rest_is_blank(source[end:line_end]):
         return Edit(line_start, min(line_end + 1, len(source)))
+    # Drop the blanks after the range only where the range had blanks before it too, so
+    # `[ a b c ]` loses `b ` but `{ self, attic }` loses exactly `, attic`.
     after = end
     while after < len(source) and source[after : after + 1] in (b" ", b"\t"):
         after += 1
-    if after > end:
-        return Edit(start, after)
-    before = start
-    while before > line_start and source[before - 1 : before] in (b" ", b"\t"):
-        before -= 1
-    return Edit(before, end)
+    blank_before = start > line_start and source[start - 1 : start] in (b" ", b"\t")
+    return Edit(start, after if blank_before or start == line_start else end)
 
 
 def remove_node(nix: NixFile, node: Node) -> Edit:

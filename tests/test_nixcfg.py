@@ -1,0 +1,224 @@
+"""runbook.nixcfg on a handbook-shaped nixos-config (tests/fixtures/nixos-config)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import need
+
+from runbook.errors import InputError, RunbookError
+from runbook.nixcfg import (
+    Change,
+    ConfigTree,
+    attic_inputs,
+    declared_inputs,
+    is_attic_url,
+    lock_text,
+    plan_attic_flake_removal,
+    plan_list_item,
+    prune_lock,
+    read_lock,
+    write_changes,
+)
+from runbook.nixfile import NixFile, apply_edits
+
+FIXTURE = Path(__file__).parent / "fixtures" / "nixos-config"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    target = tmp_path / "nixos-config"
+    shutil.copytree(FIXTURE, target)
+    return target
+
+
+def nix_instantiate(*args: str, cwd: Path | None = None) -> str:
+    need(
+        shutil.which("nix-instantiate") is not None,
+        "nix-instantiate (Debian nix-bin) not installed",
+    )
+    return subprocess.run(
+        ["nix-instantiate", *args], capture_output=True, text=True, check=True, cwd=cwd
+    ).stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("github:zhaofengli/attic", True),
+        ("github:zhaofengli/attic/main", True),
+        ("github:someone/attic?ref=fix", True),
+        ("git+https://github.com/zhaofengli/attic.git", True),
+        ("https://github.com/zhaofengli/attic/archive/main.tar.gz", True),
+        ("github:nixos/nixpkgs/nixos-26.05", False),
+        ("github:zhaofengli/attic-fork", False),
+        ("path:/home/me/attic", False),
+    ],
+)
+def test_is_attic_url(url, expected):
+    assert is_attic_url(url) is expected
+
+
+def test_the_attic_input_is_found_however_it_is_declared():
+    assert attic_inputs(NixFile(b'{ inputs.cache.url = "github:zhaofengli/attic"; }')) == {
+        "cache": "github:zhaofengli/attic"
+    }
+    assert set(
+        attic_inputs(
+            NixFile(b'{ inputs = { attic = { type = "github"; owner = "z"; repo = "attic"; }; }; }')
+        )
+    ) == {"attic"}
+    assert attic_inputs(NixFile(b'{ inputs.nixpkgs.url = "github:nixos/nixpkgs"; }')) == {}
+
+
+def test_declared_inputs_include_outputs_arguments():
+    flake = NixFile(b'{ inputs.a.url = "x"; outputs = { self, a, b, ... }: { }; }')
+    assert declared_inputs(flake) == {"a", "b"}
+
+
+def test_removing_the_attic_flake_keeps_everything_else(config: Path):
+    tree = ConfigTree(config)
+    plan = plan_attic_flake_removal(tree)
+    assert [(str(p.file), p.line, p.fixable) for p in plan.problems] == [
+        ("flake.nix", 14, True),
+        ("flake.nix", 20, True),
+        ("lib/mksystem.nix", 17, True),
+        ("machines/vm-shared.nix", 23, True),
+    ]
+    write_changes(tree.changes(plan))
+    flake = (config / "flake.nix").read_text()
+    assert "attic" not in flake.replace("# Binary cache server and client", "")
+    assert "# Pin our primary nixpkgs repository." in flake  # comments survive
+    assert "outputs = { self, nixpkgs, home-manager, ... }@inputs: let" in flake
+    mksystem = (config / "lib/mksystem.nix").read_text()
+    assert "inputs.attic" not in mksystem and "inputs.home-manager.nixosModules" in mksystem
+    assert "    pkgs.attic-client\n" in (config / "machines/vm-shared.nix").read_text()
+    # Real Nix agrees: the flake's inputs are gone from its value, and every file parses.
+    names = nix_instantiate(
+        "--eval",
+        "--strict",
+        "--json",
+        "-E",
+        f"builtins.attrNames (import {config}/flake.nix).inputs",
+    )
+    assert json.loads(names) == ["home-manager", "nixpkgs"]
+    for rel in tree.nix_files():
+        nix_instantiate("--parse", str(config / rel))
+    assert not plan_attic_flake_removal(ConfigTree(config)).problems  # a rerun finds nothing
+
+
+def test_a_reference_outside_a_list_is_reported_not_fixed(tmp_path: Path):
+    (tmp_path / "flake.nix").write_text(
+        '{ inputs.attic.url = "github:zhaofengli/attic";\n'
+        "  outputs = { self, attic }: { m = attic.nixosModules.atticd; }; }\n"
+    )
+    plan = plan_attic_flake_removal(ConfigTree(tmp_path))
+    manual = [p for p in plan.problems if not p.fixable]
+    assert len(manual) == 1 and "attic.nixosModules.atticd" in manual[0].message
+
+
+def test_prune_lock_drops_the_input_and_what_only_it_reached():
+    lock = read_lock(FIXTURE / "flake.lock")
+    pruned = prune_lock(lock, ["attic"])
+    assert sorted(pruned["nodes"]) == ["home-manager", "nixpkgs", "root"]
+    assert pruned["nodes"]["root"]["inputs"] == {
+        "home-manager": "home-manager",
+        "nixpkgs": "nixpkgs",
+    }
+    assert lock_text(lock) == (FIXTURE / "flake.lock").read_bytes()  # unchanged input, same bytes
+
+
+def test_prune_lock_refuses_a_follows_through_a_dropped_input():
+    lock = read_lock(FIXTURE / "flake.lock")
+    lock["nodes"]["home-manager"]["inputs"]["nixpkgs"] = ["attic", "nixpkgs"]
+    with pytest.raises(RunbookError, match="nix flake lock"):
+        prune_lock(lock, ["attic"])
+
+
+def test_read_lock_rejects_what_is_not_a_lock(tmp_path: Path):
+    (tmp_path / "flake.lock").write_text("[]")
+    with pytest.raises(InputError, match=re.escape("flake.lock: not a flake lock file")):
+        read_lock(tmp_path / "flake.lock")
+
+
+URL = "http://nixos-utm-cache.local:8080/main"
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (
+            '{ nix.settings.substituters = [ "x" ]; }',
+            '{ nix.settings.substituters = [ "U" "x" ]; }',
+        ),
+        (
+            "{ nix.settings = { sandbox = true; }; }",
+            '{ nix.settings = { sandbox = true; substituters = [ "U" ]; }; }',
+        ),
+        (
+            "{ nix = { gc.automatic = true; }; }",
+            '{ nix = { gc.automatic = true; settings.substituters = [ "U" ]; }; }',
+        ),
+        (
+            "{ pkgs, ... }: {\n  a = 1;\n}",
+            '{ pkgs, ... }: {\n  a = 1;\n  nix.settings.substituters = [ "U" ];\n}',
+        ),
+    ],
+)
+def test_plan_list_item_adds_where_the_setting_lives(source, expected):
+    nix = NixFile(source.encode())
+    edit = plan_list_item(nix, ("nix", "settings", "substituters"), URL, first=True)
+    assert edit is not None
+    out = apply_edits(nix.source, [edit]).decode()
+    assert out == expected.replace('"U"', f'"{URL}"')
+    assert (
+        plan_list_item(NixFile(out.encode()), ("nix", "settings", "substituters"), URL + "/")
+        is None
+    )
+
+
+def test_plan_list_item_refuses_a_value_that_is_not_a_list():
+    nix = NixFile(b"{ nix.settings.substituters = mine; }", "m.nix")
+    with pytest.raises(
+        InputError, match=re.escape("m.nix:1: nix.settings.substituters is not a list literal")
+    ):
+        plan_list_item(nix, ("nix", "settings", "substituters"), URL)
+
+
+def test_an_edit_nix_refuses_writes_nothing(tmp_path: Path):
+    # tree-sitter accepts a repeated attribute; Nix's parser does not.
+    ok, bad = tmp_path / "ok.nix", tmp_path / "bad.nix"
+    ok.write_text("{ a = 1; }")
+    bad.write_text("{ a = 1; }")
+    changes = [
+        Change(ok, b"{ a = 1; }", b"{ a = 2; }"),
+        Change(bad, b"{ a = 1; }", b"{ a = 1; a = 2; }"),
+    ]
+    need(
+        shutil.which("nix-instantiate") is not None,
+        "nix-instantiate (Debian nix-bin) not installed",
+    )
+    with pytest.raises(RunbookError, match=re.escape("bad.nix: Nix cannot parse the edited file")):
+        write_changes(changes)
+    assert ok.read_text() == "{ a = 1; }" and bad.read_text() == "{ a = 1; }"
+
+
+def test_a_written_file_keeps_its_mode(tmp_path: Path):
+    target = tmp_path / "m.nix"
+    target.write_text("{ }")
+    target.chmod(0o640)
+    write_changes([Change(target, b"{ }", b"{ a = 1; }")])
+    assert target.read_text() == "{ a = 1; }"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["m.nix"]  # no temporary file left
+
+
+def test_a_directory_without_flake_nix_is_input_error(tmp_path: Path):
+    with pytest.raises(InputError, match=re.escape("expected a flake.nix")):
+        ConfigTree(tmp_path)
