@@ -26,6 +26,7 @@ COMMAND_MODULES: Final[tuple[str, ...]] = (
     "runbook.commands.doctor",
     "runbook.commands.keygen",
     "runbook.commands.verify_cache",
+    "runbook.commands.keys",
 )
 
 
