@@ -26,6 +26,7 @@ COMMAND_MODULES: Final[tuple[str, ...]] = (
     "runbook.commands.doctor",
     "runbook.commands.keygen",
     "runbook.commands.verify_cache",
+    "runbook.commands.lab",
     "runbook.commands.keys",
 )
 
@@ -62,7 +63,15 @@ def _setup_logging(debug: bool) -> None:
 
 def execute(argv: Sequence[str]) -> int:
     parser = get_parser()
-    args = parser.parse_args(list(argv))
+    argv = list(argv)
+    # Everything after the first `--` is passed through untouched (e.g. exec's SCRIPT):
+    # argparse cannot mix a positional list with options reliably.
+    passthrough: list[str] | None = None
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1 :]
+    args = parser.parse_args(argv)
+    args.passthrough = passthrough
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT

@@ -15,7 +15,13 @@ from runbook.secrets import secret_from_env
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    p = sub.add_parser("exec", help="run a bash script on a host over SSH")
+    p = sub.add_parser(
+        "exec",
+        help="run a bash script on a host over SSH",
+        usage="runbook exec ssh://USER@HOST[:PORT] [options] -- SCRIPT",
+        description="Runs SCRIPT as bash whatever the login shell is (fish included), "
+        "prints its output and exits with its exit code.",
+    )
     p.add_argument("target", metavar="ssh://USER@HOST[:PORT]")
     p.add_argument("--identity", type=Path, help="private key file")
     p.add_argument(
@@ -29,7 +35,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="accept a changed host key (after a reinstall)",
     )
     p.add_argument("--timeout", type=float, help="seconds before the command is stopped")
-    p.add_argument("script", nargs=argparse.REMAINDER, metavar="-- SCRIPT")
     p.set_defaults(func=run_exec)
 
 
@@ -49,9 +54,7 @@ def parse_target(target: str) -> tuple[str, str, int]:
 
 def run_exec(args: argparse.Namespace) -> int:
     user, address, port = parse_target(args.target)
-    script_words: list[str] = list(args.script)
-    if script_words and script_words[0] == "--":
-        script_words = script_words[1:]
+    script_words: list[str] = list(args.passthrough or [])
     if not script_words:
         raise InputError("SCRIPT: expected a script after --")
     script = " ".join(script_words)

@@ -1,0 +1,50 @@
+# The README's two commands: `make demo` (deploy the local lab with the whole runbook) and
+# `make test` (lint + the suite). Both make their own .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+UNAME := $(shell uname -s)
+
+.PHONY: demo test lint system-deps venv bench clean lab-down
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,lab]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+venv: $(STAMP)
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check runbook tests bench
+	$(BIN)/ruff format --check runbook tests bench
+	$(BIN)/mypy runbook
+
+test: system-deps $(STAMP) lint
+	$(BIN)/python -m pytest -q -ra
+
+ifeq ($(UNAME),Darwin)
+demo: $(STAMP)
+	@echo "make demo: no lab on macOS (it needs Linux namespaces); showing the plan for params/cache.yaml instead."
+	$(BIN)/runbook plan params/cache.yaml
+else
+demo: system-deps $(STAMP)
+	$(BIN)/runbook lab up params/lab.yaml
+	$(BIN)/runbook deploy params/lab.yaml --yes
+	$(BIN)/runbook records
+endif
+
+lab-down: $(STAMP)
+	$(BIN)/runbook lab down params/lab.yaml
+
+bench: $(STAMP)
+	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
