@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runbook.models import Host  # noqa: E402
-from runbook.remote import Connection  # noqa: E402
-from tests.sshd_rig import FISH_USER, start_sshd, stop_sshd  # noqa: E402
+from runbook.models import Host
+from runbook.remote import Connection
+from tests.sshd_rig import FISH_USER, start_sshd, stop_sshd
 
 N = 200
 N_FRESH = 30  # a fresh ssh costs ~200 ms; 30 gives a stable median

@@ -55,10 +55,10 @@ class Sshd:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config)],
-            stderr=open(self.root / "sshd.log", "ab"),
-        )
+        with open(self.root / "sshd.log", "ab") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config)], stderr=log
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with socket.socket() as s:

@@ -71,7 +71,7 @@ def test_paths_are_checked_for_deploy_only(tmp_path: Path) -> None:
     dep = dep.model_copy(update={"nixos_config": tmp_path / "nope", "identity": tmp_path / "k"})
     problems = [c for c in check_paths(dep) if c.problem]
     assert {c.key for c in problems} == {"nixos_config", "identity"}
-    with pytest.raises(InputError, match="key nixos_config: .*flake.nix"):
+    with pytest.raises(InputError, match=r"key nixos_config: .*flake.nix"):
         require_paths(dep, Path("params/cache.yaml"))
 
 
