@@ -63,6 +63,9 @@ def prepare(params: LabParams, spec: HostSpec, peers: dict[str, str], client_pub
         shutil.rmtree(params.host_dir(spec.name))
     for rel in system.TREE_DIRS:
         (root / rel).mkdir(parents=True, exist_ok=True)
+    for rel in system.OPAQUE_DIRS:  # the machine's /etc/ssh etc. must not show through
+        os.setxattr(root / rel, "trusted.overlay.opaque", b"y")
+    (params.host_dir(spec.name) / "etc-work").mkdir()
     os.chmod(root / "tmp", 0o1777)
     os.chmod(root / "root", 0o711)  # traversable: the project Python may live under /root
     system.write_names(root, spec.name, peers)

@@ -58,7 +58,7 @@ def bind(source: str, target: str, readonly: bool = False) -> None:
 def _hidden_runtime() -> list[Path]:
     """The project's interpreter and code, where a per-host bind would cover them (a pyenv
     Python under /root, a checkout under /home...): they stay visible inside the host."""
-    covered = [Path("/", rel) for rel in system.TREE_DIRS]
+    covered = [Path("/", rel) for rel in system.BIND_DIRS]
     wanted = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), REPO_ROOT}
     return sorted(p for p in wanted if any(p.is_relative_to(c) for c in covered))
 
@@ -67,8 +67,11 @@ def setup_mounts(hostroot: Path, labbin: Path) -> None:
     # O_PATH handles keep the host tree (and the interpreter) reachable once they are covered.
     fd = os.open(hostroot, os.O_PATH | os.O_DIRECTORY)
     keep = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in _hidden_runtime()]
-    for rel in (*system.TREE_FILES, *system.TREE_DIRS):
-        bind(f"/proc/self/fd/{fd}/{rel}", f"/{rel}")
+    tree = f"/proc/self/fd/{fd}"
+    work = f"{tree}/../etc-work"
+    mount("overlay", "/etc", "overlay", 0, f"lowerdir=/etc,upperdir={tree}/etc,workdir={work}")
+    for rel in system.BIND_DIRS:
+        bind(f"{tree}/{rel}", f"/{rel}")
     os.close(fd)
     for path, handle in keep:
         path.mkdir(parents=True, exist_ok=True)  # in the host's own tree

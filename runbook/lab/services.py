@@ -116,6 +116,8 @@ def start(unit: Unit, environment_file: str = "") -> int:
     if pid is not None:
         return pid
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LANG": "C.UTF-8"}
+    if "PYTHONPATH" in os.environ:  # the stand-in daemons are Python (bin/README)
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     env.update(unit.environment)
     env_file = environment_file or unit.environment_file
     if env_file:

@@ -46,14 +46,12 @@ TREE_DIRS: Final = (
     "tmp",
     "mnt",
 )
-TREE_FILES: Final = (
-    "etc/passwd",
-    "etc/shadow",
-    "etc/group",
-    "etc/gshadow",
-    "etc/hosts",
-    "etc/hostname",
-)
+# The host's /etc is an overlay: the machine's /etc below, <tree>/etc (these files, and the
+# directories above marked opaque) on top. Binding single files instead would not last: a
+# mount on a file is detached when the machine replaces that file (useradd renames over
+# /etc/passwd), in every namespace.
+OPAQUE_DIRS: Final = ("etc/ssh", "etc/nix", "etc/sudoers.d")
+BIND_DIRS: Final = tuple(d for d in TREE_DIRS if not d.startswith("etc/"))
 
 
 @dataclass(frozen=True)
@@ -78,6 +76,7 @@ class SystemConfig:
     trusted_public_keys: tuple[str, ...] = ()
     # service name -> environment file (or "" for none); sshd is always enabled
     services: dict[str, str] = field(default_factory=lambda: {"sshd": ""})
+    wheel_needs_password: bool = False
 
 
 def hash_password(password: str) -> str:
@@ -181,11 +180,12 @@ def write_ssh(root: Path, cfg: SystemConfig) -> None:
             _write(keydir / user.name, "\n".join(user.authorized_keys) + "\n", 0o444)
 
 
-def write_sudo(root: Path) -> None:
-    """security.sudo.wheelNeedsPassword = false, and a PATH that finds the stand-ins."""
+def write_sudo(root: Path, cfg: SystemConfig) -> None:
+    """security.sudo.wheelNeedsPassword, and a PATH that finds the stand-ins."""
+    tag = "" if cfg.wheel_needs_password else "NOPASSWD: "
     _write(
         root / "etc/sudoers.d/runbook-lab",
-        f'Defaults secure_path="{LAB_PATH}"\n%{WHEEL_GROUP} ALL=(ALL:ALL) NOPASSWD: ALL\n',
+        f'Defaults secure_path="{LAB_PATH}"\n%{WHEEL_GROUP} ALL=(ALL:ALL) {tag}ALL\n',
         0o440,
     )
 
@@ -220,7 +220,7 @@ def apply(root: Path, cfg: SystemConfig) -> None:
     """Write every file `cfg` decides (the activation script's part the lab plays)."""
     write_accounts(root, cfg)
     write_ssh(root, cfg)
-    write_sudo(root)
+    write_sudo(root, cfg)
     write_nix_conf(root, cfg)
     write_state(root, cfg)
 

@@ -1,0 +1,17 @@
+# The user of every VM: fish as login shell, passwordless sudo through wheel.
+{ pkgs, inputs, ... }:
+
+{
+  programs.fish.enable = true;
+
+  users.users.jqwang = {
+    isNormalUser = true;
+    home = "/home/jqwang";
+    extraGroups = [ "wheel" ];
+    shell = pkgs.fish;
+    # Lab-only password (params/lab.yaml passwords.jqwang), made with `mkpasswd -m sha-512`.
+    hashedPassword = "$6$xoiUgi80RSJK3iXg$0PJ6ScyTlb3N932gl02w3UX1ptB7xCoGER/HSKf314nzWWgHgDmGHR56TPKsc6/G9eVaOcsN881JNnG2QLlQv.";
+    # `runbook lab up` writes the lab's public key into this file of its working copy.
+    openssh.authorizedKeys.keyFiles = [ ./authorized_keys ];
+  };
+}

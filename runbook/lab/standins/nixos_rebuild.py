@@ -1,0 +1,117 @@
+"""Lab stand-in for `nixos-rebuild switch|test|build|dry-build --flake /nix-config#NAME`.
+
+Reproduces the handbook's `vm/switch` (reference/utm-makefile-keys.md §1: `sudo nixos-rebuild
+switch --flake "/nix-config#${NIXNAME}"`): the system is what lib/mksystem.nix assembles
+(machines/NAME.nix + users/USER/nixos.nix, USER from flake.nix), read with runbook/nixfile.py.
+A file that does not parse fails before anything changes, with `error: …` on stderr and exit
+1, as Nix's evaluation does; `switch` then applies the settings the runbook changes and
+restarts changed units like switch-to-configuration (exit 4 when a unit fails, as
+switch-to-configuration does; reference/code-anchors.md §1 "Activation").
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from runbook.errors import InputError
+from runbook.lab import activate, services, system
+
+ACTIONS = ("switch", "test", "boot", "build", "dry-build", "dry-activate")
+EXIT_UNIT_FAILED = 4
+USAGE = "Usage: nixos-rebuild [switch|boot|test|build|dry-build|dry-activate] [--flake REF#NAME]"
+
+
+def parse(argv: list[str]) -> tuple[str, str]:
+    action, flake = "", ""
+    it = iter(argv)
+    for arg in it:
+        if arg in ACTIONS and not action:
+            action = arg
+        elif arg == "--flake":
+            flake = next(it, "")
+        elif arg.startswith("--flake="):
+            flake = arg.split("=", 1)[1]
+        elif arg in ("--option",):
+            next(it, None)
+            next(it, None)
+        elif arg.startswith("-"):
+            continue  # -v, --impure, --show-trace...: no effect in the lab
+        else:
+            raise InputError(f"unknown argument '{arg}'\n{USAGE}")
+    if not action:
+        raise InputError(f"no action given\n{USAGE}")
+    return action, flake or "/etc/nixos"
+
+
+def resolve(flake: str) -> tuple[Path, str]:
+    """`/nix-config#NAME` (or path:, or no #NAME: the hostname, as nixos-rebuild defaults)."""
+    ref, _, name = flake.partition("#")
+    ref = ref.removeprefix("path:").removeprefix("git+file://")
+    name = name.strip('"') or os.uname().nodename
+    root = Path(ref or ".").resolve()
+    if not (root / "flake.nix").exists():
+        raise InputError(f"path '{root}' does not contain a 'flake.nix'")
+    return root, name
+
+
+def system_files(root: Path, name: str) -> list[Path]:
+    from runbook.lab.nixconfig import EvalError, flake_user
+
+    user = flake_user(root / "flake.nix", name)
+    files = [root / "machines" / f"{name}.nix", root / "users" / user / "nixos.nix"]
+    for path in files:
+        if not path.exists():
+            raise EvalError(f"path '{path}' does not exist")
+    # every .nix file of the flake must parse, as `nix` reads them while evaluating
+    from runbook.nixfile import NixFile
+
+    for nixfile in sorted(root.rglob("*.nix")):
+        NixFile.read(nixfile)
+    return files
+
+
+def switch(action: str, flake: str) -> int:
+    root, name = resolve(flake)
+    files = system_files(root, name)
+    cfg = activate.system_config(activate.evaluate_files(files), "installed",
+                                 os.uname().nodename)
+    print(f"building the system configuration...", file=sys.stderr)
+    if action in ("build", "dry-build", "dry-activate", "boot"):
+        return 0
+    before = system.enabled_services(Path("/"))
+    old_sshd = _read(Path("/etc/ssh/sshd_config"))
+    print("activating the configuration...", file=sys.stderr)
+    print("setting up /etc...", file=sys.stderr)
+    activate.write(cfg)
+    activate.set_hostname(cfg.hostname)
+    failed = activate.reconcile(before, cfg.services, _read(Path("/etc/ssh/sshd_config"))
+                                != old_sshd)
+    if failed:
+        print("warning: the following units failed: " + ", ".join(failed), file=sys.stderr)
+        return EXIT_UNIT_FAILED
+    return 0
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def main(argv: list[str]) -> int:
+    try:
+        action, flake = parse(argv)
+        return switch(action, flake)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except services.UnitNotFound as exc:
+        print(f"error: unit {exc}.service not found", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
