@@ -1,0 +1,467 @@
+"""Typed wrappers around UTM on the Mac: `utmctl` subcommands and the AppleScript the runbook needs.
+
+Formats and behaviour follow reference/utm-makefile-keys.md §2 (utmctl) and §3 (AppleScript).
+Each wrapper builds an argv list and runs it through `runbook.local.run`. utmctl's exit code
+cannot be trusted (its AppleEvent error handler never sets one, §2 "Errors"), so stderr is
+checked too. AppleScript goes to `osascript -` on stdin with the user's strings as `argv` items,
+so no name or path is ever spliced into script text (packer-plugin-utm does the same,
+utm-peers.md §1).
+
+Off macOS every wrapper that would run something raises `MacOnlyError` ("unchecked"), unless
+`RUNBOOK_MACOS_STANDINS=1` says that stand-ins for utmctl/osascript are on PATH (the lab).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from runbook import local
+from runbook.errors import CommandError, InputError, RunbookError
+from runbook.models import Result
+
+logger: Final = logging.getLogger(__name__)
+
+DEFAULT_UTMCTL: Final = Path("/Applications/UTM.app/Contents/MacOS/utmctl")
+OSASCRIPT: Final = "osascript"
+STANDINS_ENV: Final = "RUNBOOK_MACOS_STANDINS"
+# `utmctl ip-address` can block forever without a guest agent (§2, [user] note): always cap it.
+IP_ADDRESS_TIMEOUT: Final = 15.0
+UTMCTL_TIMEOUT: Final = 60.0
+OSASCRIPT_TIMEOUT: Final = 120.0
+
+# Messages utmctl prints on stderr, sometimes with exit code 0 (§2 "Errors").
+_UTMCTL_ERRORS: Final = (
+    "Error from event:",
+    "Virtual machine not found.",
+    "Operation not supported by the backend.",
+    "NOTE: utmctl does not work from SSH sessions",
+)
+_UUID_RE: Final = re.compile(r"^[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}$")
+_MAC_RE: Final = re.compile(r"^([0-9A-Fa-f]{1,2}:){5}[0-9A-Fa-f]{1,2}$")
+
+
+class MacOnlyError(RunbookError):
+    """The step needs macOS (UTM, osascript, Hammerspoon); on this machine it stays unchecked."""
+
+
+def runs_here() -> bool:
+    """True on macOS, or when the lab's stand-ins are on PATH (RUNBOOK_MACOS_STANDINS=1)."""
+    return sys.platform == "darwin" or os.environ.get(STANDINS_ENV) == "1"
+
+
+def require_macos(what: str) -> None:
+    """Raise MacOnlyError naming `what` unless this machine can run the Mac-side programs."""
+    if not runs_here():
+        raise MacOnlyError(
+            f"unchecked: {what} needs macOS with UTM (this machine is {sys.platform}); "
+            f"run it on the Mac, or set {STANDINS_ENV}=1 with stand-ins on PATH"
+        )
+
+
+class VmStatus(enum.StrEnum):
+    """`utmctl status` words (§2 "status output"); `saving`/`restoring` show as pausing/resuming."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    STARTED = "started"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    RESUMING = "resuming"
+    STOPPING = "stopping"
+    UNKNOWN = "unknown"
+
+
+class StopMode(enum.StrEnum):
+    """`utmctl stop` takes at most one of these; `force` is utmctl's default (§2 table)."""
+
+    FORCE = "force"
+    KILL = "kill"
+    REQUEST = "request"
+
+
+@dataclass(frozen=True)
+class VmEntry:
+    """One row of `utmctl list`."""
+
+    uuid: str
+    status: VmStatus
+    name: str
+
+
+@dataclass(frozen=True)
+class SerialEndpoint:
+    """What `utmctl attach` prints: `PTTY: /dev/ttysNNN` or `TCP: <addr>:<port>` (§2 table)."""
+
+    kind: str  # "ptty" or "tcp"
+    path: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+
+# --- parsers (pure; tested on the reference's samples) ------------------------------------------
+
+
+def parse_list(stdout: str) -> list[VmEntry]:
+    """Parse `utmctl list`: header `UUID<33 spaces>Status   Name`, rows `<uuid> <status:8> <name>`.
+
+    Columns are fixed (§2 "list output": Status at column 37, Name at 46); a name may hold spaces.
+    """
+    entries: list[VmEntry] = []
+    for line in stdout.splitlines():
+        if not line.strip() or line.startswith("UUID "):
+            continue
+        uuid, rest = line[:36], line[37:]
+        if not _UUID_RE.match(uuid) or len(line) < 46:
+            raise CommandError(
+                host="localhost",
+                command="utmctl list",
+                exit_code=0,
+                reason=f"printed an unexpected line {line!r}",
+            )
+        entries.append(VmEntry(uuid, parse_status(rest[:8]), line[46:]))
+    return entries
+
+
+def parse_status(stdout: str) -> VmStatus:
+    """Parse `utmctl status`: one word; anything unknown is VmStatus.UNKNOWN."""
+    word = stdout.strip().lower()
+    try:
+        return VmStatus(word)
+    except ValueError:
+        return VmStatus.UNKNOWN
+
+
+def parse_ip_addresses(stdout: str) -> list[str]:
+    """Parse `utmctl ip-address`: one address per line, IPv4 first, loopback already dropped."""
+    found: list[str] = []
+    for line in stdout.splitlines():
+        text = line.strip()
+        try:
+            found.append(str(ipaddress.ip_address(text.split("%", 1)[0])))
+        except ValueError:
+            if text:
+                logger.debug("utmctl ip-address: ignored line %r", text)
+    return found
+
+
+def parse_attach(stdout: str) -> SerialEndpoint:
+    """Parse `utmctl attach`: `PTTY: /dev/ttys003` or `TCP: 127.0.0.1:4444`."""
+    for line in stdout.splitlines():
+        if line.startswith("PTTY: "):
+            return SerialEndpoint("ptty", path=line[6:].strip())
+        if line.startswith("TCP: "):
+            host, _, port = line[5:].strip().rpartition(":")
+            if host and port.isdigit():
+                return SerialEndpoint("tcp", host=host.strip("[]"), port=int(port))
+    raise CommandError(
+        host="localhost",
+        command="utmctl attach",
+        exit_code=0,
+        reason=f"printed no PTTY:/TCP: line ({stdout.strip()[:200]!r})",
+    )
+
+
+def utmctl_failed(result: Result) -> str | None:
+    """utmctl's failure text from stderr, or None; its exit code alone is not trusted (§2)."""
+    for marker in _UTMCTL_ERRORS:
+        if marker in result.stderr:
+            return result.stderr.strip()
+    if result.exit_code != 0:
+        return result.stderr.strip() or f"exit code {result.exit_code}"
+    return None
+
+
+# --- utmctl ------------------------------------------------------------------------------------
+
+
+def utmctl_argv(utmctl: str | Path, *args: str) -> list[str]:
+    """The argv for one utmctl subcommand."""
+    return [str(utmctl), *args]
+
+
+def _utmctl(utmctl: str | Path, *args: str, timeout: float = UTMCTL_TIMEOUT) -> Result:
+    require_macos(f"`utmctl {args[0]}`")
+    argv = utmctl_argv(utmctl, *args)
+    result = local.run(argv, check=False, timeout=timeout)
+    failure = utmctl_failed(result)
+    if failure is not None:
+        raise CommandError(
+            host="localhost", command=result.command, exit_code=result.exit_code, stderr=failure
+        )
+    return result
+
+
+def list_vms(*, utmctl: str | Path = DEFAULT_UTMCTL) -> list[VmEntry]:
+    """Every VM UTM knows: `utmctl list`."""
+    return parse_list(_utmctl(utmctl, "list").stdout)
+
+
+def find_vm(name: str, *, utmctl: str | Path = DEFAULT_UTMCTL) -> VmEntry | None:
+    """The VM called `name` (or with that UUID), or None."""
+    for entry in list_vms(utmctl=utmctl):
+        if name in (entry.name, entry.uuid):
+            return entry
+    return None
+
+
+def status(vm: str, *, utmctl: str | Path = DEFAULT_UTMCTL) -> VmStatus:
+    """`utmctl status VM`; VM is the UUID or the complete name."""
+    return parse_status(_utmctl(utmctl, "status", vm).stdout)
+
+
+def start(
+    vm: str,
+    *,
+    disposable: bool = False,
+    recovery: bool = False,
+    utmctl: str | Path = DEFAULT_UTMCTL,
+) -> None:
+    """`utmctl start VM [--disposable] [--recovery]`."""
+    flags = [f for f, on in (("--disposable", disposable), ("--recovery", recovery)) if on]
+    _utmctl(utmctl, "start", vm, *flags)
+
+
+def stop(vm: str, *, mode: StopMode = StopMode.FORCE, utmctl: str | Path = DEFAULT_UTMCTL) -> None:
+    """`utmctl stop VM --force|--kill|--request` (`--request` asks the guest to shut down)."""
+    _utmctl(utmctl, "stop", vm, f"--{StopMode(mode).value}")
+
+
+def suspend(vm: str, *, save_state: bool = False, utmctl: str | Path = DEFAULT_UTMCTL) -> None:
+    """`utmctl suspend VM [--save-state]`."""
+    _utmctl(utmctl, "suspend", vm, *(["--save-state"] if save_state else []))
+
+
+def ip_addresses(
+    vm: str, *, utmctl: str | Path = DEFAULT_UTMCTL, timeout: float = IP_ADDRESS_TIMEOUT
+) -> list[str]:
+    """`utmctl ip-address VM` (needs the QEMU guest agent in the VM), capped by `timeout`."""
+    return parse_ip_addresses(_utmctl(utmctl, "ip-address", vm, timeout=timeout).stdout)
+
+
+def attach(
+    vm: str, *, index: int | None = None, utmctl: str | Path = DEFAULT_UTMCTL
+) -> SerialEndpoint:
+    """`utmctl attach VM [--index N]`: where the VM's serial console is (PTY or TCP)."""
+    extra = ["--index", str(index)] if index is not None else []
+    return parse_attach(_utmctl(utmctl, "attach", vm, *extra).stdout)
+
+
+def delete(vm: str, *, utmctl: str | Path = DEFAULT_UTMCTL) -> None:
+    """`utmctl delete VM` — no confirmation, so callers confirm first."""
+    _utmctl(utmctl, "delete", vm)
+
+
+# --- AppleScript -------------------------------------------------------------------------------
+
+
+def osascript_argv(*args: str) -> list[str]:
+    """`osascript - ARG...`: the script comes on stdin, its `argv` are ARG... (never spliced)."""
+    return [OSASCRIPT, "-", *args]
+
+
+def run_applescript(script: str, *args: str, what: str, timeout: float = OSASCRIPT_TIMEOUT) -> str:
+    """Run `script` through osascript with `args` as its argv; return stdout stripped."""
+    require_macos(what)
+    return local.run(osascript_argv(*args), stdin=script, timeout=timeout).stdout.strip()
+
+
+def _applescript_enum(value: str, allowed: Sequence[str], what: str) -> str:
+    # Only closed sets of words reach the script text; everything else goes through argv.
+    if value not in allowed:
+        raise InputError(f"{what}: {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+# sdef drive interface names (§3 "Drive record"); the disk device follows from it.
+DISK_INTERFACES: Final = {"virtio": "VirtIO", "scsi": "SCSI", "usb": "USB", "nvme": "NVMe"}
+
+
+@dataclass(frozen=True)
+class NewVm:
+    """What `create_vm` makes: the handbook's VM (bridged network, the NixOS ISO, a display)."""
+
+    name: str
+    iso: Path
+    host_interface: str = "en0"  # the Mac's interface to bridge (§3 "Bridged mode")
+    architecture: str = "aarch64"
+    memory_mib: int = 4096
+    cpu_cores: int = 4
+    disk_mib: int = 65536
+    disk_interface: str = "virtio"
+    mac: str | None = None  # a fixed MAC lets discover.py find the VM in the ARP table
+    display: bool = True  # no SPICE window without one (§3: create removes GUI devices)
+    serial_tcp_port: int | None = None  # a TCP-server serial console on 127.0.0.1 (§3)
+
+    def check(self) -> None:
+        """Raise InputError for a value UTM would reject or misread."""
+        if not self.name.strip():
+            raise InputError("vm name: expected a non-empty name")
+        _applescript_enum(self.architecture, ("aarch64", "x86_64"), "architecture")
+        _applescript_enum(self.disk_interface, tuple(DISK_INTERFACES), "disk_interface")
+        if self.mac is not None and not _MAC_RE.match(self.mac):
+            raise InputError(f"mac: {self.mac!r} is not XX:XX:XX:XX:XX:XX")
+        for label, value in (("memory_mib", self.memory_mib), ("cpu_cores", self.cpu_cores)):
+            if value < 1:
+                raise InputError(f"{label}: expected a positive number, got {value}")
+        if self.serial_tcp_port is not None and not 1 <= self.serial_tcp_port <= 65535:
+            raise InputError(f"serial_tcp_port: {self.serial_tcp_port} is not a TCP port")
+
+
+def create_vm_script(spec: NewVm) -> str:
+    """AppleScript that makes the VM (cheat sheet `make new virtual machine`, §3), then sets
+    bridged networking, display and serial with one `update configuration` (lists are
+    replaced wholesale there, so every element we want is sent). argv: name, iso, host if, mac.
+    """
+    spec.check()
+    # VirtIO is UTM's default disk interface (§1 "What this means for UTM"): say nothing then.
+    iface = (
+        ""
+        if spec.disk_interface == "virtio"
+        else f", interface:{DISK_INTERFACES[spec.disk_interface]}"
+    )
+    disk = f"{{guest size:{int(spec.disk_mib)}{iface}}}"
+    nic = "{index:0, mode:bridged, host interface:hostIf" + (
+        ", address:macAddr}" if spec.mac else "}"
+    )
+    drives = f"{{{{removable:true, source:isoFile}}, {disk}}}"
+    config = f'{{name:vmName, architecture:"{spec.architecture}", drives:{drives}}}'
+    make = f"    set vm to make new virtual machine with properties {{backend:qemu, configuration:{config}}}"
+    lines = [
+        "on run argv",
+        "  set vmName to item 1 of argv",
+        "  set isoFile to POSIX file (item 2 of argv)",
+        "  set hostIf to item 3 of argv",
+        "  set macAddr to item 4 of argv",
+        '  tell application "UTM"',
+        make,
+        "    set config to configuration of vm",
+        f"    set memory of config to {int(spec.memory_mib)}",
+        f"    set cpu cores of config to {int(spec.cpu_cores)}",
+        f"    set network interfaces of config to {{{nic}}}",
+    ]
+    if spec.display:
+        lines.append('    set displays of config to {{hardware:"virtio-ramfb"}}')
+    if spec.serial_tcp_port is not None:
+        lines.append(
+            f"    set serial ports of config to {{{{interface:tcp, port:{spec.serial_tcp_port}}}}}"
+        )
+    lines += [
+        "    update configuration of vm with config",
+        "    return id of vm",
+        "  end tell",
+        "end run",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def create_vm(spec: NewVm) -> str:
+    """Create the VM in UTM (bridged, ISO attached); returns its UUID."""
+    script = create_vm_script(spec)
+    out = run_applescript(
+        script,
+        spec.name,
+        str(spec.iso),
+        spec.host_interface,
+        spec.mac or "",
+        what=f"creating VM {spec.name!r} in UTM",
+    )
+    return out.splitlines()[-1].strip() if out else ""
+
+
+REMOVE_ISO_SCRIPT: Final = """on run argv
+  set vmName to item 1 of argv
+  tell application "UTM"
+    set vm to virtual machine named vmName
+    set config to configuration of vm
+    set kept to {}
+    set removed to 0
+    repeat with d in drives of config
+      if removable of d then
+        set removed to removed + 1
+      else
+        set end of kept to contents of d
+      end if
+    end repeat
+    if removed > 0 then
+      set drives of config to kept
+      update configuration of vm with config
+    end if
+    return removed
+  end tell
+end run
+"""
+
+
+def remove_iso(vm: str, *, utmctl: str | Path = DEFAULT_UTMCTL) -> int:
+    """Drop the VM's removable (ISO) drives so it boots from disk; returns how many went.
+
+    UTM updates a configuration only when the VM is stopped (§3), and drives left out of the
+    list are removed while the disk is sent back unchanged. 0 means already done.
+    """
+    now = status(vm, utmctl=utmctl)
+    if now is not VmStatus.STOPPED:
+        raise RunbookError(f"VM {vm!r} is {now}: stop it before removing the ISO (UTM requires it)")
+    out = run_applescript(REMOVE_ISO_SCRIPT, vm, what=f"removing the ISO from {vm!r}")
+    return int(out) if out.isdigit() else 0
+
+
+MAC_ADDRESS_SCRIPT: Final = """on run argv
+  tell application "UTM"
+    set vm to virtual machine named (item 1 of argv)
+    return address of item 1 of network interfaces of (configuration of vm)
+  end tell
+end run
+"""
+
+
+def mac_address(vm: str) -> str:
+    """The MAC of the VM's first network interface (§3 "MAC"), e.g. `5A:94:EF:E4:0C:EE`."""
+    out = run_applescript(MAC_ADDRESS_SCRIPT, vm, what=f"reading the MAC of {vm!r}")
+    if not _MAC_RE.match(out):
+        raise CommandError(
+            host="localhost", command="osascript -", exit_code=0, reason=f"gave no MAC: {out!r}"
+        )
+    return out.upper()
+
+
+SERIAL_PORT_SCRIPT: Final = """on run argv
+  tell application "UTM"
+    set vm to virtual machine named (item 1 of argv)
+    return (interface of first serial port of vm as text) & " " & (address of first serial port of vm as text) & " " & (port of first serial port of vm as text)
+  end tell
+end run
+"""
+
+
+def serial_tcp_endpoint(vm: str) -> tuple[str, int] | None:
+    """(address, port) of a running VM's TCP serial console, or None when unavailable (§3)."""
+    out = run_applescript(SERIAL_PORT_SCRIPT, vm, what=f"reading the serial port of {vm!r}")
+    parts = out.split()
+    if len(parts) == 3 and parts[0] == "tcp" and parts[2].isdigit():
+        return parts[1], int(parts[2])
+    return None
+
+
+UTM_VERSION_SCRIPT: Final = (
+    'tell application "System Events" to return version of application "UTM"\n'
+)
+
+
+def utm_version() -> tuple[int, ...]:
+    """UTM's version as a tuple (utm-peers.md §1: System Events `version of application`)."""
+    out = run_applescript(UTM_VERSION_SCRIPT, what="reading UTM's version")
+    return tuple(int(p) for p in re.findall(r"\d+", out)[:3])
+
+
+def supports_input_automation(version: tuple[int, ...]) -> bool:
+    """`input keystroke`/`input scan code` exist from UTM 4.7.2 (utm-peers.md §0)."""
+    return version >= (4, 7, 2)

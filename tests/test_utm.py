@@ -1,0 +1,291 @@
+"""runbook.utm: golden argv for utmctl/osascript, parsers on the reference's output samples."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from runbook import utm
+from runbook.errors import CommandError, InputError
+from runbook.models import Result
+
+UTMCTL = "/Applications/UTM.app/Contents/MacOS/utmctl"
+
+# utm-makefile-keys.md §2: `print("UUID                                 Status   Name")`, rows
+# "\(id) \(status.padding(toLength: 8)) \(name)"; the example row is quoted verbatim.
+LIST_SAMPLE = (
+    "UUID                                 Status   Name\n"
+    "5D419106-2824-4FED-BFE1-24A7F7E253D8 started  NixOS\n"
+    "0F3C2B1A-1111-4222-8333-944455556666 stopped  vm aarch64 utm cache\n"
+    "AAAAAAAA-BBBB-4CCC-8DDD-EEEEEEEEEEEE stopping win 11\n"
+)
+
+
+def res(stdout: str = "", stderr: str = "", code: int = 0) -> Result:
+    return Result("cmd", code, stdout, stderr, 0.01)
+
+
+@pytest.fixture
+def on_mac(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(utm.STANDINS_ENV, "1")
+
+
+@pytest.fixture
+def run(on_mac: None):
+    with mock.patch("runbook.local.run", autospec=True) as m:
+        m.return_value = res()
+        yield m
+
+
+def test_list_header_columns_match_the_reference() -> None:
+    header = LIST_SAMPLE.splitlines()[0]
+    assert header.index("Status") == 37 and header.index("Name") == 46
+
+
+def test_parse_list_sample() -> None:
+    entries = utm.parse_list(LIST_SAMPLE)
+    assert entries == [
+        utm.VmEntry("5D419106-2824-4FED-BFE1-24A7F7E253D8", utm.VmStatus.STARTED, "NixOS"),
+        utm.VmEntry(
+            "0F3C2B1A-1111-4222-8333-944455556666", utm.VmStatus.STOPPED, "vm aarch64 utm cache"
+        ),
+        utm.VmEntry("AAAAAAAA-BBBB-4CCC-8DDD-EEEEEEEEEEEE", utm.VmStatus.STOPPING, "win 11"),
+    ]
+
+
+def test_parse_list_header_only_is_empty() -> None:
+    assert utm.parse_list("UUID                                 Status   Name\n") == []
+
+
+def test_parse_list_rejects_garbage() -> None:
+    with pytest.raises(CommandError, match="unexpected line"):
+        utm.parse_list("UUID                                 Status   Name\nhello world\n")
+
+
+@pytest.mark.parametrize(
+    ("out", "want"),
+    [
+        ("stopped\n", utm.VmStatus.STOPPED),
+        ("started\n", utm.VmStatus.STARTED),
+        ("pausing", utm.VmStatus.PAUSING),
+        ("resuming\n", utm.VmStatus.RESUMING),
+        ("saving\n", utm.VmStatus.UNKNOWN),  # utmctl maps saving -> pausing itself
+        ("", utm.VmStatus.UNKNOWN),
+    ],
+)
+def test_parse_status(out: str, want: utm.VmStatus) -> None:
+    assert utm.parse_status(out) is want
+
+
+def test_parse_ip_addresses_ipv4_first_as_printed() -> None:
+    out = "192.168.64.13\n10.0.2.15\nfe80::5894:efff:fee4:cee%enp0s1\nfd00::1\n"
+    assert utm.parse_ip_addresses(out) == [
+        "192.168.64.13",
+        "10.0.2.15",
+        "fe80::5894:efff:fee4:cee",
+        "fd00::1",
+    ]
+    assert utm.parse_ip_addresses("") == []
+
+
+def test_parse_attach() -> None:
+    assert utm.parse_attach("PTTY: /dev/ttys003\n") == utm.SerialEndpoint(
+        "ptty", path="/dev/ttys003"
+    )
+    assert utm.parse_attach(
+        "WARNING: attach command is not implemented yet!\nTCP: 127.0.0.1:4444\n"
+    ) == utm.SerialEndpoint("tcp", host="127.0.0.1", port=4444)
+    with pytest.raises(CommandError, match="no PTTY"):
+        utm.parse_attach("nothing\n")
+
+
+# --- golden argv --------------------------------------------------------------------------------
+
+
+def test_list_vms_argv(run: mock.MagicMock) -> None:
+    run.return_value = res(LIST_SAMPLE)
+    assert utm.list_vms()[0].name == "NixOS"
+    run.assert_called_once_with([UTMCTL, "list"], check=False, timeout=utm.UTMCTL_TIMEOUT)
+
+
+def test_find_vm_by_name_or_uuid(run: mock.MagicMock) -> None:
+    run.return_value = res(LIST_SAMPLE)
+    assert utm.find_vm("vm aarch64 utm cache", utmctl="utmctl") is not None
+    assert utm.find_vm("5D419106-2824-4FED-BFE1-24A7F7E253D8", utmctl="utmctl") is not None
+    assert utm.find_vm("nope", utmctl="utmctl") is None
+
+
+@pytest.mark.parametrize(
+    ("call", "argv"),
+    [
+        (lambda: utm.status("NixOS"), [UTMCTL, "status", "NixOS"]),
+        (lambda: utm.start("NixOS"), [UTMCTL, "start", "NixOS"]),
+        (
+            lambda: utm.start("NixOS", disposable=True, recovery=True),
+            [UTMCTL, "start", "NixOS", "--disposable", "--recovery"],
+        ),
+        (lambda: utm.stop("NixOS"), [UTMCTL, "stop", "NixOS", "--force"]),
+        (
+            lambda: utm.stop("NixOS", mode=utm.StopMode.REQUEST),
+            [UTMCTL, "stop", "NixOS", "--request"],
+        ),
+        (
+            lambda: utm.stop("a b", mode="kill", utmctl="utmctl"),
+            ["utmctl", "stop", "a b", "--kill"],
+        ),
+        (
+            lambda: utm.suspend("NixOS", save_state=True),
+            [UTMCTL, "suspend", "NixOS", "--save-state"],
+        ),
+        (lambda: utm.delete("NixOS"), [UTMCTL, "delete", "NixOS"]),
+    ],
+)
+def test_utmctl_golden_argv(run: mock.MagicMock, call, argv: list[str]) -> None:
+    run.return_value = res("stopped\n")
+    call()
+    run.assert_called_once_with(argv, check=False, timeout=utm.UTMCTL_TIMEOUT)
+
+
+def test_ip_addresses_argv_is_capped(run: mock.MagicMock) -> None:
+    run.return_value = res("192.168.64.13\n")
+    assert utm.ip_addresses("NixOS") == ["192.168.64.13"]
+    run.assert_called_once_with(
+        [UTMCTL, "ip-address", "NixOS"], check=False, timeout=utm.IP_ADDRESS_TIMEOUT
+    )
+
+
+def test_attach_with_index(run: mock.MagicMock) -> None:
+    run.return_value = res("TCP: 127.0.0.1:4444\n")
+    assert utm.attach("NixOS", index=1).port == 4444
+    run.assert_called_once_with(
+        [UTMCTL, "attach", "NixOS", "--index", "1"], check=False, timeout=utm.UTMCTL_TIMEOUT
+    )
+
+
+@pytest.mark.parametrize(
+    "stderr",
+    [
+        # §2 "Errors": printed with no exit code set, so exit 0 must still fail
+        (
+            "Error from event: The operation couldn\u2019t be completed. (OSStatus error -2700.)\n"
+            "The QEMU guest agent is not running or not installed on the guest.\n"
+        ),
+        "Virtual machine not found.\n",
+        "NOTE: utmctl does not work from SSH sessions or before logging in.\n",
+    ],
+)
+def test_utmctl_errors_on_stderr_fail_even_with_exit_0(run: mock.MagicMock, stderr: str) -> None:
+    run.return_value = res("", stderr, 0)
+    with pytest.raises(CommandError) as info:
+        utm.ip_addresses("NixOS")
+    assert info.value.stderr_tail.split(" | ")[0] in stderr
+
+
+def test_nonzero_exit_fails(run: mock.MagicMock) -> None:
+    run.return_value = res("", "boom", 3)
+    with pytest.raises(CommandError, match="boom"):
+        utm.start("NixOS")
+
+
+def test_off_macos_is_unchecked_and_runs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(utm.STANDINS_ENV, raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    with mock.patch("runbook.local.run", autospec=True) as run:
+        for call in (
+            lambda: utm.list_vms(),
+            lambda: utm.start("x"),
+            lambda: utm.remove_iso("x"),
+            lambda: utm.mac_address("x"),
+            lambda: utm.create_vm(utm.NewVm("x", Path("/x.iso"))),
+        ):
+            with pytest.raises(utm.MacOnlyError, match=r"^unchecked: .* needs macOS"):
+                call()
+        run.assert_not_called()
+
+
+# --- AppleScript ----------------------------------------------------------------------------------
+
+
+def test_create_vm_argv_and_script(run: mock.MagicMock) -> None:
+    run.return_value = res("5D419106-2824-4FED-BFE1-24A7F7E253D8\n")
+    spec = utm.NewVm(
+        'my "vm"', Path("/Users/j/nixos minimal.iso"), host_interface="en1",
+        mac="02:AB:00:00:00:01", serial_tcp_port=4444,
+    )  # fmt: skip
+    assert utm.create_vm(spec) == "5D419106-2824-4FED-BFE1-24A7F7E253D8"
+    (argv,), kwargs = run.call_args
+    # user strings travel as argv, never inside the script text
+    assert argv == [
+        "osascript", "-", 'my "vm"', "/Users/j/nixos minimal.iso", "en1", "02:AB:00:00:00:01",
+    ]  # fmt: skip
+    script = kwargs["stdin"]
+    assert 'my "vm"' not in script and "minimal.iso" not in script
+    assert "make new virtual machine with properties {backend:qemu, configuration:" in script
+    assert "drives:{{removable:true, source:isoFile}, {guest size:65536}}" in script
+    assert "{{index:0, mode:bridged, host interface:hostIf, address:macAddr}}" in script
+    assert 'set displays of config to {{hardware:"virtio-ramfb"}}' in script
+    assert "set serial ports of config to {{interface:tcp, port:4444}}" in script
+    assert script.index("update configuration of vm with config") < script.index("return id")
+
+
+def test_create_vm_script_defaults() -> None:
+    script = utm.create_vm_script(utm.NewVm("v", Path("/i.iso"), display=False))
+    assert "address:" not in script and "displays" not in script and "serial ports" not in script
+    assert "{index:0, mode:bridged, host interface:hostIf}" in script
+    scsi = utm.create_vm_script(utm.NewVm("v", Path("/i.iso"), disk_interface="scsi"))
+    assert "{guest size:65536, interface:SCSI}" in scsi
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "msg"),
+    [
+        ({"architecture": "arm64"}, "architecture"),
+        ({"disk_interface": "sata"}, "disk_interface"),
+        ({"mac": "zz:00:00:00:00:00"}, "mac"),
+        ({"memory_mib": 0}, "memory_mib"),
+        ({"serial_tcp_port": 70000}, "serial_tcp_port"),
+    ],
+)
+def test_create_vm_bad_spec_is_input_error(kwargs: dict[str, object], msg: str) -> None:
+    with pytest.raises(InputError, match=msg):
+        utm.create_vm_script(utm.NewVm("v", Path("/i.iso"), **kwargs))  # type: ignore[arg-type]
+
+
+def test_remove_iso_checks_stopped_then_updates(run: mock.MagicMock) -> None:
+    run.side_effect = [res("stopped\n"), res("1\n")]
+    assert utm.remove_iso("NixOS") == 1
+    first, second = run.call_args_list
+    assert first.args[0] == [UTMCTL, "status", "NixOS"]
+    assert second.args[0] == ["osascript", "-", "NixOS"]
+    assert second.kwargs["stdin"] == utm.REMOVE_ISO_SCRIPT
+    assert "if removable of d then" in utm.REMOVE_ISO_SCRIPT
+
+
+def test_remove_iso_refuses_a_running_vm(run: mock.MagicMock) -> None:
+    run.return_value = res("started\n")
+    with pytest.raises(utm.RunbookError, match="is started: stop it"):
+        utm.remove_iso("NixOS")
+    assert run.call_count == 1
+
+
+def test_mac_address_and_serial_endpoint(run: mock.MagicMock) -> None:
+    run.return_value = res("5A:94:EF:E4:0C:EE\n")
+    assert utm.mac_address("NixOS") == "5A:94:EF:E4:0C:EE"
+    run.return_value = res("tcp 127.0.0.1 4444\n")
+    assert utm.serial_tcp_endpoint("NixOS") == ("127.0.0.1", 4444)
+    run.return_value = res("ptty unavailable unavailable\n")
+    assert utm.serial_tcp_endpoint("NixOS") is None
+    run.return_value = res("missing value\n")
+    with pytest.raises(CommandError, match="gave no MAC"):
+        utm.mac_address("NixOS")
+
+
+def test_utm_version(run: mock.MagicMock) -> None:
+    run.return_value = res("4.7.2\n")
+    assert utm.utm_version() == (4, 7, 2)
+    assert utm.supports_input_automation((4, 7, 2))
+    assert utm.supports_input_automation((5, 0, 3))
+    assert not utm.supports_input_automation((4, 6, 5))
