@@ -35,13 +35,13 @@ demo: $(STAMP)
 	$(BIN)/runbook plan params/cache.yaml
 else
 demo: system-deps $(STAMP)
-	$(BIN)/runbook lab up params/lab.yaml
+	$(BIN)/runbook lab up --params params/lab.yaml
 	$(BIN)/runbook deploy params/lab.yaml --yes
 	$(BIN)/runbook records
 endif
 
 lab-down: $(STAMP)
-	$(BIN)/runbook lab down params/lab.yaml
+	$(BIN)/runbook lab down --params params/lab.yaml
 
 bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
