@@ -14,8 +14,9 @@ logger: Final = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("lab", help="bring the local lab (simulated VMs) up or down")
     p.add_argument("action", choices=("up", "down", "status"))
-    p.add_argument("--params", type=Path, help="params file with a `lab:` section "
-                   "(default params/lab.yaml)")
+    p.add_argument(
+        "--params", type=Path, help="params file with a `lab:` section (default params/lab.yaml)"
+    )
     p.add_argument("--json", action="store_true", help="status as JSON, one record per host")
     p.set_defaults(func=run_lab)
 

@@ -46,22 +46,20 @@ def _password(ev: Evaluated, user: str) -> str | None:
     hashed = ev.get("users", "users", user, "hashedPassword")
     if isinstance(hashed, str):
         return hashed
-    plain = ev.get("users", "users", user, "initialPassword") or \
-        ev.get("users", "users", user, "password")
+    plain = ev.get("users", "users", user, "initialPassword") or ev.get(
+        "users", "users", user, "password"
+    )
     return system.hash_password(plain) if isinstance(plain, str) else None
 
 
 def _keys(ev: Evaluated, user: str) -> tuple[str, ...]:
-    keys = list(ev.get("users", "users", user, "openssh", "authorizedKeys", "keys",
-                       default=[]) or [])  # type: ignore[arg-type]
-    for file in ev.get("users", "users", user, "openssh", "authorizedKeys", "keyFiles",
-                       default=[]) or []:  # type: ignore[union-attr]
+    keys = ev.strings("users", "users", user, "openssh", "authorizedKeys", "keys")
+    for file in ev.strings("users", "users", user, "openssh", "authorizedKeys", "keyFiles"):
         try:
-            text = Path(str(file)).read_text()
+            text = Path(file).read_text()
         except OSError as exc:
             raise EvalError(f"getting status of '{file}': {exc.strerror}") from None
-        keys += [ln.strip() for ln in text.splitlines() if ln.strip() and
-                 not ln.lstrip().startswith("#")]
+        keys += [ln.strip() for ln in text.splitlines() if ln.strip() and ln.strip()[0] != "#"]
     return tuple(str(k) for k in keys)
 
 
@@ -69,17 +67,24 @@ def system_config(ev: Evaluated, phase: str, default_hostname: str) -> system.Sy
     users = []
     for i, name in enumerate(sorted(ev.names_under("users", "users") - {"root"})):
         if ev.get("users", "users", name, "isNormalUser") is not True:
-            raise EvalError(f"users.users.{name}: the lab makes normal users only "
-                            "(isNormalUser = true)")
-        users.append(system.User(
-            name=name, uid=LAB_UID_START + i,
-            shell=str(ev.get("users", "users", name, "shell", default="/bin/bash")),
-            groups=tuple(ev.get("users", "users", name, "extraGroups", default=[])  # type: ignore[arg-type]
-                         or ()),
-            hashed_password=_password(ev, name), authorized_keys=_keys(ev, name),
-        ))
-    permit = ev.get("services", "openssh", "settings", "PermitRootLogin") or \
-        ev.get("services", "openssh", "permitRootLogin") or "prohibit-password"
+            raise EvalError(
+                f"users.users.{name}: the lab makes normal users only (isNormalUser = true)"
+            )
+        users.append(
+            system.User(
+                name=name,
+                uid=LAB_UID_START + i,
+                shell=str(ev.get("users", "users", name, "shell", default="/bin/bash")),
+                groups=tuple(ev.strings("users", "users", name, "extraGroups")),
+                hashed_password=_password(ev, name),
+                authorized_keys=_keys(ev, name),
+            )
+        )
+    permit = (
+        ev.get("services", "openssh", "settings", "PermitRootLogin")
+        or ev.get("services", "openssh", "permitRootLogin")
+        or "prohibit-password"
+    )
     password_auth = ev.get("services", "openssh", "settings", "PasswordAuthentication")
     if password_auth is None:
         password_auth = ev.get("services", "openssh", "passwordAuthentication", default=True)
@@ -90,13 +95,13 @@ def system_config(ev: Evaluated, phase: str, default_hostname: str) -> system.Sy
         svc["atticd"] = str(ev.get("services", "atticd", "environmentFile", default="") or "")
     return system.SystemConfig(
         hostname=str(ev.get("networking", "hostName", default=default_hostname)),
-        phase=phase, permit_root_login=str(permit),
+        phase=phase,
+        permit_root_login=str(permit),
         password_authentication=bool(password_auth),
-        root_hashed_password=_password(ev, "root"), users=tuple(users),
-        substituters=tuple(ev.get("nix", "settings", "substituters", default=[])  # type: ignore[arg-type]
-                           or ()),
-        trusted_public_keys=tuple(ev.get("nix", "settings", "trusted-public-keys",  # type: ignore[arg-type]
-                                         default=[]) or ()),
+        root_hashed_password=_password(ev, "root"),
+        users=tuple(users),
+        substituters=tuple(ev.strings("nix", "settings", "substituters")),
+        trusted_public_keys=tuple(ev.strings("nix", "settings", "trusted-public-keys")),
         services=svc,
         wheel_needs_password=ev.get("security", "sudo", "wheelNeedsPassword") is True,
     )
@@ -128,19 +133,26 @@ def _peers(root: Path) -> dict[str, str]:
 def reconcile(before: dict[str, str], after: dict[str, str], sshd_changed: bool) -> list[str]:
     """Stop, restart and start units as switch-to-configuration does; the failed units."""
     stop = [n for n in before if n not in after]
-    restart = [n for n in after if n in before and (before[n] != after[n] or
-               (n == "sshd" and sshd_changed))]
+    restart = [
+        n
+        for n in after
+        if n in before and (before[n] != after[n] or (n == "sshd" and sshd_changed))
+    ]
     start = [n for n in after if n not in before]
     failed = []
     if stop:
-        print("stopping the following units: " + ", ".join(f"{n}.service" for n in stop),
-              file=sys.stderr)
+        print(
+            "stopping the following units: " + ", ".join(f"{n}.service" for n in stop),
+            file=sys.stderr,
+        )
         for name in stop:
             services.stop(services.load_unit(name))
     for verb, names in (("restarting", restart), ("starting", start)):
         if names:
-            print(f"{verb} the following units: " + ", ".join(f"{n}.service" for n in names),
-                  file=sys.stderr)
+            print(
+                f"{verb} the following units: " + ", ".join(f"{n}.service" for n in names),
+                file=sys.stderr,
+            )
         for name in names:
             unit = services.load_unit(name)
             try:
@@ -151,10 +163,10 @@ def reconcile(before: dict[str, str], after: dict[str, str], sshd_changed: bool)
                 logger.debug("%s: %s", name, exc)
                 failed.append(f"{name}.service")
     # units enabled before and after but not running (e.g. killed) are started too
-    for name in after:
+    for name, env_file in after.items():
         if name not in start and services.state(services.load_unit(name)) != "active":
             try:
-                services.start(services.load_unit(name), after[name])
+                services.start(services.load_unit(name), env_file)
             except (services.StartError, OSError):
                 failed.append(f"{name}.service")
     return failed

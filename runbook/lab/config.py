@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
@@ -17,12 +17,11 @@ logger: Final = logging.getLogger(__name__)
 
 DEFAULT_PARAMS: Final = Path(__file__).resolve().parents[2] / "params" / "lab.yaml"
 NETNS_PREFIX: Final = "rblab-"  # ip netns names: rblab-<host>
-VETH_PREFIX: Final = "rblabv"  # root-side veth names: rblabv<index> (IFNAMSIZ is 16)
 FIRST_HOST: Final = 11  # host i gets <subnet>.(11 + i); the bridge gets .1
 SSH_PORT: Final = 22
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     LIVE = "live"  # the NixOS ISO: root logs in with a password, no user yet
     INSTALLED = "installed"  # after a switch to machines/vm-shared.nix: root refused, user+key
 
@@ -40,7 +39,7 @@ class LabParams(BaseModel):
 
     state_dir: Path = Path("/var/lib/runbook-lab")
     subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.231.0.0/24")
-    bridge: str = Field(default="rblab0", pattern=r"^[a-z][a-z0-9]{0,14}$")
+    bridge: str = Field(default="rblab0", pattern=r"^[a-z][a-z0-9]{0,11}$")
     user: str = "jqwang"
     shell: str = "/usr/bin/fish"
     passwords: dict[str, str] = Field(default_factory=lambda: {"root": "root"})

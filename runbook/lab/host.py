@@ -42,18 +42,23 @@ def initial_config(params: LabParams, spec: HostSpec, client_pubkey: str) -> sys
     if spec.phase is Phase.LIVE:
         # live ISO + handbook step: `sudo su; passwd` on the console; sshd allows root
         return system.SystemConfig(
-            hostname=spec.name, phase=Phase.LIVE.value, permit_root_login="yes",
+            hostname=spec.name,
+            phase=Phase.LIVE.value,
+            permit_root_login="yes",
             root_hashed_password=system.hash_password(root_pw) if root_pw else None,
         )
     user_pw = params.passwords.get(params.user)
     user = system.User(
-        name=params.user, shell=params.shell, groups=(system.WHEEL_GROUP,),
+        name=params.user,
+        shell=params.shell,
+        groups=(system.WHEEL_GROUP,),
         hashed_password=system.hash_password(user_pw) if user_pw else None,
         authorized_keys=(client_pubkey,),
     )
     # vm-shared.nix: PermitRootLogin "no", PasswordAuthentication true, mutableUsers false
-    return system.SystemConfig(hostname=spec.name, phase=Phase.INSTALLED.value,
-                               permit_root_login="no", users=(user,))
+    return system.SystemConfig(
+        hostname=spec.name, phase=Phase.INSTALLED.value, permit_root_login="no", users=(user,)
+    )
 
 
 def prepare(params: LabParams, spec: HostSpec, peers: dict[str, str], client_pubkey: str) -> None:
@@ -77,15 +82,39 @@ def start(params: LabParams, spec: HostSpec) -> None:
     """Launch the host's init, detached, in its network namespace and new namespaces."""
     log = params.host_dir(spec.name) / "init.log"
     argv = [
-        "ip", "netns", "exec", netns(spec.name),
-        "unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc", "--propagation", "private",
-        "--", sys.executable, "-m", "runbook.lab.hostinit",
-        spec.name, str(tree(params, spec.name)), str(LAB_BIN),
+        "ip",
+        "netns",
+        "exec",
+        netns(spec.name),
+        "unshare",
+        "--mount",
+        "--uts",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--propagation",
+        "private",
+        "--",
+        sys.executable,
+        "-m",
+        "runbook.lab.hostinit",
+        spec.name,
+        str(tree(params, spec.name)),
+        str(LAB_BIN),
     ]
     env = {"PYTHONPATH": str(LAB_BIN.parents[2])}
     # setsid -f: the init is nobody's child here, so it never lingers as our zombie
-    run(["sh", "-c", 'log=$1; shift; setsid -f "$@" >>"$log" 2>&1 </dev/null', "sh", str(log),
-         *argv], env=env)
+    run(
+        [
+            "sh",
+            "-c",
+            'log=$1; shift; setsid -f "$@" >>"$log" 2>&1 </dev/null',
+            "sh",
+            str(log),
+            *argv,
+        ],
+        env=env,
+    )
 
 
 def wait_booted(params: LabParams, spec: HostSpec, deadline: float) -> None:
@@ -132,8 +161,12 @@ def init_pid(name: str) -> int | None:
         except OSError:
             continue
         for line in status.splitlines():
-            if line.startswith("NSpid:") and line.split()[1:] and line.split()[-1] == "1" \
-                    and len(line.split()) > 2:
+            if (
+                line.startswith("NSpid:")
+                and line.split()[1:]
+                and line.split()[-1] == "1"
+                and len(line.split()) > 2
+            ):
                 return pid
     return None
 

@@ -96,7 +96,7 @@ def start_services() -> list[str]:
     for name, env_file in system.enabled_services(Path("/")).items():
         try:
             services.start(services.load_unit(name), env_file)
-        except (services.StartError, services.UnitNotFound, OSError) as exc:
+        except (services.StartError, services.UnitNotFoundError, OSError) as exc:
             failed.append(f"{name}: {exc}")
     return failed
 

@@ -30,8 +30,16 @@ REGISTRY: Final = "lab.json"
 # Mount points the hosts need that a Debian machine lacks; made by up, removed by down.
 MOUNT_POINTS: Final = (Path("/nix-config"),)
 TEMPLATE: Final = Path(__file__).resolve().parent / "nixos-config"
-REQUIRED: Final = ("/usr/sbin/sshd", "/usr/bin/fish", "/usr/bin/sudo", "/usr/bin/rsync",
-                   "/usr/bin/nix-store", "/usr/sbin/ip", "/usr/bin/unshare", "/usr/bin/ssh-keygen")
+REQUIRED: Final = (
+    "/usr/sbin/sshd",
+    "/usr/bin/fish",
+    "/usr/bin/sudo",
+    "/usr/bin/rsync",
+    "/usr/bin/nix-store",
+    "/usr/sbin/ip",
+    "/usr/bin/unshare",
+    "/usr/bin/ssh-keygen",
+)
 
 
 @dataclass(frozen=True)
@@ -124,8 +132,9 @@ def up(params: LabParams | Path | str | dict[str, Any] | None = None) -> list[Ho
     if previous is not None and (previous.subnet, previous.bridge) != (lab.subnet, lab.bridge):
         down(previous)
     wanted = {spec.name for spec in lab.hosts}
-    for stale in set(net.list_lab_netns()) - wanted:
-        _destroy_host(previous, stale)
+    if previous is not None:  # hosts of this lab's last run that params no longer has
+        for stale in {s.name for s in previous.hosts} - wanted:
+            _destroy_host(previous, stale)
     lab.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(lab.state_dir, 0o755)  # sshd reads per-host trees as the login user
     pubkey = _client_key(lab)
@@ -134,15 +143,21 @@ def up(params: LabParams | Path | str | dict[str, Any] | None = None) -> list[Ho
     for point in MOUNT_POINTS:
         point.mkdir(exist_ok=True)
     net.ensure_bridge(lab)
-    (lab.state_dir / REGISTRY).write_text(json.dumps({"params": lab.model_dump(mode="json")},
-                                                     indent=1))
+    # written before any host exists, so a killed run is cleaned up by the next up or down
+    (lab.state_dir / REGISTRY).write_text(
+        json.dumps({"params": lab.model_dump(mode="json")}, indent=1)
+    )
     peers = {spec.name: lab.address(i) for i, spec in enumerate(lab.hosts)}
     todo = [(i, s) for i, s in enumerate(lab.hosts) if not _healthy(lab, i, s)]
     with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
         list(pool.map(lambda item: _create(lab, item[0], item[1], peers, pubkey), todo))
     _write_known_hosts(lab)
-    logger.info("lab up: %d host(s), %d (re)created, %.2f s", len(lab.hosts), len(todo),
-                time.monotonic() - started)
+    logger.info(
+        "lab up: %d host(s), %d (re)created, %.2f s",
+        len(lab.hosts),
+        len(todo),
+        time.monotonic() - started,
+    )
     return status(lab)
 
 
@@ -168,10 +183,11 @@ def down(params: LabParams | Path | str | dict[str, Any] | None = None) -> None:
     lab = _registered(_coerce(params).state_dir) if not isinstance(params, LabParams) else params
     if lab is None:
         lab = _coerce(params)
-    names = set(net.list_lab_netns()) | {s.name for s in lab.hosts}
+    # this lab's hosts only: another lab (other state_dir) may be running beside it
+    names = {s.name for s in lab.hosts}
     with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
         list(pool.map(lambda n: _destroy_host(lab, n), sorted(names)))
-    for veth in net.stale_veths():
+    for veth in net.stale_veths(lab):
         run(["ip", "link", "del", veth], check=False)
     net.remove_bridge(lab)
     for point in MOUNT_POINTS:
@@ -191,12 +207,19 @@ def status(params: LabParams | Path | str | dict[str, Any] | None = None) -> lis
         root = host.tree(lab, spec.name)
         phase = system.read_phase(root)
         pid = host.init_pid(spec.name)
-        out.append(HostStatus(
-            name=spec.name, address=lab.address(i), port=SSH_PORT,
-            user="root" if phase == Phase.LIVE.value else lab.user,
-            identity=str(lab.identity_path), known_hosts=str(lab.known_hosts), phase=phase,
-            services=_services(pid), running=pid is not None,
-        ))
+        out.append(
+            HostStatus(
+                name=spec.name,
+                address=lab.address(i),
+                port=SSH_PORT,
+                user="root" if phase == Phase.LIVE.value else lab.user,
+                identity=str(lab.identity_path),
+                known_hosts=str(lab.known_hosts),
+                phase=phase,
+                services=_services(pid),
+                running=pid is not None,
+            )
+        )
     return out
 
 

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Final
 
-from runbook.lab.config import NETNS_PREFIX, VETH_PREFIX, LabParams
+from runbook.lab.config import NETNS_PREFIX, LabParams
 from runbook.local import run
 
 logger: Final = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def remove_bridge(params: LabParams) -> None:
 
 def create_host_net(params: LabParams, index: int, name: str) -> None:
     ns = netns(name)
-    veth = f"{VETH_PREFIX}{index}"
+    veth = veth_name(params, index)
     if link_exists(veth):
         _ip("link", "del", veth, check=False)
     _ip("netns", "add", ns)
@@ -55,6 +55,10 @@ def create_host_net(params: LabParams, index: int, name: str) -> None:
     _ip("-n", ns, "addr", "add", addr, "dev", "eth0")
     _ip("-n", ns, "link", "set", "eth0", "up")
     _ip("-n", ns, "link", "set", "lo", "up")
+
+
+def veth_name(params: LabParams, index: int) -> str:
+    return f"{params.bridge}v{index}"  # IFNAMSIZ: bridge names are at most 12 characters
 
 
 def list_lab_netns() -> list[str]:
@@ -78,7 +82,10 @@ def delete_host_net(name: str) -> None:
         _ip("netns", "del", netns(name), check=False)
 
 
-def stale_veths() -> list[str]:
+def stale_veths(params: LabParams) -> list[str]:
+    prefix = f"{params.bridge}v"
     return sorted(
-        p.name for p in Path("/sys/class/net").iterdir() if p.name.startswith(VETH_PREFIX)
+        p.name
+        for p in Path("/sys/class/net").iterdir()
+        if p.name.startswith(prefix) and p.name[len(prefix) :].isdigit()
     )

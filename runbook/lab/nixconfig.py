@@ -61,9 +61,14 @@ class Evaluated:
         values = {repr(d.value) for d in winners}
         if len(values) > 1:
             where = ", ".join(d.where for d in winners)
-            raise EvalError(f"The option `{'.'.join(path)}' has conflicting definition values "
-                            f"(in {where})")
+            raise EvalError(
+                f"The option `{'.'.join(path)}' has conflicting definition values (in {where})"
+            )
         return winners[0].value
+
+    def strings(self, *path: str) -> list[str]:
+        value = self.get(*path, default=[])
+        return [str(v) for v in value] if isinstance(value, list) else []
 
     def names_under(self, *prefix: str) -> set[str]:
         n = len(prefix)
@@ -73,8 +78,10 @@ class Evaluated:
 def _priority(binding: Binding, nix: NixFile) -> int:
     for wrapper in binding.wrappers:
         if wrapper == "mkIf":
-            raise EvalError(f"{nix.name}:{binding.line}: {'.'.join(binding.path)}: "
-                            "mkIf conditions are not evaluated by the lab")
+            raise EvalError(
+                f"{nix.name}:{binding.line}: {'.'.join(binding.path)}: "
+                "mkIf conditions are not evaluated by the lab"
+            )
         if wrapper == "mkOverride":
             head = binding.node.child_by_field_name("expression")
             text = nix.text(head) if head is not None else ""
@@ -95,8 +102,7 @@ def literal(node: Node, nix: NixFile, kind: str) -> Value:
     if kind == "path" and node.type == "path_expression":
         return str((Path(nix.name).parent / text).resolve())
     if kind == "shell":
-        if node.type == "select_expression" and text.startswith("pkgs.") and \
-                text[5:] in SHELLS:
+        if node.type == "select_expression" and text.startswith("pkgs.") and text[5:] in SHELLS:
             return SHELLS[text[5:]]
         if (s := string_value(node, nix.source)) is not None:
             return s
@@ -106,8 +112,10 @@ def literal(node: Node, nix: NixFile, kind: str) -> Value:
             item = literal(element, nix, "path" if kind == "paths" else "str")
             items.append(str(item))
         return items
-    raise EvalError(f"{nix.name}:{node.start_point.row + 1}: cannot evaluate `{text[:60]}` "
-                    f"(the lab expects a {kind} literal here)")
+    raise EvalError(
+        f"{nix.name}:{node.start_point.row + 1}: cannot evaluate `{text[:60]}` "
+        f"(the lab expects a {kind} literal here)"
+    )
 
 
 def _imports(nix: NixFile) -> list[Path]:
@@ -140,13 +148,16 @@ def evaluate(entry_files: list[Path], options: dict[tuple[str, ...], str]) -> Ev
                 continue
             value = literal(binding.value, nix, kind)
             result.defs.setdefault(binding.path, []).append(
-                Definition(value, _priority(binding, nix), f"{path}:{binding.line}"))
+                Definition(value, _priority(binding, nix), f"{path}:{binding.line}")
+            )
     return result
 
 
 def _kind(path: tuple[str, ...], options: dict[tuple[str, ...], str]) -> str | None:
     for pattern, kind in options.items():
-        if len(pattern) == len(path) and all(p in ("*", q) for p, q in zip(pattern, path)):
+        if len(pattern) == len(path) and all(
+            p in ("*", q) for p, q in zip(pattern, path, strict=True)
+        ):
             return kind
     return None
 
@@ -165,12 +176,14 @@ def flake_user(flake: Path, name: str) -> str:
                     user = string_value(expr, nix.source)
                     if user:
                         return user
-        raise EvalError(f"{flake}:{binding.line}: nixosConfigurations.{name}: no `user = \"...\"`"
-                        " in its mkSystem call")
+        raise EvalError(
+            f'{flake}:{binding.line}: nixosConfigurations.{name}: no `user = "..."`'
+            " in its mkSystem call"
+        )
     raise EvalError(
         f"flake 'path:{flake.parent}' does not provide attribute "
         f"'packages.aarch64-linux.nixosConfigurations.\"{name}\".config.system.build.toplevel', "
-        f"'legacyPackages.aarch64-linux.nixosConfigurations.\"{name}\".config.system.build."
+        f'\'legacyPackages.aarch64-linux.nixosConfigurations."{name}".config.system.build.'
         f"toplevel' or 'nixosConfigurations.\"{name}\".config.system.build.toplevel'"
     )
 

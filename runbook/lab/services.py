@@ -43,7 +43,7 @@ class Unit:
     environment: dict[str, str] = field(default_factory=dict)
 
 
-class UnitNotFound(LookupError):
+class UnitNotFoundError(LookupError):
     pass
 
 
@@ -66,7 +66,7 @@ def load_unit(name: str) -> Unit:
                 ready_tcp_port=data.get("ready_tcp_port"),
                 environment=dict(data.get("environment", {})),
             )
-    raise UnitNotFound(want)
+    raise UnitNotFoundError(want)
 
 
 def pid_file(unit: Unit, root: Path = Path("/")) -> Path:
@@ -132,7 +132,7 @@ def start(unit: Unit, environment_file: str = "") -> int:
     log = Path(f"/var/log/{unit.name}.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        proc = subprocess.Popen(  # noqa: S603 - a unit's own command line
+        proc = subprocess.Popen(
             unit.exec_start,
             stdin=subprocess.DEVNULL,
             stdout=out,

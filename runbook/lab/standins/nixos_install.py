@@ -48,10 +48,14 @@ def install(argv: list[str]) -> int:
         files = [config]
     cfg = activate.system_config(activate.evaluate_files(files), "installed", "nixos")
     if not no_root_passwd and sys.stdin.isatty() is False and cfg.root_hashed_password is None:
-        raise InputError("setting up the root password needs a terminal; "
-                         "pass --no-root-passwd (the handbook does)")
-    print("copying channel...\nbuilding the configuration in /mnt/etc/nixos/configuration.nix...",
-          file=sys.stderr)
+        raise InputError(
+            "setting up the root password needs a terminal; "
+            "pass --no-root-passwd (the handbook does)"
+        )
+    print(
+        "copying channel...\nbuilding the configuration in /mnt/etc/nixos/configuration.nix...",
+        file=sys.stderr,
+    )
     activate.write(cfg)
     system.new_host_keys(Path("/"))
     print("installing the boot loader...\ninstallation finished!", file=sys.stderr)
@@ -59,6 +63,9 @@ def install(argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if not Path("/run/runbook-lab/env").exists():  # never rewrite this machine's /etc
+        print("error: this lab stand-in runs only inside a runbook lab host", file=sys.stderr)
+        return 1
     try:
         return install(argv)
     except InputError as exc:

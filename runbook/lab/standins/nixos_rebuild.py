@@ -75,9 +75,8 @@ def system_files(root: Path, name: str) -> list[Path]:
 def switch(action: str, flake: str) -> int:
     root, name = resolve(flake)
     files = system_files(root, name)
-    cfg = activate.system_config(activate.evaluate_files(files), "installed",
-                                 os.uname().nodename)
-    print(f"building the system configuration...", file=sys.stderr)
+    cfg = activate.system_config(activate.evaluate_files(files), "installed", os.uname().nodename)
+    print("building the system configuration...", file=sys.stderr)
     if action in ("build", "dry-build", "dry-activate", "boot"):
         return 0
     before = system.enabled_services(Path("/"))
@@ -86,8 +85,9 @@ def switch(action: str, flake: str) -> int:
     print("setting up /etc...", file=sys.stderr)
     activate.write(cfg)
     activate.set_hostname(cfg.hostname)
-    failed = activate.reconcile(before, cfg.services, _read(Path("/etc/ssh/sshd_config"))
-                                != old_sshd)
+    failed = activate.reconcile(
+        before, cfg.services, _read(Path("/etc/ssh/sshd_config")) != old_sshd
+    )
     if failed:
         print("warning: the following units failed: " + ", ".join(failed), file=sys.stderr)
         return EXIT_UNIT_FAILED
@@ -102,13 +102,16 @@ def _read(path: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if not Path("/run/runbook-lab/env").exists():  # never rewrite this machine's /etc
+        print("error: this lab stand-in runs only inside a runbook lab host", file=sys.stderr)
+        return 1
     try:
         action, flake = parse(argv)
         return switch(action, flake)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except services.UnitNotFound as exc:
+    except services.UnitNotFoundError as exc:
         print(f"error: unit {exc}.service not found", file=sys.stderr)
         return 1
 

@@ -12,7 +12,7 @@ import signal
 import sys
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> int:  # noqa: ARG001 - reboot's flags change nothing here
     if os.geteuid() != 0:
         print("Call to Reboot failed: Access denied", file=sys.stderr)
         return 1

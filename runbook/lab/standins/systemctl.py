@@ -24,7 +24,7 @@ EXIT_NOT_FOUND = 5
 def _unit(name: str) -> services.Unit | None:
     try:
         return services.load_unit(name)
-    except services.UnitNotFound:
+    except services.UnitNotFoundError:
         return None
 
 
@@ -38,9 +38,12 @@ def _start(unit: services.Unit) -> int:
     except services.StartError as exc:
         services.pid_file(unit).parent.mkdir(parents=True, exist_ok=True)
         services.pid_file(unit).write_text("0\n")  # remembered as failed, like systemd
-        print(f"Job for {unit.name}.service failed because the control process exited with "
-              f"error code.\nSee \"systemctl status {unit.name}.service\" and "
-              f"\"journalctl -xeu {unit.name}.service\" for details.", file=sys.stderr)
+        print(
+            f"Job for {unit.name}.service failed because the control process exited with "
+            f'error code.\nSee "systemctl status {unit.name}.service" and '
+            f'"journalctl -xeu {unit.name}.service" for details.',
+            file=sys.stderr,
+        )
         print(f"({exc})", file=sys.stderr)
         return 1
     return 0
@@ -50,14 +53,16 @@ def _status(unit: services.Unit) -> int:
     state = services.state(unit)
     pid = services.main_pid(unit)
     enabled = "enabled" if unit.name in system.enabled_services(Path("/")) else "disabled"
-    dot = {"active": "●", "failed": "×"}.get(state, "○")
+    dot = {"active": "●", "failed": "\u00d7"}.get(state, "○")
     print(f"{dot} {unit.name}.service - {unit.description}")
-    print(f"     Loaded: loaded (/etc/systemd/system/{unit.name}.service; {enabled}; "
-          f"preset: enabled)")
+    print(
+        f"     Loaded: loaded (/etc/systemd/system/{unit.name}.service; {enabled}; preset: enabled)"
+    )
     since = services.started_at(unit)
     when = time.strftime(" since %a %Y-%m-%d %H:%M:%S UTC", time.gmtime(since)) if since else ""
     sub = {"active": "active (running)", "failed": "failed (Result: exit-code)"}.get(
-        state, "inactive (dead)")
+        state, "inactive (dead)"
+    )
     print(f"     Active: {sub}{when if state != 'inactive' else ''}")
     if pid is not None:
         print(f"   Main PID: {pid} ({Path(unit.exec_start[0]).name})")
@@ -80,8 +85,7 @@ def _one(verb: str, name: str) -> int:
         if verb == "status":
             print(f"Unit {shown}.service could not be found.", file=sys.stderr)
             return EXIT_NO_UNIT
-        print(f"Failed to {verb} {shown}.service: Unit {shown}.service not found.",
-              file=sys.stderr)
+        print(f"Failed to {verb} {shown}.service: Unit {shown}.service not found.", file=sys.stderr)
         return EXIT_NOT_FOUND
     if verb == "is-active":
         state = services.state(unit)
@@ -98,8 +102,17 @@ def _one(verb: str, name: str) -> int:
     return 0
 
 
-VERBS = ("start", "stop", "restart", "reload-or-restart", "status", "is-active", "enable",
-         "disable", "reload")
+VERBS = (
+    "start",
+    "stop",
+    "restart",
+    "reload-or-restart",
+    "status",
+    "is-active",
+    "enable",
+    "disable",
+    "reload",
+)
 
 
 def main(argv: list[str]) -> int:
@@ -115,11 +128,11 @@ def main(argv: list[str]) -> int:
         print(f"Unknown command verb '{verb}'.", file=sys.stderr)
         return 1
     if not names:
-        print(f"Too few arguments.", file=sys.stderr)
+        print("Too few arguments.", file=sys.stderr)
         return 1
     if quiet and verb == "is-active":
-        import io
         import contextlib
+        import io
 
         with contextlib.redirect_stdout(io.StringIO()):
             return max(_one(verb, n) for n in names)
