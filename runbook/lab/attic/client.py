@@ -131,12 +131,7 @@ def cmd_login(args: argparse.Namespace) -> int:
     conf = load_config()
     servers = conf.setdefault("servers", {})
     verb = "Overwriting" if args.name in servers else "Configuring"
-    print(
-        f'\u270d\ufe0f Configuring server "{args.name}"'
-        if verb == "Configuring"
-        else f'\u270d\ufe0f Overwriting server "{args.name}"',
-        file=sys.stderr,
-    )
+    print(f'\u270d\ufe0f {verb} server "{args.name}"', file=sys.stderr)
     entry: dict[str, str] = {"endpoint": args.endpoint}
     if args.token:
         entry["token"] = args.token

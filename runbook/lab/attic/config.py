@@ -33,6 +33,7 @@ CONFIG_VAR: Final = "ATTICD_STANDIN_CONFIG"
 PUBKEY_VAR: Final = "ATTIC_SERVER_TOKEN_RS256_PUBKEY_BASE64"
 HS256_VAR: Final = "ATTIC_SERVER_TOKEN_HS256_SECRET_BASE64"
 CONFIG_B64_VAR: Final = "ATTIC_SERVER_CONFIG_BASE64"
+TOKEN_VARS: Final = (PUBKEY_VAR, keys.TOKEN_SECRET_VAR, HS256_VAR)
 PANIC_EXIT: Final = 101  # a Rust panic's exit status
 
 
@@ -49,11 +50,14 @@ def panic(message: str, location: str = "server/src/config.rs") -> NoReturn:
 def load_env_file(path: str | None) -> None:
     """Overlay `path` on os.environ as systemd's `EnvironmentFile=` would.
 
-    An explicit path that is missing fails like systemd does; the default one is optional,
-    so a caller (the lab's systemctl) may already have put the variables in the environment.
+    An explicit path that is missing fails like systemd does. The default one is read only
+    when no token variable is set yet: the lab's systemctl has usually loaded the unit's
+    `EnvironmentFile=` already, and that one wins.
     """
     explicit = path or os.environ.get(ENV_FILE_VAR)
     target = Path(explicit or DEFAULT_ENV_FILE)
+    if not explicit and any(os.environ.get(v) for v in TOKEN_VARS):
+        return
     if not target.exists():
         if explicit:
             sys.stderr.write(f"Failed to load environment files: {target}: No such file\n")
