@@ -198,6 +198,14 @@ class PushReport:
     def nothing_pushed(self) -> bool:
         return self.pushed == 0
 
+    def problem(self) -> str | None:
+        """Why this push should not pass silently, or None: failures, or nothing in the cache."""
+        if self.failed:
+            return f"{self.failed} paths failed to push"
+        if self.pushed == 0 and self.already_cached == 0:
+            return "nothing was pushed and nothing was already cached: " + self.summary()
+        return None
+
     def summary(self) -> str:
         text = (
             f"pushed {self.pushed} of {self.planned} paths; {self.already_cached} already cached, "
@@ -225,7 +233,9 @@ def parse_push_output(output: str) -> PushReport:
     text = output.replace("\r", "\n")
     if m := _PUSHING_RE.search(text):
         planned, cached, upstream = (int(g) for g in m.groups())
-        ok = len(re.findall(r"^\s*\u2705 [0-9a-df-np-sv-z]{32}-", text, re.MULTILINE))
+        ok = len(
+            re.findall(r"^\s*\u2705 (?:/nix/store/)?[0-9a-df-np-sv-z]{32}-", text, re.MULTILINE)
+        )
         failed = len(re.findall(r"^\s*\u274c ", text, re.MULTILINE))
         return PushReport(planned, ok, cached, upstream, failed)
     if m := _DONE_RE.search(text):

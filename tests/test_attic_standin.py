@@ -594,3 +594,36 @@ def test_verify_cache_private_with_token(lab, pushed):
     # a known path on a private cache, anonymous: 401 (attic.md §5)
     status, _, _ = http(f"{lab.url}/vpriv/{Path(str(pushed['built'])).name[:32]}.narinfo")
     assert status == 401
+
+
+def test_parse_push_output_reports_empty_pushes():
+    upstream_only = attic.parse_push_output("\u2705 All done! (0 already cached, 7 in upstream)\n")
+    assert upstream_only.nothing_pushed and upstream_only.problem() is not None
+    assert "ignore-upstream-cache-filter" in upstream_only.summary()
+    cached = attic.parse_push_output("\u2705 All done! (3 already cached, 0 in upstream)\n")
+    assert cached.nothing_pushed and cached.problem() is None
+    text = (
+        '\u2699\ufe0f Pushing 2 paths to "main" on "local" (1 already cached, 0 in upstream)...\r\n'
+        "\u2705 0c9r1k6dn9pq1x4ygkqh8m2l2kqnd4xc-a (1.00 MiB/s)\r\n"
+        "\u274c 1c9r1k6dn9pq1x4ygkqh8m2l2kqnd4xc-b: Error: x\r\n"
+    )
+    report = attic.parse_push_output(text)
+    assert (report.planned, report.pushed, report.failed) == (2, 1, 1)
+    assert report.problem() == "1 paths failed to push"
+    with pytest.raises(attic.AtticOutputError):
+        attic.parse_push_output("garbage")
+
+
+def test_argv_builders_follow_the_handbook():
+    assert attic.make_token_argv() == [
+        "atticd-atticadm", "make-token", "--sub", "admin", "--validity", "10y",
+        "--pull", "*", "--push", "*", "--create-cache", "*", "--configure-cache", "*",
+        "--configure-cache-retention", "*", "--destroy-cache", "*",
+    ]  # fmt: skip
+    assert attic.push_argv("main", jobs=8) == ["attic", "push", "main", "--stdin", "-j", "8"]
+    with pytest.raises(attic.InputError):
+        attic.push_argv("main", jobs=0)
+    token = attic.parse_make_token_output("\r\n  eyJh.eyJz.c2ln\r\n")
+    assert token.reveal() == "eyJh.eyJz.c2ln" and str(token) == "*****"
+    with pytest.raises(attic.AtticOutputError):
+        attic.parse_make_token_output("Error: PubkeyOnlyCannotCreateToken\r\n")
