@@ -242,12 +242,19 @@ def exec_in(name: str, argv: list[str], stdin: str | None = None) -> Any:
     return run(["nsenter", "-t", str(pid), "-a", "--", *argv], check=False, stdin=stdin)
 
 
-def askpass_env(user: str, params: LabParams | Path | str | None = None) -> dict[str, str]:
-    """Environment for OpenSSH to log in as `user` with the lab password (SSH_ASKPASS)."""
+def askpass_env(
+    user: str | None = None, params: LabParams | Path | str | dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Environment for OpenSSH (ssh, rsync, make vm/*) to log in with the lab passwords through
+    SSH_ASKPASS: the password of `user`, or with no user the one named in each prompt."""
     lab = _coerce(params)
-    return {
+    env = {
         "SSH_ASKPASS": str(Path(__file__).resolve().parent / "askpass"),
         "SSH_ASKPASS_REQUIRE": "force",
         "DISPLAY": os.environ.get("DISPLAY", ":0"),
-        "RUNBOOK_LAB_PASSWORD_FILE": str(lab.state_dir / "passwords" / user),
     }
+    if user is None:
+        env["RUNBOOK_LAB_PASSWORD_DIR"] = str(lab.state_dir / "passwords")
+    else:
+        env["RUNBOOK_LAB_PASSWORD_FILE"] = str(lab.state_dir / "passwords" / user)
+    return env

@@ -111,10 +111,20 @@ class StartError(RuntimeError):
 
 
 def start(unit: Unit, environment_file: str = "") -> int:
-    """Start the unit detached (own session, output to /var/log/<name>.log); its pid."""
+    """Start the unit detached (own session, output to /var/log/<name>.log); its pid.
+    A failed start is remembered (state "failed"), as systemd keeps a failed unit."""
     pid = main_pid(unit)
     if pid is not None:
         return pid
+    try:
+        return _spawn(unit, environment_file)
+    except StartError:
+        pid_file(unit).parent.mkdir(parents=True, exist_ok=True)
+        pid_file(unit).write_text("0\n")
+        raise
+
+
+def _spawn(unit: Unit, environment_file: str) -> int:
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LANG": "C.UTF-8"}
     if "PYTHONPATH" in os.environ:  # the stand-in daemons are Python (bin/README)
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]

@@ -36,8 +36,6 @@ def _start(unit: services.Unit) -> int:
     try:
         services.start(unit, _env_file(unit))
     except services.StartError as exc:
-        services.pid_file(unit).parent.mkdir(parents=True, exist_ok=True)
-        services.pid_file(unit).write_text("0\n")  # remembered as failed, like systemd
         print(
             f"Job for {unit.name}.service failed because the control process exited with "
             f'error code.\nSee "systemctl status {unit.name}.service" and '
