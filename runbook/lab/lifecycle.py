@@ -190,9 +190,11 @@ def down(params: LabParams | Path | str | dict[str, Any] | None = None) -> None:
     for veth in net.stale_veths(lab):
         run(["ip", "link", "del", veth], check=False)
     net.remove_bridge(lab)
-    for point in MOUNT_POINTS:
-        if point.is_dir() and not os.path.ismount(point) and not any(point.iterdir()):
-            point.rmdir()
+    # Removing a mount point detaches it in every namespace: only when no lab host is left.
+    if not net.list_lab_netns():
+        for point in MOUNT_POINTS:
+            if point.is_dir() and not os.path.ismount(point) and not any(point.iterdir()):
+                point.rmdir()
     if lab.state_dir.exists():
         shutil.rmtree(lab.state_dir)
     logger.info("lab down: %d host(s) removed", len(names))
