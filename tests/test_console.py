@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
 
 import pytest
 
+from runbook import utm
 from runbook.cli import execute
-from runbook.console import keymap
-from runbook.errors import InputError
+from runbook.console import backends, keymap
+from runbook.errors import ConnectError, InputError
+from runbook.models import Result
+from runbook.secrets import Secret
+from tests.conftest import need
+from tests.console_rig import ConsoleRig, start_console
 
 # Golden tables written from the reference text, not from runbook/console/keymap.py:
 # utm-makefile-keys.md §4 (kVK codes; "Characters that need Shift on US ANSI") ...
@@ -177,3 +187,243 @@ def test_cli_keys_untypable_is_exit_2_one_line() -> None:
 
 def test_cli_keys_requires_json() -> None:
     assert execute(["keys", "abc"]) == 2
+
+
+# --- backends -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def console(tmp_path: Path) -> Iterator[ConsoleRig]:
+    need(shutil.which("socat") is not None, "needs socat")
+    rig = start_console(tmp_path)
+    yield rig
+    rig.stop()
+
+
+def test_serial_types_into_a_real_shell_that_answers(console: ConsoleRig) -> None:
+    b = backends.SerialBackend(port=console.port)
+    b.type_text("vm", "X=answer-$((6*7))\n")  # one connection ...
+    out = b.run("vm", "echo $X DONE-''MARK", r"answer-42 DONE-MARK")  # ... and the next
+    assert "answer-42 DONE-MARK" in out
+    # every printable ASCII character reaches the shell unchanged
+    text = "".join(PRINTABLE)
+    b.run("vm", "read -r LINE", r"read -r LINE")
+    b.type_text("vm", text + "\n")
+    out = b.run(
+        "vm", "printf '%s\\n' \"$LINE\" | od -An -c | tr -d ' \\n'; echo; echo E''ND", "END"
+    )
+    want = subprocess.run(
+        ["od", "-An", "-c"], input=text.encode(), capture_output=True, check=True
+    ).stdout.decode()
+    assert re.sub(r"\s", "", want) + r"\n" in re.sub(r"\s", "", out)
+
+
+def test_serial_secret_is_typed_but_masked_in_the_screenshot(console: ConsoleRig, tmp_path) -> None:
+    pw = Secret("Console-pw-7391", "live-root-password")
+    b = backends.SerialBackend(port=console.port)
+    b.run("vm", "read -rs PW; echo GOT-''IT", r"\n?")  # read -s: no echo, like passwd
+    b.type_text("vm", pw)
+    b.type_text("vm", "\n")
+    out = b.run("vm", "echo len=${#PW} val=$PW", r"len=15 val=\S+")
+    assert "len=15" in out
+    shot = b.screenshot("vm", tmp_path / "console.txt")
+    assert shot.stat().st_mode & 0o777 == 0o600
+    saved = shot.read_text()
+    assert "len=15 val=*****" in saved and "Console-pw-7391" not in saved
+
+
+def test_serial_refuses_untypable_text_before_sending(console: ConsoleRig) -> None:
+    with pytest.raises(InputError, match="position 3"):
+        backends.SerialBackend(port=console.port).type_text("vm", "ls é")
+
+
+def test_serial_wait_times_out_with_the_console_tail(console: ConsoleRig) -> None:
+    b = backends.SerialBackend(port=console.port)
+    with pytest.raises(backends.CommandError, match=r"no match within 0.5 s.*nothing-here"):
+        b.run("vm", "echo nothing-here", "never-printed", timeout=0.5)
+
+
+def test_serial_connection_refused_is_connect_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening
+        with pytest.raises(ConnectError, match=f"127.0.0.1:{port}"):
+            backends.SerialBackend(port=port, timeout=1).type_text("vm", "x")
+
+
+def test_clean_console_text() -> None:
+    raw = "\x1b[?2004hvm# echo hi\r\n\x1b[?2004l\rhi\r\n"
+    assert backends.clean_console_text(raw) == "vm# echo hi\n\nhi\n"
+
+
+# utm-input
+
+
+@pytest.fixture
+def on_mac(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(utm.STANDINS_ENV, "1")
+
+
+@pytest.fixture
+def run(on_mac: None) -> Iterator[mock.MagicMock]:
+    with mock.patch("runbook.local.run", autospec=True) as m:
+        m.return_value = Result("osascript -", 0, "", "", 0.1)
+        yield m
+
+
+def test_utm_input_scan_codes_golden(run: mock.MagicMock) -> None:
+    backends.UtmInputBackend().type_text("nixos utm", "hello\n")
+    (argv,), kwargs = run.call_args
+    assert argv == ["osascript", "-", "nixos utm"]
+    assert kwargs["stdin"] == (
+        "on run argv\n"
+        '  tell application "UTM"\n'
+        "    set vm to virtual machine named (item 1 of argv)\n"
+        "    input scan code of vm codes {35, 163, 18, 146, 38, 166, 38, 166, 24, 152, 28, 156}\n"
+        "  end tell\n"
+        "end run\n"
+    )
+
+
+def test_utm_input_long_text_is_chunked_in_order(run: mock.MagicMock) -> None:
+    backends.UtmInputBackend(chunk=4).type_text("vm", "abc")
+    sent = [re.search(r"codes \{(.*)\}", c.kwargs["stdin"])[1] for c in run.call_args_list]
+    assert sent == ["30, 158, 48, 176", "46, 174"]
+
+
+def test_utm_input_secret_never_in_argv(run: mock.MagicMock) -> None:
+    backends.UtmInputBackend(method="keystroke").type_text("vm", Secret('pa"ss\\w0rd', "pw"))
+    (argv,), kwargs = run.call_args
+    assert argv == ["osascript", "-", "vm"]
+    assert 'input keystroke of vm text "pa\\"ss\\\\w0rd"\n' in kwargs["stdin"]
+
+
+def test_utm_input_keystroke_newline_escape(run: mock.MagicMock) -> None:
+    backends.UtmInputBackend(method="keystroke").type_text("vm", "passwd\r\n")
+    assert 'text "passwd\\n"' in run.call_args.kwargs["stdin"]
+
+
+def test_utm_input_untypable_is_input_error(run: mock.MagicMock) -> None:
+    for method in ("scan-codes", "keystroke"):
+        with pytest.raises(InputError, match="position 0"):
+            backends.UtmInputBackend(method=method).type_text("vm", "ß")
+    run.assert_not_called()
+
+
+def test_utm_input_off_macos_is_unchecked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(utm.STANDINS_ENV, raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    with mock.patch("runbook.local.run", autospec=True) as run:
+        with pytest.raises(utm.MacOnlyError, match=r"^unchecked: "):
+            backends.UtmInputBackend().type_text("vm", "x")
+        with pytest.raises(utm.MacOnlyError):
+            backends.HammerspoonBackend().type_text("vm", "x")
+        run.assert_not_called()
+
+
+# hammerspoon
+
+
+def _lua_rows(lua: str) -> list[tuple[int, int, int]]:
+    body = re.search(r"local seq = \{(.*)\}\n", lua)
+    assert body
+    return [tuple(map(int, r)) for r in re.findall(r"\{(\d+),(\d),(\d)\}", body[1])]
+
+
+def test_hammerspoon_argv_and_raw_events(run: mock.MagicMock) -> None:
+    seen: dict[str, object] = {}
+
+    def capture(argv, **kwargs):
+        path = re.fullmatch(r'dofile\("(.*)"\)', argv[-1])
+        assert path, argv
+        # \ddd escapes only for bytes outside [A-Za-z0-9 -_./:]
+        file = Path(re.sub(r"\\(\d{3})", lambda m: chr(int(m[1])), path[1]))
+        seen["mode"] = file.stat().st_mode & 0o777
+        seen["lua"] = file.read_text()
+        seen["file"] = file
+        return Result("hs", 0, "typed 8 events\n", "", 0.1)
+
+    run.side_effect = capture
+    backends.HammerspoonBackend(hs="/opt/homebrew/bin/hs").type_text("nixos-dev", Secret("A!b9"))
+    (argv,), _ = run.call_args
+    assert argv[:4] == ["/opt/homebrew/bin/hs", "-a", "-q", "-t"]
+    assert argv[5] == "-c" and "b9" not in " ".join(argv)
+    assert seen["mode"] == 0o600 and not Path(str(seen["file"])).exists()  # removed after
+    lua = str(seen["lua"])
+    assert 'hs.application.get("com.utmapp.UTM")' in lua
+    assert 'app:getWindow("nixos-dev")' in lua and "win:focus()" in lua
+    assert "E.newKeyEvent(mods, e[1], e[2] == 1):post(app)" in lua
+    # Shift is its own flagsChanged (key 56) around the shifted keys: A, !
+    assert _lua_rows(lua) == [
+        (56, 1, 1), (0, 1, 1), (0, 0, 1), (18, 1, 1), (18, 0, 1), (56, 0, 0),
+        (11, 1, 0), (11, 0, 0), (25, 1, 0), (25, 0, 0),
+    ]  # fmt: skip
+
+
+def test_hammerspoon_screenshot(run: mock.MagicMock, tmp_path: Path) -> None:
+    target = tmp_path / "shots" / "02 root password.png"
+    assert backends.HammerspoonBackend().screenshot("nixos-dev", target) == target
+    (argv,), _ = run.call_args
+    lua = argv[-1]
+    assert "win:snapshot()" in lua and "saveToFile(" in lua
+    assert backends.lua_string(str(target)) in lua
+
+
+def test_lua_string_escapes_everything_unusual() -> None:
+    assert backends.lua_string('a"b\\c\n]]é') == '"a\\034b\\092c\\010\\093\\093\\195\\169"'
+
+
+# quartz
+
+
+def test_quartz_posts_keycode_events_with_shift_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, object]] = []
+
+    class App:
+        def bundleIdentifier(self) -> str:  # noqa: N802
+            return "com.utmapp.UTM"
+
+        def processIdentifier(self) -> int:  # noqa: N802
+            return 4242
+
+        def activateWithOptions_(self, opts: int) -> None:  # noqa: N802
+            calls.append(("activate", opts))
+
+    quartz = mock.Mock()
+    quartz.CGEventCreateKeyboardEvent.side_effect = lambda src, code, down: {"c": code, "d": down}
+    quartz.CGEventSetFlags.side_effect = lambda ev, flags: ev.update(f=flags)
+    quartz.CGEventPostToPid.side_effect = lambda pid, ev: calls.append(("post", (pid, ev)))
+    appkit = mock.Mock()
+    appkit.NSWorkspace.sharedWorkspace.return_value.runningApplications.return_value = [App()]
+    monkeypatch.setitem(sys.modules, "Quartz", quartz)
+    monkeypatch.setitem(sys.modules, "AppKit", appkit)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(backends.time, "sleep", lambda s: None)
+    backends.QuartzBackend().type_text("vm", "a:")
+    posts = [c[1] for c in calls if c[0] == "post"]
+    assert {p[0] for p in posts} == {4242}
+    assert [(e["c"], e["d"], e["f"]) for _, e in posts] == [
+        (0, True, 0), (0, False, 0),
+        (56, True, 0x20000), (41, True, 0x20000), (41, False, 0x20000), (56, False, 0),
+    ]  # fmt: skip
+
+
+def test_quartz_off_macos_is_unchecked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "platform", "linux")
+    with pytest.raises(utm.MacOnlyError, match=r"^unchecked: the quartz backend needs macOS"):
+        backends.QuartzBackend().type_text("vm", "x")
+    with pytest.raises(InputError):  # the text is checked first, even here
+        backends.QuartzBackend().type_text("vm", "€")
+
+
+def test_make_backend() -> None:
+    assert backends.make_backend("utm-input").name == "utm-input"
+    assert backends.make_backend("hammerspoon", hs="hs").name == "hammerspoon"
+    assert backends.make_backend("quartz").name == "quartz"
+    assert backends.make_backend("serial", serial_port=4444).name == "serial"
+    with pytest.raises(InputError, match=r"console\.serial_port"):
+        backends.make_backend("serial")
+    with pytest.raises(InputError, match=r"console\.backend"):
+        backends.make_backend("vnc")
+    with pytest.raises(backends.UnsupportedError):
+        backends.UtmInputBackend().screenshot("vm", Path("x.png"))

@@ -1,0 +1,422 @@
+"""Console typing backends (handbook lesson 4): each turns text into what one channel accepts.
+
+- `utm-input`: UTM >= 4.7.2 AppleScript `input scan code` (default) or `input keystroke`,
+  run through `osascript`; no window focus or Accessibility permission needed, QEMU backend only
+  (reference/utm-makefile-keys.md §3 "Input Automation Suite", §6.1; utm-peers.md §0).
+- `hammerspoon`: `hs -c` running raw `hs.eventtap.event.newKeyEvent` events, Shift sent as its
+  own flagsChanged events (utm-makefile-keys.md §5 "Recommended UTM typing pattern").
+- `quartz`: pyobjc `CGEventCreateKeyboardEvent` + `CGEventPostToPid` to UTM (§6.2), imported
+  only when used, only on macOS.
+- `serial`: a TCP serial console (UTM's `interface:tcp` serial port on 127.0.0.1, §3): bytes
+  written to host:port, and the console's answer read back.
+
+Every backend has `type_text(vm, text)` and `screenshot(vm, path)` (raising UnsupportedError
+where the channel has none). Text is checked against the US key map before anything is sent.
+External programs go through `runbook.local.run`; a password typed on the console may be a
+`Secret`: it never reaches an argv, a log line or a non-0600 file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Final, Protocol, Self
+
+from runbook import local
+from runbook.console import keymap
+from runbook.errors import CommandError, ConnectError, InputError, RunbookError
+from runbook.secrets import Secret, mask, write_private
+from runbook.utm import MacOnlyError, require_macos, run_applescript
+
+logger: Final = logging.getLogger(__name__)
+
+UTM_BUNDLE_ID: Final = "com.utmapp.UTM"
+BACKENDS: Final = ("utm-input", "hammerspoon", "quartz", "serial")
+# UTM waits 20 ms per scan code (UTMScriptingInputImpl.swift, reference §3); allow for it.
+UTM_CODE_DELAY: Final = 0.02
+SCAN_CODE_CHUNK: Final = 256
+
+
+class UnsupportedError(RunbookError):
+    """This backend has no such operation (e.g. screenshots over `utm-input`)."""
+
+
+class ConsoleBackend(Protocol):
+    """What the notebooks call: type into a VM's console, and keep a picture of it."""
+
+    name: str
+
+    def type_text(self, vm: str, text: str | Secret) -> None: ...
+
+    def screenshot(self, vm: str, path: Path) -> Path: ...
+
+
+def _reveal(text: str | Secret) -> str:
+    return text.reveal() if isinstance(text, Secret) else text
+
+
+# --- utm-input ---------------------------------------------------------------------------------
+
+
+def applescript_string(text: str) -> str:
+    """An AppleScript string literal for `text` (only `\\`, `"`, CR, LF, tab need escapes)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def scan_code_script(codes: Sequence[int]) -> str:
+    """AppleScript typing `codes` into the VM named by argv item 1 (`input scan code`, §3)."""
+    listed = ", ".join(str(int(c)) for c in codes)
+    return (
+        "on run argv\n"
+        '  tell application "UTM"\n'
+        "    set vm to virtual machine named (item 1 of argv)\n"
+        f"    input scan code of vm codes {{{listed}}}\n"
+        "  end tell\n"
+        "end run\n"
+    )
+
+
+def keystroke_script(text: str) -> str:
+    """AppleScript typing `text` with `input keystroke` (UTM maps `\\n` to Enter, §3)."""
+    return (
+        "on run argv\n"
+        '  tell application "UTM"\n'
+        "    set vm to virtual machine named (item 1 of argv)\n"
+        f"    input keystroke of vm text {applescript_string(text)}\n"
+        "  end tell\n"
+        "end run\n"
+    )
+
+
+class UtmInputBackend:
+    """UTM's own input automation (>= 4.7.2, QEMU backend): scan codes by default.
+
+    Scan codes are exact (our US table, set-1 make/break); `method="keystroke"` lets UTM map
+    the text itself. The script, and so the text, goes on osascript's stdin, never in argv.
+    """
+
+    name = "utm-input"
+
+    def __init__(self, method: str = "scan-codes", chunk: int = SCAN_CODE_CHUNK) -> None:
+        if method not in ("scan-codes", "keystroke"):
+            raise InputError(f"utm-input method: {method!r}, expected scan-codes or keystroke")
+        self.method = method
+        self.chunk = chunk
+
+    def scripts(self, text: str) -> list[str]:
+        """The AppleScripts that type `text` (several for long texts), in order."""
+        if self.method == "keystroke":
+            keymap.keys_for(text)  # same US-layout check as scan codes
+            return [keystroke_script(text.replace("\r\n", "\n"))]
+        codes = keymap.scan_code_values(text)
+        return [scan_code_script(part) for part in keymap.chunks(codes, self.chunk)]
+
+    def type_text(self, vm: str, text: str | Secret) -> None:
+        require_macos("typing with UTM `input scan code`")
+        for script in self.scripts(_reveal(text)):
+            budget = 30 + script.count(",") * UTM_CODE_DELAY * 2
+            run_applescript(script, vm, what=f"typing into {vm!r}", timeout=budget)
+        logger.info("typed %d characters into %s with %s", len(_reveal(text)), vm, self.name)
+
+    def screenshot(self, vm: str, path: Path) -> Path:
+        raise UnsupportedError(
+            f"utm-input cannot take a picture of {vm!r} for {path}; "
+            "use the hammerspoon backend for console pictures"
+        )
+
+
+# --- hammerspoon -------------------------------------------------------------------------------
+
+
+def lua_string(text: str) -> str:
+    """A Lua string literal: every byte that is not plain ASCII word text as `\\ddd`."""
+    out = []
+    for byte in text.encode():
+        ch = chr(byte)
+        out.append(ch if ch.isascii() and (ch.isalnum() or ch in " -_./:") else f"\\{byte:03d}")
+    return '"' + "".join(out) + '"'
+
+
+def _lua_window(vm: str) -> list[str]:
+    # The SPICE window is titled with the VM name; the main window is "UTM" (§5 "Windows").
+    return [
+        f"local app = hs.application.get({lua_string(UTM_BUNDLE_ID)})",
+        'if not app then error("UTM is not running") end',
+        f"local win = app:getWindow({lua_string(vm)})",
+        f"if not win then error({lua_string(f'no UTM window titled {vm}')}) end",
+    ]
+
+
+def hammerspoon_lua(vm: str, events: Sequence[keymap.KeyEvent], delay: float = 0.01) -> str:
+    """Lua that focuses the VM's window and posts `events` as raw key events to UTM.
+
+    Each event is `{keyCode, down, shift}`: Shift is pressed with `newKeyEvent({"shift"}, 56,
+    true)` and released with `newKeyEvent({}, 56, false)`, real flagsChanged events (§5).
+    """
+    rows = ",".join(
+        f"{{{e.key_code},{int(e.is_down)},{int(bool(e.flags & keymap.FLAG_SHIFT))}}}"
+        for e in events
+    )
+    return "\n".join(
+        [
+            "local E = hs.eventtap.event",
+            *_lua_window(vm),
+            "win:focus()",
+            "hs.timer.usleep(200000)",
+            f"local seq = {{{rows}}}",
+            "for _, e in ipairs(seq) do",
+            '  local mods = {}; if e[3] == 1 then mods = {"shift"} end',
+            "  E.newKeyEvent(mods, e[1], e[2] == 1):post(app)",
+            f"  hs.timer.usleep({int(delay * 1_000_000)})",
+            "end",
+            'print("typed " .. #seq .. " events")',
+        ]
+    )
+
+
+def hammerspoon_screenshot_lua(vm: str, path: Path) -> str:
+    """Lua that saves the VM window's snapshot (needs Screen Recording permission, §5)."""
+    return "\n".join(
+        [
+            *_lua_window(vm),
+            "local img = win:snapshot()",
+            'if not img then error("snapshot failed: grant Hammerspoon Screen Recording") end',
+            f'if not img:saveToFile({lua_string(str(path))}, 1, "PNG") then',
+            '  error("could not save the snapshot") end',
+            f"print({lua_string(str(path))})",
+        ]
+    )
+
+
+class HammerspoonBackend:
+    """Raw key events through Hammerspoon's `hs` CLI (needs `require("hs.ipc")` in init.lua)."""
+
+    name = "hammerspoon"
+
+    def __init__(self, hs: str = "hs", delay: float = 0.01) -> None:
+        self.hs = hs
+        self.delay = delay
+
+    def argv(self, lua: str, timeout: float) -> list[str]:
+        """`hs -a -q -t SEC -c LUA`: fail fast when Hammerspoon is not running (exit 75, §5)."""
+        return [self.hs, "-a", "-q", "-t", f"{timeout:g}", "-c", lua]
+
+    def type_text(self, vm: str, text: str | Secret) -> None:
+        require_macos("typing with Hammerspoon")
+        events = keymap.mac_events(_reveal(text))
+        # The events spell the text, so they go in a 0600 file, not in argv (ps, logs).
+        budget = 10 + len(events) * (self.delay + 0.002)
+        with tempfile.TemporaryDirectory(prefix="runbook-hs-") as tmp:
+            script = Path(tmp) / "type.lua"
+            write_private(script, hammerspoon_lua(vm, events, self.delay).encode())
+            lua = f"dofile({lua_string(str(script))})"
+            local.run(self.argv(lua, budget), timeout=budget + 5)
+        logger.info("typed %d key events into %s with %s", len(events), vm, self.name)
+
+    def screenshot(self, vm: str, path: Path) -> Path:
+        require_macos("a Hammerspoon window snapshot")
+        path = path.expanduser().absolute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        local.run(self.argv(hammerspoon_screenshot_lua(vm, path), 10), timeout=15)
+        return path
+
+
+# --- quartz ------------------------------------------------------------------------------------
+
+
+def _import_macos(module: str) -> ModuleType:
+    platform: str = sys.platform  # a variable, so mypy on Linux keeps the rest reachable
+    if platform != "darwin":
+        raise MacOnlyError(f"unchecked: the quartz backend needs macOS and pyobjc ({module})")
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MacOnlyError(
+            f"the quartz backend needs pyobjc: pip install pyobjc-framework-Quartz ({exc})"
+        ) from None
+
+
+class QuartzBackend:
+    """pyobjc Quartz events posted to UTM's process; UTM types into its key window.
+
+    The posting process (Terminal or Jupyter) needs the Accessibility permission (§6.2).
+    """
+
+    name = "quartz"
+
+    def __init__(self, delay: float = 0.01) -> None:
+        self.delay = delay
+
+    def _utm_app(self, appkit: ModuleType) -> object:
+        for app in appkit.NSWorkspace.sharedWorkspace().runningApplications():
+            if app.bundleIdentifier() == UTM_BUNDLE_ID:
+                return app
+        raise RunbookError("UTM is not running (no process with bundle id com.utmapp.UTM)")
+
+    def type_text(self, vm: str, text: str | Secret) -> None:
+        events = keymap.mac_events(_reveal(text))  # InputError before touching macOS
+        quartz, appkit = _import_macos("Quartz"), _import_macos("AppKit")
+        app = self._utm_app(appkit)
+        app.activateWithOptions_(appkit.NSApplicationActivateIgnoringOtherApps)  # type: ignore[attr-defined]
+        time.sleep(0.2)
+        pid = app.processIdentifier()  # type: ignore[attr-defined]
+        for e in events:
+            ev = quartz.CGEventCreateKeyboardEvent(None, e.key_code, e.is_down)
+            quartz.CGEventSetFlags(ev, e.flags)
+            quartz.CGEventPostToPid(pid, ev)
+            time.sleep(self.delay)
+        logger.info("typed %d key events into UTM (%s) with %s", len(events), vm, self.name)
+
+    def screenshot(self, vm: str, path: Path) -> Path:
+        raise UnsupportedError(
+            f"quartz cannot take a picture of {vm!r} for {path}; use the hammerspoon backend"
+        )
+
+
+# --- serial ------------------------------------------------------------------------------------
+
+_ANSI_RE: Final = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]")
+
+
+def clean_console_text(raw: str) -> str:
+    """Console output as plain text: ANSI escapes and carriage returns dropped."""
+    return _ANSI_RE.sub("", raw).replace("\r\n", "\n").replace("\r", "\n")
+
+
+class SerialConsole:
+    """One connection to a TCP serial console: send keys, read what the console answers.
+
+    UTM's TCP-server serial port listens on 127.0.0.1 (§3 "Serial, TCP server mode"). Enter is
+    sent as CR, as a terminal does; the tty's icrnl turns it into a newline.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+        self.host, self.port = host, port
+        self.transcript = ""
+        try:
+            self._sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise ConnectError(f"serial console {host}:{port}: {exc}") from None
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def send(self, text: str | Secret) -> None:
+        plain = _reveal(text)
+        keymap.keys_for(plain)  # the same US-typable check as the key-event backends
+        self._sock.sendall(plain.replace("\r\n", "\n").replace("\n", "\r").encode())
+
+    def read_until(self, pattern: str | re.Pattern[str], timeout: float = 10.0) -> re.Match[str]:
+        """Read until `pattern` matches the cleaned text received since the last match."""
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        start = len(self.transcript)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = regex.search(clean_console_text(self.transcript[start:]))
+            if found:
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0:
+                tail = mask(clean_console_text(self.transcript[start:])[-300:])
+                raise CommandError(
+                    host=f"{self.host}:{self.port}",
+                    command=f"console: wait for /{regex.pattern}/",
+                    exit_code=None,
+                    stderr=tail,
+                    reason=f"no match within {timeout:g} s",
+                )
+            self._sock.settimeout(min(left, 0.5))
+            try:
+                chunk = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                raise ConnectError(f"serial console {self.host}:{self.port} closed")
+            self.transcript += chunk.decode(errors="replace")
+
+    def drain(self, quiet: float = 0.3) -> str:
+        """Read whatever arrives until the console is quiet for `quiet` seconds."""
+        got = ""
+        self._sock.settimeout(quiet)
+        while True:
+            try:
+                chunk = self._sock.recv(65536)
+            except TimeoutError:
+                return got
+            if not chunk:
+                return got
+            text = chunk.decode(errors="replace")
+            self.transcript += text
+            got += text
+
+
+class SerialBackend:
+    """A TCP serial console at host:port; `vm` only labels messages (the port names the VM)."""
+
+    name = "serial"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 4444, timeout: float = 10.0) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self.last_transcript = ""
+
+    def connect(self) -> SerialConsole:
+        """An open console to read and write (use it as a context manager)."""
+        return SerialConsole(self.host, self.port, self.timeout)
+
+    def type_text(self, vm: str, text: str | Secret) -> None:
+        with self.connect() as console:
+            console.send(text)
+            self.last_transcript = console.transcript + console.drain(0.2)
+        logger.info("typed %d characters into %s over serial", len(_reveal(text)), vm)
+
+    def run(self, vm: str, command: str, done: str, timeout: float = 30.0) -> str:
+        """Type `command` + Enter and return the console text up to the regex `done`."""
+        with self.connect() as console:
+            console.drain(0.2)
+            console.send(command + "\n")
+            match = console.read_until(done, timeout)
+            self.last_transcript = console.transcript
+        logger.info("ran a command on %s's serial console", vm)
+        return match.string[: match.end()]
+
+    def screenshot(self, vm: str, path: Path) -> Path:
+        """A text picture of the console: the last transcript, masked, in a 0600 file."""
+        text = clean_console_text(self.last_transcript)
+        write_private(path, mask(text).encode())
+        logger.info("saved %s's console text to %s", vm, path)
+        return path
+
+
+def make_backend(
+    name: str, *, serial_port: int | None = None, hs: str | None = None
+) -> ConsoleBackend:
+    """The backend called `name` (params `console.backend`: utm-input|hammerspoon|quartz|serial)."""
+    if name == "utm-input":
+        return UtmInputBackend()
+    if name == "hammerspoon":
+        return HammerspoonBackend(hs=hs or shutil.which("hs") or "hs")
+    if name == "quartz":
+        return QuartzBackend()
+    if name == "serial":
+        if serial_port is None:
+            raise InputError("console.serial_port: required when console.backend is serial")
+        return SerialBackend(port=serial_port)
+    raise InputError(f"console.backend: {name!r}, expected one of {', '.join(BACKENDS)}")
