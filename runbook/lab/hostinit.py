@@ -31,7 +31,8 @@ REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 BOOT_FILE: Final = Path("/var/lib/runbook-lab/boot")
 # Where the stand-ins appear: first in sudo's secure_path and root's PATH (Debian), and the
 # NixOS system profile path that sshd's SetEnv PATH puts first for every session.
-BIN_TARGETS: Final = ("/usr/local/sbin", "/run/current-system/sw/bin")
+SYSTEM_BIN: Final = Path("/run/current-system/sw/bin")
+BIN_ALIASES: Final = ("/usr/local/sbin",)
 
 
 def mount(
@@ -78,9 +79,14 @@ def setup_mounts(hostroot: Path, labbin: Path) -> None:
         bind(f"/proc/self/fd/{handle}", str(path), readonly=True)
         os.close(handle)
     mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
-    for target in BIN_TARGETS:
-        Path(target).mkdir(parents=True, exist_ok=True)
-        bind(str(labbin), target, readonly=True)
+    # Symlinks, not a bind of LABBIN: a stand-in's Path(__file__).resolve() then leads back
+    # to the checkout (the attic stand-ins find the `runbook` package that way).
+    SYSTEM_BIN.mkdir(parents=True)
+    for program in sorted(labbin.iterdir()):
+        if program.is_file() and os.access(program, os.X_OK):
+            (SYSTEM_BIN / program.name).symlink_to(program)
+    for alias in BIN_ALIASES:
+        bind(str(SYSTEM_BIN), alias, readonly=True)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     lab = Path("/run/runbook-lab")
     lab.mkdir(exist_ok=True)
