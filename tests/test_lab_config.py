@@ -51,7 +51,7 @@ def test_lab_config_cache_vm_evaluates_like_vm_shared() -> None:
     cfg = _system("vm-aarch64-utm-cache")
     assert cfg.hostname == "nixos-utm-cache"  # plain definition beats vm-shared's mkDefault
     assert cfg.permit_root_login == "no" and cfg.password_authentication is True
-    assert cfg.services == {"sshd": "", "atticd": "/var/lib/atticd/env"}
+    assert cfg.services == {"nix-daemon": "", "sshd": "", "atticd": "/var/lib/atticd/env"}
     assert cfg.wheel_needs_password is False
     (user,) = cfg.users
     assert (user.name, user.shell, user.groups) == ("jqwang", "/usr/bin/fish", ("wheel",))
@@ -130,7 +130,11 @@ def test_rendered_files(tmp_path: Path) -> None:
     assert "%wheel ALL=(ALL:ALL) NOPASSWD: ALL" in sudoers
     sshd = (tmp_path / "etc/ssh/sshd_config").read_text()
     assert "PermitRootLogin no\n" in sshd and "PasswordAuthentication yes\n" in sshd
-    assert system.enabled_services(tmp_path) == {"sshd": "", "atticd": "/var/lib/atticd/env"}
+    assert system.enabled_services(tmp_path) == {
+        "nix-daemon": "",
+        "sshd": "",
+        "atticd": "/var/lib/atticd/env",
+    }
     assert system.read_phase(tmp_path) == "installed"
 
 

@@ -88,9 +88,9 @@ def system_config(ev: Evaluated, phase: str, default_hostname: str) -> system.Sy
     password_auth = ev.get("services", "openssh", "settings", "PasswordAuthentication")
     if password_auth is None:
         password_auth = ev.get("services", "openssh", "passwordAuthentication", default=True)
-    svc = {"sshd": ""}
-    if ev.get("services", "openssh", "enable") is False:
-        svc = {}
+    svc = {"nix-daemon": ""}  # NixOS always runs it (nix.enable defaults to true)
+    if ev.get("services", "openssh", "enable") is not False:
+        svc["sshd"] = ""
     if ev.get("services", "atticd", "enable") is True:
         svc["atticd"] = str(ev.get("services", "atticd", "environmentFile", default="") or "")
     return system.SystemConfig(
@@ -130,14 +130,25 @@ def _peers(root: Path) -> dict[str, str]:
     return peers
 
 
-def reconcile(before: dict[str, str], after: dict[str, str], sshd_changed: bool) -> list[str]:
+# The files whose change restarts a unit (its restartTriggers / X-Restart-Triggers on NixOS).
+TRIGGERS: Final = {"sshd": "/etc/ssh/sshd_config", "nix-daemon": "/etc/nix/nix.conf"}
+
+
+def snapshot() -> dict[str, str]:
+    """The trigger files' contents, to compare before and after an activation."""
+    found = {}
+    for unit, path in TRIGGERS.items():
+        try:
+            found[unit] = Path(path).read_text()
+        except OSError:
+            found[unit] = ""
+    return found
+
+
+def reconcile(before: dict[str, str], after: dict[str, str], changed: set[str]) -> list[str]:
     """Stop, restart and start units as switch-to-configuration does; the failed units."""
     stop = [n for n in before if n not in after]
-    restart = [
-        n
-        for n in after
-        if n in before and (before[n] != after[n] or (n == "sshd" and sshd_changed))
-    ]
+    restart = [n for n in after if n in before and (before[n] != after[n] or n in changed)]
     start = [n for n in after if n not in before]
     failed = []
     if stop:

@@ -40,6 +40,7 @@ class Unit:
     exec_start_pre: tuple[tuple[str, ...], ...] = ()
     environment_file: str = ""
     ready_tcp_port: int | None = None
+    ready_path: str = ""  # start waits until this exists (a socket)
     environment: dict[str, str] = field(default_factory=dict)
 
 
@@ -64,6 +65,7 @@ def load_unit(name: str) -> Unit:
                 exec_start_pre=tuple(tuple(a) for a in data.get("exec_start_pre", ())),
                 environment_file=data.get("environment_file", ""),
                 ready_tcp_port=data.get("ready_tcp_port"),
+                ready_path=data.get("ready_path", ""),
                 environment=dict(data.get("environment", {})),
             )
     raise UnitNotFoundError(want)
@@ -164,10 +166,12 @@ def _wait_ready(unit: Unit, proc: subprocess.Popen[bytes]) -> None:
         code = proc.poll()
         if code is not None:
             raise StartError(f"main process exited, code=exited, status={code}")
-        if unit.ready_tcp_port is None or _accepts(unit.ready_tcp_port):
+        port_ok = unit.ready_tcp_port is None or _accepts(unit.ready_tcp_port)
+        if port_ok and (not unit.ready_path or Path(unit.ready_path).exists()):
             return
         if time.monotonic() > deadline:
-            raise StartError(f"not listening on port {unit.ready_tcp_port} after {START_TIMEOUT} s")
+            what = unit.ready_path or f"port {unit.ready_tcp_port}"
+            raise StartError(f"{what} not ready after {START_TIMEOUT} s")
         time.sleep(0.005)
 
 

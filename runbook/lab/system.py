@@ -75,7 +75,7 @@ class SystemConfig:
     substituters: tuple[str, ...] = ()
     trusted_public_keys: tuple[str, ...] = ()
     # service name -> environment file (or "" for none); sshd is always enabled
-    services: dict[str, str] = field(default_factory=lambda: {"sshd": ""})
+    services: dict[str, str] = field(default_factory=lambda: {"sshd": "", "nix-daemon": ""})
     wheel_needs_password: bool = False
 
 
@@ -236,7 +236,7 @@ def enabled_services(root: Path) -> dict[str, str]:
     try:
         data = json.loads((root / LAB_VAR / "services.json").read_text())
     except (OSError, ValueError):
-        return {"sshd": ""}
+        return {"sshd": "", "nix-daemon": ""}
     return {str(k): str(v) for k, v in data.items()}
 
 

@@ -80,25 +80,17 @@ def switch(action: str, flake: str) -> int:
     if action in ("build", "dry-build", "dry-activate", "boot"):
         return 0
     before = system.enabled_services(Path("/"))
-    old_sshd = _read(Path("/etc/ssh/sshd_config"))
+    old = activate.snapshot()
     print("activating the configuration...", file=sys.stderr)
     print("setting up /etc...", file=sys.stderr)
     activate.write(cfg)
     activate.set_hostname(cfg.hostname)
-    failed = activate.reconcile(
-        before, cfg.services, _read(Path("/etc/ssh/sshd_config")) != old_sshd
-    )
+    new = activate.snapshot()
+    failed = activate.reconcile(before, cfg.services, {u for u in new if new[u] != old[u]})
     if failed:
         print("warning: the following units failed: " + ", ".join(failed), file=sys.stderr)
         return EXIT_UNIT_FAILED
     return 0
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
 
 
 def main(argv: list[str]) -> int:
