@@ -17,19 +17,21 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from tree_sitter import Node
 
 from runbook import local
 from runbook.errors import InputError, RunbookError, tail
 from runbook.nixfile import (
+    Binding,
     Edit,
     NixFile,
     apply_edits,
     descendants,
     insert_binding,
     insert_in_list,
+    list_elements,
     list_strings,
     nix_attrpath,
     nix_string,
@@ -37,6 +39,7 @@ from runbook.nixfile import (
     remove_node,
     replace_node,
     string_value,
+    unwrap,
 )
 
 logger: Final = logging.getLogger(__name__)
@@ -209,7 +212,7 @@ def _outputs_formals(flake: NixFile) -> dict[str, Node]:
         )
         for formal in params.named_children if params is not None else []:
             name = formal.child_by_field_name("name")
-            if formal.type == "formal" and name is not None:
+            if formal.type == "formal" and name is not None and not name.is_missing:
                 formals[flake.text(name)] = formal
     return formals
 
@@ -442,3 +445,219 @@ def write_keeping_mode(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# -- one NixOS system's modules, and the value its files give an option -------------------------
+
+# Module priorities (nixpkgs lib/modules.nix): mkOptionDefault 1500, mkDefault 1000, a plain
+# definition 100, mkForce 50, mkVMOverride 10; the lowest number wins and equal ones merge.
+PRIORITIES: Final = {"mkOptionDefault": 1500, "mkDefault": 1000, "mkForce": 50, "mkVMOverride": 10}
+PLAIN_PRIORITY: Final = 100
+
+
+class Opaque(NamedTuple):
+    """An expression this reader does not evaluate (a variable, a call, an interpolation)."""
+
+    text: str
+
+
+class NixPath(NamedTuple):
+    """A path literal such as `./env`: Nix copies the file into /nix/store."""
+
+    text: str
+
+
+Literal = bool | int | str | NixPath | Opaque | list["Literal"]
+
+
+def literal(node: Node, source: bytes) -> Literal:
+    """The value of a literal expression; `Opaque` for anything that needs evaluating."""
+    text = source[node.start_byte : node.end_byte].decode(errors="surrogateescape")
+    kind = node.type
+    if kind in ("string_expression", "indented_string_expression"):
+        value = string_value(node, source)
+        return Opaque(text) if value is None else value
+    if kind == "integer_expression":
+        return int(text)
+    if kind == "variable_expression" and text in ("true", "false"):
+        return text == "true"
+    if kind == "path_expression" and not any(c.type == "interpolation" for c in node.children):
+        return NixPath(text)
+    if kind == "list_expression":
+        return [literal(e, source) for e in list_elements(node)]
+    return Opaque(text)
+
+
+@dataclass(frozen=True)
+class Definition:
+    """One definition of an option in one file of a system."""
+
+    rel: Path
+    nix: NixFile
+    binding: Binding
+    priority: int
+    conditional: bool  # under mkIf: applies only when its condition holds
+
+    @property
+    def where(self) -> str:
+        return f"{self.rel}:{self.binding.line}"
+
+    @property
+    def value(self) -> Literal:
+        return literal(self.binding.value, self.nix.source)
+
+
+class Undecided(NamedTuple):
+    """An option whose value depends on what this reader does not evaluate."""
+
+    reason: str
+
+
+def _priority(binding: Binding, nix: NixFile) -> int:
+    for wrapper in binding.wrappers:
+        if wrapper in PRIORITIES:
+            return PRIORITIES[wrapper]
+        if wrapper == "mkOverride":
+            expr = binding.node.child_by_field_name("expression")
+            numbers = (
+                [n for n in descendants(expr) if n.type == "integer_expression"] if expr else []
+            )
+            return int(nix.text(numbers[0])) if numbers else PLAIN_PRIORITY
+    return PLAIN_PRIORITY
+
+
+@dataclass
+class SystemView:
+    """The files one NixOS system is built from and the definitions they make."""
+
+    name: str
+    user: str | None
+    files: dict[Path, NixFile]  # the ones that parse
+    broken: list[Path] = field(default_factory=list)  # in the system, but not parsed
+    missing: list[Path] = field(default_factory=list)  # imported, but not in the checkout
+
+    def definitions(self, path: Sequence[str]) -> list[Definition]:
+        found: list[Definition] = []
+        for rel, nix in self.files.items():
+            for b in nix.find(path):
+                found.append(Definition(rel, nix, b, _priority(b, nix), "mkIf" in b.wrappers))
+        return found
+
+    def winners(self, path: Sequence[str]) -> list[Definition]:
+        """The definitions that take effect: those of the best (lowest) priority."""
+        found = self.definitions(path)
+        best = min((d.priority for d in found), default=PLAIN_PRIORITY)
+        return [d for d in found if d.priority == best]
+
+    def value(self, path: Sequence[str]) -> Literal | Undecided | None:
+        """The option's value (lists merged), None when no file defines it."""
+        winners = self.winners(path)
+        if not winners:
+            return None
+        conditional = [d.where for d in winners if d.conditional]
+        if conditional:
+            return Undecided(f"defined under mkIf at {', '.join(conditional)}")
+        values = [d.value for d in winners]
+        if all(isinstance(v, list) for v in values):
+            return [item for v in values if isinstance(v, list) for item in v]
+        if any(v != values[0] for v in values[1:]):
+            return Undecided(f"conflicting definitions at {', '.join(d.where for d in winners)}")
+        return values[0]
+
+    def where(self, path: Sequence[str]) -> str:
+        """file:line of the definitions that take effect, or '' when none."""
+        return ", ".join(d.where for d in self.winners(path))
+
+    def names_under(self, prefix: Sequence[str]) -> list[str]:
+        """The attribute names defined right below `prefix` (say the users of users.users)."""
+        n = len(prefix)
+        names = {
+            b.path[n] for nix in self.files.values() for b in nix.under(prefix) if len(b.path) > n
+        }
+        return sorted(names)
+
+
+@dataclass(frozen=True)
+class FlakeSystem:
+    """`nixosConfigurations.NAME = mkSystem "NAME" { user = "…"; … }` in flake.nix."""
+
+    name: str
+    user: str | None
+    line: int
+
+
+def flake_systems(flake: NixFile, attr: str = "nixosConfigurations") -> dict[str, FlakeSystem]:
+    """The flake's NixOS configurations (written dotted or nested) and the user each names."""
+    found: dict[str, FlakeSystem] = {}
+    for b in flake.under(("outputs", attr)):
+        if len(b.path) != 3 or b.path[2] in found:
+            continue
+        user = None
+        for node in descendants(b.value):
+            if node.type != "binding":
+                continue
+            attrpath = node.child_by_field_name("attrpath")
+            expr = node.child_by_field_name("expression")
+            if attrpath is not None and expr is not None and flake.text(attrpath) == "user":
+                user = string_value(expr, flake.source)
+                break
+        found[b.path[2]] = FlakeSystem(b.path[2], user, b.line)
+    return found
+
+
+def module_paths(nix: NixFile, rel: Path) -> list[Path]:
+    """The static path literals in `imports = [ … ]` and `modules = [ … ]` lists, relative to
+    the checkout root (`../machines/${name}.nix` and flake outputs are not files here)."""
+    found: list[Path] = []
+    for node in descendants(nix.tree.root_node):
+        if node.type != "binding":
+            continue
+        attrpath = node.child_by_field_name("attrpath")
+        expr = node.child_by_field_name("expression")
+        if attrpath is None or expr is None or nix.text(attrpath) not in ("imports", "modules"):
+            continue
+        value, _ = unwrap(expr, nix.source)
+        for element in list_elements(value):
+            target = literal(element, nix.source)
+            if isinstance(target, NixPath) and not target.text.startswith(("/", "~")):
+                found.append(Path(os.path.normpath(rel.parent / target.text)))
+    return found
+
+
+def system_view(tree: ConfigTree, name: str, user: str | None) -> SystemView:
+    """The modules of system `name` as lib/mksystem.nix assembles it (reference/
+    utm-makefile-keys.md §1 "lib/mksystem.nix": machines/NAME.nix, users/USER/nixos.nix, the
+    modules listed there), and every file they import."""
+    start = [Path("lib/mksystem.nix"), Path("machines") / f"{name}.nix"]
+    if user:
+        start.append(Path("users") / user / "nixos.nix")
+    return modules_view(tree, name, start, user)
+
+
+def modules_view(
+    tree: ConfigTree, name: str, start: Sequence[Path], user: str | None
+) -> SystemView:
+    """The files `start` and every file they import, named `name`; lib/mksystem.nix may be
+    absent without being reported missing."""
+    view = SystemView(name, user, {})
+    queue = list(start)
+    seen: set[Path] = set()
+    while queue:
+        rel = queue.pop(0)
+        if (tree.root / rel).is_dir():
+            rel = rel / "default.nix"
+        if rel in seen or rel.parts[:1] == ("..",):
+            continue
+        seen.add(rel)
+        if not (tree.root / rel).is_file():
+            if rel != Path("lib/mksystem.nix"):  # a checkout may build systems otherwise
+                view.missing.append(rel)
+            continue
+        try:
+            nix = tree.get(rel)
+        except InputError:
+            view.broken.append(rel)
+            continue
+        view.files[rel] = nix
+        queue.extend(module_paths(nix, rel))
+    return view

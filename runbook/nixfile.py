@@ -242,10 +242,29 @@ def first_syntax_error(node: Node) -> Node | None:
     stack = [node]  # all children: a MISSING token (say a `]`) is not a named node
     while stack:
         current = stack.pop()
-        if current.type == "ERROR" or current.is_missing:
+        if current.type == "ERROR" or (current.is_missing and not _trailing_formal(current)):
             return current
         stack.extend(reversed([c for c in current.children if c.has_error or c.is_missing]))
-    return node
+    return None
+
+
+def _trailing_formal(node: Node) -> bool:
+    """The name tree-sitter-nix 0.1.0 finds missing after a trailing comma, as in `{ a, b, }:`.
+
+    Nix accepts that comma (nix-instantiate --parse does; nixfmt writes it), the grammar does
+    not and recovers with an empty last formal: that is not an error here.
+    """
+    formal = node.parent
+    if node.type != "identifier" or formal is None or formal.type != "formal":
+        return False
+    before, after = formal.prev_sibling, formal.next_sibling
+    return before is not None and before.type == "," and after is not None and after.type == "}"
+
+
+def is_empty_formal(formal: Node) -> bool:
+    """The empty formal of a trailing comma (see `_trailing_formal`)."""
+    name = formal.child_by_field_name("name")
+    return formal.type == "formal" and (name is None or name.is_missing)
 
 
 def attr_names(attrpath: Node, source: bytes) -> tuple[str, ...]:

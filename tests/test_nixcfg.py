@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import need
+from tests.conftest import need
 
 from runbook.errors import InputError, RunbookError
 from runbook.nixcfg import (
@@ -28,7 +28,7 @@ from runbook.nixcfg import (
 )
 from runbook.nixfile import NixFile, apply_edits
 
-FIXTURE = Path(__file__).parent / "fixtures" / "nixos-config"
+FIXTURE = Path(__file__).parent / "fixtures" / "nixos-config" / "handbook"
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import need
+from tests.conftest import need
 
 from runbook.errors import InputError
 from runbook.nixfile import (

@@ -1,4 +1,4 @@
-"""`runbook doctor [CONFIG] [--cache-url URL] [--public-key KEY] [--fix | --diff] [--json]`."""
+"""`runbook doctor [PARAMS] [--nixos-config DIR] [--json] [--fix | --diff]`."""
 
 from __future__ import annotations
 
@@ -7,16 +7,10 @@ import logging
 from pathlib import Path
 from typing import Any, Final
 
-from runbook.doctor import (
-    DEFAULT_WORKER_MODULE,
-    DoctorOptions,
-    Report,
-    examine,
-    render_json,
-    render_text,
-)
-from runbook.errors import EXIT_FAILED, EXIT_OK
-from runbook.nixcfg import ConfigTree, write_changes
+from runbook import params
+from runbook.doctor import Context, failed, plan_fixes, render_json, render_text, run_context
+from runbook.errors import EXIT_FAILED, EXIT_OK, InputError
+from runbook.nixcfg import write_changes
 
 logger: Final = logging.getLogger(__name__)
 
@@ -24,59 +18,49 @@ logger: Final = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser = sub.add_parser(
         "doctor",
-        help="check a nixos-config checkout for the handbook's known mistakes",
-        description="Check a nixos-config checkout (and this machine) for the mistakes the "
-        "handbook records; --fix makes the safe fixes, keeping formatting and comments. "
-        "Exits 1 while an error remains.",
+        help="name every handbook pitfall in a nixos-config, the params and this Mac",
+        description="Run every check (ids, handbook lesson, status ok/warn/fail/unchecked, "
+        "finding, fix) against the nixos-config checkout named in PARAMS (or --nixos-config). "
+        "Exits 1 if any check fails, 2 on bad input.",
     )
     parser.add_argument(
-        "config",
-        nargs="?",
+        "params", nargs="?", type=Path, metavar="PARAMS", help="a deployment YAML (params/*.yaml)"
+    )
+    parser.add_argument(
+        "--nixos-config",
         type=Path,
-        default=Path("."),
-        help="the nixos-config checkout (default: the current directory)",
-    )
-    parser.add_argument(
-        "--cache-url",
-        metavar="URL",
-        help="the substituter the workers must use, e.g. http://nixos-utm-cache.local:8080/main",
-    )
-    parser.add_argument("--public-key", metavar="NAME:KEY", help="the cache key workers must trust")
-    parser.add_argument(
-        "--worker-module",
-        type=Path,
-        default=DEFAULT_WORKER_MODULE,
-        metavar="PATH",
-        help=f"the workers' module (default: {DEFAULT_WORKER_MODULE})",
-    )
-    action = parser.add_mutually_exclusive_group()
-    action.add_argument("--fix", action="store_true", help="make the fixable changes")
-    action.add_argument(
-        "--diff", action="store_true", help="print the fixes as a diff, change nothing"
+        metavar="DIR",
+        help="the nixos-config checkout (default: nixos_config from PARAMS, else .)",
     )
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument(
+        "--fix", action="store_true", help="make the safe fixes (lesson 1, worker substituter)"
+    )
+    action.add_argument("--diff", action="store_true", help="print the safe fixes as a diff")
     parser.set_defaults(func=handle)
 
 
+def _context(args: argparse.Namespace) -> Context:
+    deployment = params.load(args.params).deployment if args.params is not None else None
+    config = args.nixos_config or (deployment.nixos_config if deployment else Path("."))
+    if not config.is_dir():
+        raise InputError(f"--nixos-config {config}: not a directory")
+    return Context(deployment, config)
+
+
 def handle(args: argparse.Namespace) -> int:
-    opts = DoctorOptions(
-        config=args.config,
-        cache_url=args.cache_url,
-        public_key=args.public_key,
-        worker_module=args.worker_module,
-    )
-    report = examine(opts)
-    changes = ConfigTree(opts.config).changes(report.plan)
-    if args.diff:
-        for change in changes:
-            print(change.diff(str(change.path.relative_to(opts.config))), end="")
-    elif args.fix and changes:
-        write_changes(changes)
-        logger.info("fixed %d file(s); checking again", len(changes))
-        report = examine(opts)
-    _print(report, as_json=args.json)
-    return EXIT_FAILED if report.errors else EXIT_OK
-
-
-def _print(report: Report, *, as_json: bool) -> None:
-    print(render_json(report) if as_json else render_text(report))
+    ctx = _context(args)
+    findings = run_context(ctx)
+    if args.diff or args.fix:
+        changes = ctx.tree.changes(plan_fixes(ctx, findings))
+        if args.diff:
+            for change in changes:
+                print(change.diff(str(change.path.relative_to(ctx.root))), end="")
+        elif changes:
+            write_changes(changes)
+            logger.info("fixed %d file(s); checking again", len(changes))
+            ctx = Context(ctx.deployment, ctx.root)
+            findings = run_context(ctx)
+    print(render_json(findings) if args.json else render_text(findings, ctx.notes()))
+    return EXIT_FAILED if failed(findings) else EXIT_OK
