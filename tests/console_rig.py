@@ -88,3 +88,28 @@ def start_console(tmp: Path, netns_address: str | None = None) -> ConsoleRig:
 
     _wait_for(listening, "the TCP listener")
     return rig
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def install_standins(tmp: Path) -> dict[str, str]:
+    """Wrappers for the lab's utmctl/osascript/hs stand-ins in tmp/bin; the env to use them."""
+    import sys
+
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for program, module in (("utmctl", "utmctl"), ("osascript", "osascript"), ("hs", "hs")):
+        wrapper = bin_dir / program
+        wrapper.write_text(
+            f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO))} exec {shlex.quote(sys.executable)} "
+            f'-m runbook.lab.standins.{module} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+    import os
+
+    return {
+        "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "RUNBOOK_MACOS_STANDINS": "1",
+        "RUNBOOK_UTM_STATE": str(tmp / "utm.json"),
+    }

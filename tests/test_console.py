@@ -427,3 +427,57 @@ def test_make_backend() -> None:
         backends.make_backend("vnc")
     with pytest.raises(backends.UnsupportedError):
         backends.UtmInputBackend().screenshot("vm", Path("x.png"))
+
+
+# --- every backend into a console that answers, through the lab's stand-ins ----------------
+
+
+@pytest.fixture
+def lab_vm(console: ConsoleRig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A started VM in the stand-ins' UTM state whose console is the rig's real shell."""
+    from tests.console_rig import install_standins
+
+    for key, value in install_standins(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    state = {
+        "version": "4.7.2",
+        "vms": [
+            {
+                "uuid": "5D419106-2824-4FED-BFE1-24A7F7E253D8",
+                "name": "nixos-dev",
+                "status": "started",
+                "addresses": [],
+                "guest_agent": False,
+                "mac": "02:00:00:00:00:01",
+                "serial": {"host": "127.0.0.1", "port": console.port},
+                "drives": [],
+            }
+        ],
+    }
+    (tmp_path / "utm.json").write_text(json.dumps(state))
+    return "nixos-dev"
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        backends.UtmInputBackend(),
+        backends.UtmInputBackend(method="keystroke"),
+        backends.HammerspoonBackend(delay=0),
+    ],
+    ids=["utm-input-scan-codes", "utm-input-keystroke", "hammerspoon"],
+)
+def test_backend_types_through_standins_into_a_shell_that_answers(
+    lab_vm: str, console: ConsoleRig, backend: backends.ConsoleBackend
+) -> None:
+    text = "X='Hi: A~Z \"q\" {1+1} <2> |a&b| ^%$#@! ?'\n"
+    backend.type_text(lab_vm, text)
+    out = backends.SerialBackend(port=console.port).run(lab_vm, 'echo "[$X]"', r"\[Hi.*\]\n")
+    assert '[Hi: A~Z "q" {1+1} <2> |a&b| ^%$#@! ?]' in out
+
+
+def test_hammerspoon_screenshot_through_standin(lab_vm: str, tmp_path: Path) -> None:
+    shot = backends.HammerspoonBackend().screenshot(lab_vm, tmp_path / "02-console.png")
+    assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(backends.CommandError, match="no UTM window titled other"):
+        backends.HammerspoonBackend().screenshot("other", tmp_path / "x.png")

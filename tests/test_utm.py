@@ -289,3 +289,39 @@ def test_utm_version(run: mock.MagicMock) -> None:
     assert utm.supports_input_automation((4, 7, 2))
     assert utm.supports_input_automation((5, 0, 3))
     assert not utm.supports_input_automation((4, 6, 5))
+
+
+# --- against the lab's stand-ins (runbook/lab/standins/utmctl.py, osascript.py) -----------------
+
+
+@pytest.fixture
+def standins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from tests.console_rig import install_standins
+
+    for key, value in install_standins(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    return tmp_path
+
+
+def test_vm_lifecycle_through_the_standins(standins: Path) -> None:
+    spec = utm.NewVm(
+        "vm-aarch64-utm-cache", standins / "nixos minimal.iso", mac="02:AB:CD:00:0E:01"
+    )
+    uuid = utm.create_vm(spec)
+    assert len(uuid) == 36
+    entries = utm.list_vms(utmctl="utmctl")
+    assert entries == [utm.VmEntry(uuid, utm.VmStatus.STOPPED, "vm-aarch64-utm-cache")]
+    assert utm.mac_address("vm-aarch64-utm-cache") == "02:AB:CD:00:0E:01"
+    utm.start(uuid, utmctl="utmctl")
+    assert utm.status("vm-aarch64-utm-cache", utmctl="utmctl") is utm.VmStatus.STARTED
+    # the live ISO has no guest agent: utmctl says so on stderr and still exits 0
+    with pytest.raises(CommandError, match="guest agent is not running"):
+        utm.ip_addresses("vm-aarch64-utm-cache", utmctl="utmctl")
+    with pytest.raises(utm.RunbookError, match="stop it before removing the ISO"):
+        utm.remove_iso("vm-aarch64-utm-cache", utmctl="utmctl")
+    utm.stop("vm-aarch64-utm-cache", mode=utm.StopMode.REQUEST, utmctl="utmctl")
+    assert utm.remove_iso("vm-aarch64-utm-cache", utmctl="utmctl") == 1
+    assert utm.remove_iso("vm-aarch64-utm-cache", utmctl="utmctl") == 0  # already done
+    with pytest.raises(CommandError, match="Virtual machine not found"):
+        utm.status("nope", utmctl="utmctl")
+    assert utm.supports_input_automation(utm.utm_version())

@@ -1,0 +1,124 @@
+"""Shared state of the lab's UTM stand-ins (`utmctl`, `osascript`, `hs`): the VMs UTM "has".
+
+A JSON file (`$RUNBOOK_UTM_STATE`, default /run/runbook-lab/utm.json) lists VMs as
+`{"uuid", "name", "status", "addresses": [...], "guest_agent": bool, "mac",
+"serial": {"host", "port"} | null, "drives": [{"id", "removable", "source"}...]}`.
+A VM's console is its TCP serial port: typing stand-ins decode key events *independently* of
+runbook/console/keymap.py (tables built here from the reference's text) and write the
+characters there, so a lab console answers whichever backend typed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any, Final
+
+STATE_ENV: Final = "RUNBOOK_UTM_STATE"
+DEFAULT_STATE: Final = Path("/run/runbook-lab/utm.json")
+
+# Set-1 rows, indexed from their first make code (reference/utm-peers.md §3 "PC-XT").
+_SCAN_ROWS: Final = {"1234567890-=": 0x02, "qwertyuiop[]": 0x10, "asdfghjkl;'`": 0x1E}
+_SCAN_ROWS_2: Final = {"\\zxcvbnm,./": 0x2B}
+# US shifted characters over their base keys (utm-makefile-keys.md §4).
+_SHIFTED: Final = dict(zip('~!@#$%^&*()_+{}|:"<>?', "`1234567890-=[]\\;',./", strict=True))
+_UNSHIFT_TO_SHIFT: Final = {base: top for top, base in _SHIFTED.items()}
+# macOS kVK codes as the reference lists them (utm-makefile-keys.md §4).
+_KVK_TEXT: Final = (
+    "a=0 b=11 c=8 d=2 e=14 f=3 g=5 h=4 i=34 j=38 k=40 l=37 m=46 n=45 o=31 p=35 q=12 r=15 s=1 "
+    "t=17 u=32 v=9 w=13 x=7 y=16 z=6 0=29 1=18 2=19 3=20 4=21 5=23 6=22 7=26 8=28 9=25 -=27 "
+    "==24 [=33 ]=30 \\=42 ;=41 '=39 ,=43 .=47 /=44 `=50"
+)
+
+
+def _scan_table() -> dict[int, str]:
+    table = {0x39: " ", 0x1C: "\n", 0x0F: "\t"}
+    for rows in (_SCAN_ROWS, _SCAN_ROWS_2):
+        for row, start in rows.items():
+            for offset, ch in enumerate(row):
+                table[start + offset] = ch
+    return table
+
+
+SCAN_TO_CHAR: Final = _scan_table()
+KVK_TO_CHAR: Final = {int(code): ch for ch, code in (kv.rsplit("=", 1) for kv in _KVK_TEXT.split())}
+KVK_TO_CHAR.update({49: " ", 36: "\n", 48: "\t"})
+SC_SHIFTS: Final = (0x2A, 0x36)
+KVK_SHIFTS: Final = (56, 60)
+
+
+def shifted(ch: str) -> str:
+    """The character a US keyboard gives for `ch`'s key with Shift held."""
+    return ch.upper() if ch.isalpha() else _UNSHIFT_TO_SHIFT.get(ch, ch)
+
+
+def decode_scan_codes(codes: list[int]) -> str:
+    """Set-1 make/break codes -> text, as a guest with a US keymap reads them (§8)."""
+    out, shift = [], False
+    for code in codes:
+        make, released = code & 0x7F, bool(code & 0x80)
+        if code > 0xFF:  # extended 0xE0xx keys type nothing we need
+            continue
+        if make in SC_SHIFTS:
+            shift = not released
+        elif not released and make in SCAN_TO_CHAR:
+            ch = SCAN_TO_CHAR[make]
+            out.append(shifted(ch) if shift else ch)
+    return "".join(out)
+
+
+def state_path() -> Path:
+    return Path(os.environ.get(STATE_ENV, str(DEFAULT_STATE)))
+
+
+def load() -> dict[str, Any]:
+    path = state_path()
+    if not path.exists():
+        return {"vms": [], "version": "4.7.2"}
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def save(state: dict[str, Any]) -> None:
+    path = state_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def find(state: dict[str, Any], name_or_uuid: str) -> dict[str, Any] | None:
+    """utmctl's VM argument: "Either the UUID or the complete name" (§2)."""
+    vms: list[dict[str, Any]] = state["vms"]
+    for vm in vms:
+        if name_or_uuid in (vm["name"], vm["uuid"]):
+            return vm  # the live record: callers edit it and save the state
+    return None
+
+
+def new_vm(name: str) -> dict[str, Any]:
+    # UTM's MACs: uppercase, first byte locally administered (§3 "MAC")
+    raw = bytearray(os.urandom(6))
+    raw[0] = (raw[0] & 0xFC) | 0x2
+    return {
+        "uuid": str(uuidlib.uuid4()).upper(),
+        "name": name,
+        "status": "stopped",
+        "addresses": [],
+        "guest_agent": False,
+        "mac": ":".join(f"{b:02X}" for b in raw),
+        "serial": None,
+        "drives": [],
+    }
+
+
+def type_on_console(vm: dict[str, Any], text: str) -> None:
+    """Send typed text to the VM's TCP serial console; Enter arrives as CR, like a keyboard."""
+    serial = vm.get("serial")
+    if not serial:
+        raise OSError(f"VM {vm['name']!r} has no lab console (no serial port in the state)")
+    with socket.create_connection((serial["host"], int(serial["port"])), timeout=5) as sock:
+        sock.sendall(text.replace("\n", "\r").encode())
