@@ -472,7 +472,9 @@ def test_backend_types_through_standins_into_a_shell_that_answers(
 ) -> None:
     text = "X='Hi: A~Z \"q\" {1+1} <2> |a&b| ^%$#@! ?'\n"
     backend.type_text(lab_vm, text)
-    out = backends.SerialBackend(port=console.port).run(lab_vm, 'echo "[$X]"', r"\[Hi.*\]\n")
+    out = backends.SerialBackend(port=console.port).run(
+        lab_vm, 'echo "[$X]"', r"\[Hi.*\]\n", timeout=10
+    )
     assert '[Hi: A~Z "q" {1+1} <2> |a&b| ^%$#@! ?]' in out
 
 
