@@ -27,6 +27,8 @@ COMMAND_MODULES: Final[tuple[str, ...]] = (
     "runbook.commands.keygen",
     "runbook.commands.verify_cache",
     "runbook.commands.lab",
+    "runbook.commands.deploy",
+    "runbook.commands.records",
     "runbook.commands.keys",
 )
 

@@ -1,0 +1,324 @@
+"""Writes the notebooks (no outputs). Run: .venv/bin/python notebooks/_generate.py
+
+The notebooks are thin: the handbook's text, a `parameters` cell, then one cell per step
+calling `runbook.sections.<module>`. Edit the text here, not in the .ipynb files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).resolve().parent
+
+PARAMETERS = """\
+# Parameters: papermill injects a run's values in the cell below. Paths and flags only:
+# never a secret (papermill stores parameters in plain text); secrets come from the store.
+params = "../params/cache.yaml"  # the deployment's params file
+mode = "plan"  # plan: render the commands and check what it can, touch nothing; deploy: apply
+confirm = False  # True confirms dangerous steps (bootstrap0 wipes the disk); `runbook deploy --yes`
+secrets_dir = ""  # the secret store; empty: $RUNBOOK_SECRETS or ~/.local/state/runbook/secrets
+record_dir = ""  # this run's record folder, set by `runbook deploy`/`plan`
+"""
+
+WIDGETS = (
+    "*Interactive use:* `from runbook.widgets import panel; panel(ctx, s.steps(ctx))` shows a "
+    "panel with a Plan / Check / Apply button per step."
+)
+
+# (module, title markdown, [(step markdown, step code), ...])
+NOTEBOOKS: list[tuple[str, str, list[tuple[str, str]]]] = [
+    (
+        "s00_preflight",
+        """# 00 · 架构 — architecture and preflight
+
+> **架构** · macOS Host ├── vm-aarch64-utm-cache (缓存服务器，运行 atticd) ├── vm-aarch64-utm (worker VM，消费缓存)
+>
+> **关键经验 1. Attic Flake vs nixpkgs 内置模块**
+
+The handbook's deployment: VMs in UTM on a Mac; one runs **atticd** and is announced over mDNS as
+`nixos-utm-cache.local`; workers list `http://nixos-utm-cache.local:8080/main` as a substituter.
+
+This notebook checks this machine and the nixos-config checkout before anything touches a VM.
+Lesson 1: the `github:zhaofengli/attic` flake's client does not build against current Nix; use
+nixpkgs' `attic-server`/`attic-client` and `services.atticd`, remove the flake input and module,
+and run `nix flake lock`. Lesson 3's prevention: build each VM's toplevel locally first.
+On a machine without the checkout or UTM (a Linux box), those checks say *unchecked*.""",
+        [
+            ("## The deployment", "ctx.run(s.architecture(ctx))"),
+            ("## Files and host tools", "ctx.run(s.paths(ctx))\nctx.run(s.host_tools(ctx))"),
+            ("## The nixos-config, read with a real Nix parser", "ctx.run(s.doctor_report(ctx))"),
+            ("## Lesson 1: nixpkgs' attic, not the attic flake", "ctx.run(s.attic_flake(ctx))"),
+            (
+                "## Lesson 3: build every toplevel here before any switch",
+                "for vm in ctx.dep.vms:\n    ctx.run(s.toplevel_build(ctx, vm))",
+            ),
+        ],
+    ),
+    (
+        "s01_create_vm",
+        """# 01 · 在 UTM 中创建 VM — create the VMs in UTM
+
+> **部署流程速查 1.** 在 UTM 中创建 VM（桥接模式），从 ISO 启动
+
+Create each VM in UTM with a **bridged** network and the NixOS ISO attached, then start it.
+UTM is scripted through AppleScript (`make new virtual machine`) and `utmctl`; a VM created by
+AppleScript has no display unless one is given, and the console typing of notebook 02 needs it.
+Until the UTM helper lands these steps render their commands only (*plan-only*).""",
+        [
+            ("## Create", "for vm in ctx.dep.vms:\n    ctx.run(s.create(ctx, vm))"),
+            ("## Start from the ISO", "for vm in ctx.dep.vms:\n    ctx.run(s.start(ctx, vm))"),
+        ],
+    ),
+    (
+        "s02_console",
+        """# 02 · 控制台设置 root 密码，获取 IP — console: root password, find the IP
+
+> **部署流程速查 2.** 控制台设置 root 密码，获取 IP
+>
+> **关键经验 4. VM 控制台交互（Hammerspoon + SPICE）** · **关键经验 8. VM IP 地址**
+
+The live ISO has no root password, so `make vm/bootstrap0` cannot log in until one is set on the
+graphical console (`sudo su`, `passwd`). The SPICE window only takes raw key events (lesson 4):
+the runbook types through UTM's `input keystroke`. The password is read from the secret store by
+name and shown masked. The address is looked up on every run, never remembered (lesson 8):
+mDNS, ARP by the VM's MAC, `utmctl ip-address`, or the console.""",
+        [
+            ("## The live root password, in the secret store", "ctx.run(s.password_stored(ctx))"),
+            (
+                "## Type it on each console (lesson 4)",
+                "for vm in ctx.dep.vms:\n    ctx.run(s.set_root_password(ctx, vm))",
+            ),
+            (
+                "## Find each address (lesson 8)",
+                "for vm in ctx.dep.vms:\n    ctx.run(s.find_address(ctx, vm))",
+            ),
+        ],
+    ),
+    (
+        "s03_bootstrap0",
+        """# 03 · bootstrap0：分区 + 安装基础系统 — partition and install (wipes the disk)
+
+> **部署流程速查 3-4.** `make vm/bootstrap0 NIXADDR=<IP> NIXNAME=vm-aarch64-utm`；UTM 中移除 ISO，从磁盘启动
+
+`vm/bootstrap0` logs in as root with the live password, partitions the disk, installs a base
+NixOS and reboots. **It wipes the disk**: in a deploy this step needs `--yes` (`confirm=True`);
+without it the step fails and says how to confirm. The Makefile partitions `/dev/sda`, while UTM's
+VirtIO disk is `/dev/vda` (`runbook doctor --fix` patches it). Then the ISO is removed in UTM.""",
+        [
+            (
+                "## bootstrap0 (dangerous)",
+                "for vm in ctx.dep.vms:\n    ctx.run(s.bootstrap0(ctx, vm))",
+            ),
+            (
+                "## Remove the ISO, boot from disk",
+                "for vm in ctx.dep.vms:\n    ctx.run(s.remove_iso(ctx, vm))",
+            ),
+        ],
+    ),
+    (
+        "s04_bootstrap",
+        """# 04 · bootstrap：复制配置 + switch — copy the config and switch
+
+> **部署流程速查 5.** `make vm/bootstrap NIXADDR=<IP> NIXNAME=vm-aarch64-utm`
+>
+> **关键经验 3. SSH Host Keys 丢失** · **关键经验 5. Fish Shell 兼容性** · **关键经验 7. SSH 认证变化**
+
+`vm/bootstrap` copies the nixos-config to `/nix-config` and switches, as root. Lesson 3: build
+locally first, and keep a root session open across the switch so a lost host key can be repaired
+(`ssh-keygen -A`). Lesson 5: every remote command is bash fed on stdin, so the user's fish login
+shell never parses it. Lesson 7: after the switch root cannot log in; from now on the user and
+their key are used, with passwordless sudo.""",
+        [
+            (
+                "## Lesson 3: build first",
+                "for vm in ctx.dep.vms:\n    ctx.run(s.s00_preflight.toplevel_build(ctx, vm))",
+            ),
+            ("## vm/copy as root", "for vm in ctx.dep.vms:\n    ctx.run(s.copy(ctx, vm))"),
+            (
+                "## vm/switch as root, a session kept open",
+                "for vm in ctx.dep.vms:\n    ctx.run(s.switch(ctx, vm))",
+            ),
+            (
+                "## Lesson 7: the user logs in now",
+                "for vm in ctx.dep.vms:\n    ctx.run(s.user_login(ctx, vm))",
+            ),
+        ],
+    ),
+    (
+        "s05_token_secret",
+        """# 05 · atticd 的 Token 密钥 — the atticd token secret
+
+> **关键经验 2. atticd 的 Token 密钥格式** · **关键经验 6. openssl 不在 PATH 中** · **Attic 缓存管理 / 初始化 1**
+
+`ATTIC_SERVER_TOKEN_RS256_SECRET_BASE64` is not random base64: it is the base64 of an RSA private
+key's PEM (random bytes make atticd panic with `RS256 cannot be decoded: Utf8Error`). The key is
+made here with `cryptography` (nothing needs openssl on the VM: lesson 6), checked the way atticd
+decodes it, kept in the secret store, and installed as `/var/lib/atticd/env` with mode 0600.""",
+        [
+            ("## Generate locally (lessons 2, 6)", "ctx.run(s.generate(ctx))"),
+            (
+                "## Install /var/lib/atticd/env (0600)",
+                "ctx.run(s.install_env(ctx, ctx.dep.cache_vm))",
+            ),
+            ("## Restart atticd", "ctx.run(s.restart(ctx, ctx.dep.cache_vm))"),
+        ],
+    ),
+    (
+        "s06_cache",
+        """# 06 · 创建 admin token 和 cache，推送 — token, login, cache, push
+
+> **Attic 缓存管理 / 初始化 2-3**
+
+On the cache VM, as root: make an admin token with `atticd-atticadm make-token`, `attic login`,
+`attic cache create main`, `attic cache configure main --public`, then push every store path
+(`nix path-info --all | attic push main --stdin`). The token goes to the secret store and is
+masked in every output. The cache's public key is kept for the workers (07).""",
+        [
+            ("## Admin token", "ctx.run(s.make_token(ctx, ctx.dep.cache_vm))"),
+            ("## attic login", "ctx.run(s.login(ctx, ctx.dep.cache_vm))"),
+            ("## Create the cache", "ctx.run(s.create(ctx, ctx.dep.cache_vm))"),
+            (
+                "## Make it public (and record its key)",
+                "ctx.run(s.make_public(ctx, ctx.dep.cache_vm))",
+            ),
+            ("## Push the store", "ctx.run(s.push(ctx, ctx.dep.cache_vm))"),
+        ],
+    ),
+    (
+        "s07_workers",
+        """# 07 · Worker VM 配置 — point the workers at the cache
+
+> **Worker VM 配置** · `machines/vm-shared.nix` 中已配置 `nix.settings.substituters` / `trusted-public-keys`
+
+Add `http://nixos-utm-cache.local:8080/main` to `nix.settings.substituters` and the cache's public
+key to `trusted-public-keys` in `machines/vm-shared.nix` (an edit at the parser's byte ranges:
+formatting and comments survive), then `vm/copy` + `vm/switch` each worker as the user.""",
+        [
+            (
+                "## Trust the cache in the shared module",
+                'ctx.run_each([s.configure(ctx)] if ctx.dep.workers else [], none="no worker VMs in this deployment")',
+            ),
+            (
+                "## Copy and switch each worker",
+                'ctx.run_each([s.deploy_worker(ctx, vm) for vm in ctx.dep.workers], none="no worker VMs to switch")',
+            ),
+        ],
+    ),
+    (
+        "s08_verify",
+        """# 08 · 验证缓存 — verify the cache
+
+> **当前缓存信息** · 验证: `curl -sf http://nixos-utm-cache.local:8080/main/nix-cache-info`
+
+Check the cache the way Nix does: `nix-cache-info`, then narinfo signatures against the trusted
+key; and have each worker really substitute a path from it (Nix checks the signature).""",
+        [
+            ("## The cache answers and signs", "ctx.run(s.verify(ctx))"),
+            (
+                "## A real substitution on each worker",
+                'ctx.run_each([s.substitute(ctx, w) for w in ctx.dep.workers], none="no worker VMs to substitute on")',
+            ),
+        ],
+    ),
+    (
+        "s09_update",
+        """# 09 · 后续更新 — routine updates
+
+> **部署流程速查 6.** `NIXUSER=jqwang NIXADDR=<IP> make vm/copy` · `NIXUSER=jqwang NIXADDR=<IP> NIXNAME=vm-aarch64-utm make vm/switch`
+
+After the first switch root cannot log in (lesson 7): updates copy and switch as the user.
+Each VM's toplevel is built here first (lesson 3).""",
+        [
+            (
+                "## Build, copy, switch",
+                "for vm in ctx.dep.vms:\n    ctx.run(s.s00_preflight.toplevel_build(ctx, vm))\n    ctx.run(s.update(ctx, vm))",
+            ),
+        ],
+    ),
+    (
+        "s90_recover",
+        """# 90 · SSH Host Keys 丢失 — recover sshd's host keys through the console
+
+> **关键经验 3.** `sshd: no hostkeys available -- exiting` · 通过 VM 控制台登录，手动生成 host keys：`ssh-keygen -A` / `systemctl restart sshd`
+
+A last resort when a half-finished switch left sshd without host keys: log in on the console and
+regenerate them. Each step first tries a fresh SSH login; only when that fails is the console used.""",
+        [("## Recover, VM by VM", "for vm in ctx.dep.vms:\n    ctx.run(s.recover(ctx, vm))")],
+    ),
+]
+
+DASHBOARD_TITLE = """# Records · 部署记录 — the runs, as tables
+
+Every `runbook plan` / `runbook deploy` leaves a record folder: the executed notebooks, `run.log`,
+`manifest.json` and HTML exports. This dashboard reads them with `runbook.records` into pandas."""
+
+DASHBOARD_PARAMS = """\
+records_root = "../records"  # the records folder (`runbook --records DIR`, RUNBOOK_RECORDS)
+"""
+
+
+def _md(text: str) -> nbformat.NotebookNode:
+    return nbformat.v4.new_markdown_cell(text)
+
+
+def _code(text: str, *tags: str) -> nbformat.NotebookNode:
+    return nbformat.v4.new_code_cell(text, metadata={"tags": list(tags)} if tags else {})
+
+
+def _notebook(cells: list[nbformat.NotebookNode]) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = cells
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+def section(module: str, title: str, steps: list[tuple[str, str]]) -> nbformat.NotebookNode:
+    cells = [
+        _md(title),
+        _code(PARAMETERS, "parameters"),
+        _code(
+            f"from runbook.sections import {module} as s\n"
+            "from runbook.steps import open_context\n\n"
+            "ctx = open_context(s.NOTEBOOK, params, mode, confirm, secrets_dir, record_dir)"
+        ),
+        _md(WIDGETS),
+    ]
+    for md, code in steps:
+        cells += [_md(md), _code(code)]
+    cells += [_md("## Summary"), _code("_ = ctx.summary()")]
+    return _notebook(cells)
+
+
+def dashboard() -> nbformat.NotebookNode:
+    return _notebook(
+        [
+            _md(DASHBOARD_TITLE),
+            _code(DASHBOARD_PARAMS, "parameters"),
+            _code("from runbook import records\n\ntable = records.table(records_root)\ntable"),
+            _md("## The latest record, notebook by notebook"),
+            _code(
+                "latest = records.latest(records_root)\n"
+                "records.notebook_table(latest) if latest is not None else 'no records yet'"
+            ),
+        ]
+    )
+
+
+def main() -> None:
+    import importlib
+
+    for module, title, steps in NOTEBOOKS:
+        name = importlib.import_module(f"runbook.sections.{module}").NOTEBOOK
+        nbformat.write(section(module, title, steps), HERE / f"{name}.ipynb")
+    nbformat.write(dashboard(), HERE / "records-dashboard.ipynb")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Helpers the section modules share: rendering commands as planned, make targets, probes."""
+
+from __future__ import annotations
+
+import shlex
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+from runbook import local
+from runbook.models import Elevate
+from runbook.params import VM
+from runbook.secrets import Secret, write_private
+from runbook.steps import DONE, TODO, Check, Context, unchecked
+
+# The nixos-config Makefile's variables (utm-makefile-keys.md §1): NIXADDR, NIXPORT, NIXUSER, NIXNAME.
+ATTICD_ENV: Final = "/var/lib/atticd/env"
+
+
+def host_label(ctx: Context, vm: VM, *, installed: bool = True) -> str:
+    return f"{vm.name} ({ctx.dep.host(vm, installed=installed).label})"
+
+
+def ssh_render(
+    ctx: Context, vm: VM, script: str, *, installed: bool = True, sudo: bool = False
+) -> str:
+    """How a remote command runs: bash reads it on stdin, so fish never parses it (lesson 5)."""
+    h = ctx.dep.host(vm, installed=installed)
+    port = f" -p {h.port}" if h.port != 22 else ""
+    shell = "sudo -n bash -s" if sudo and h.user != "root" else "bash -s"
+    return f"ssh{port} {h.user}@{h.address} {shell} <<< {shlex.quote(script)}"
+
+
+def make_argv(
+    ctx: Context, target: str, vm: VM, *, user: str | None = None, name: bool = True
+) -> list[str]:
+    """`make -C <nixos-config> <target> NIXADDR=... [NIXPORT=...] [NIXUSER=...] [NIXNAME=...]`."""
+    argv = ["make", "-C", str(ctx.dep.nixos_config), target, f"NIXADDR={vm.address}"]
+    if vm.port != 22:
+        argv.append(f"NIXPORT={vm.port}")
+    if user:
+        argv.append(f"NIXUSER={user}")
+    if name:
+        argv.append(f"NIXNAME={vm.name}")
+    return argv
+
+
+def render(argv: Sequence[str]) -> str:
+    return shlex.join(argv)
+
+
+def config_present(ctx: Context) -> Check | None:
+    """None when the nixos-config checkout is here, else the unchecked reason."""
+    if (ctx.dep.nixos_config / "flake.nix").is_file():
+        return None
+    return unchecked(f"nixos-config checkout {ctx.dep.nixos_config} is not on this machine")
+
+
+def remote_probe(
+    ctx: Context, vm: VM, script: str, *, installed: bool = True, sudo: bool = False
+) -> Callable[[], Check]:
+    """Done when `script` exits 0 on `vm`."""
+
+    def probe() -> Check:
+        conn = ctx.connection(vm, installed=installed)
+        result = conn.run(script, elevate=Elevate.SUDO if sudo else Elevate.NONE, check=False)
+        return DONE if result.ok else TODO
+
+    return probe
+
+
+def login_works(ctx: Context, vm: VM) -> Check:
+    """A fresh connection as the installed user with the key, and passwordless sudo (lesson 7)."""
+    from runbook.remote import Connection
+
+    with Connection(ctx.dep.host(vm, installed=True)) as conn:
+        ok = conn.run("sudo -n true", check=False).ok
+    return Check(ok, f"{ctx.dep.user} logs in with the key and sudo works" if ok else "")
+
+
+@contextmanager
+def askpass_env(password: Secret | None) -> Iterator[dict[str, str]]:
+    """SSH_ASKPASS for the Makefile's password-only ssh (PubkeyAuthentication=no, §1)."""
+    if password is None:
+        yield {}
+        return
+    askpass = Path(__file__).resolve().parent.parent / "lab" / "askpass"
+    with tempfile.TemporaryDirectory(prefix="runbook-askpass-") as tmp:
+        secret_file = Path(tmp) / "password"
+        write_private(secret_file, password.reveal().encode())
+        yield {
+            "SSH_ASKPASS": str(askpass),
+            "SSH_ASKPASS_REQUIRE": "force",
+            "RUNBOOK_LAB_PASSWORD_FILE": str(secret_file),
+            "DISPLAY": ":0",
+        }
+
+
+def run_make(argv: list[str], password: Secret | None) -> str:
+    with askpass_env(password) as env:
+        result = local.run(argv, env=env, on_line=lambda _s, line: print(f"      {line}"))
+    return f"{argv[3]} finished in {result.duration:.1f}s"
+
+
+def utmctl(ctx: Context) -> str:
+    return str(ctx.dep.utm.utmctl)
+
+
+def utm_status_probe(ctx: Context, vm: VM, wanted: set[str]) -> Callable[[], Check]:
+    """Done when `utmctl status VM` prints one of `wanted` (status is one word, §2)."""
+
+    def probe() -> Check:
+        if not ctx.dep.utm.utmctl.exists():
+            return unchecked(f"UTM is not on this machine ({ctx.dep.utm.utmctl} not found)")
+        # utmctl's exit code is not reliable: read what it printed (§2).
+        result = local.run([utmctl(ctx), "status", vm.name], check=False, timeout=30)
+        status = result.stdout.strip()
+        if "not found" in result.stderr:
+            return TODO
+        return Check(status in wanted, f"utmctl status: {status}")
+
+    return probe
+
+
+def osascript(lines: Sequence[str]) -> str:
+    argv = ["osascript"]
+    for line in lines:
+        argv += ["-e", line]
+    return render(argv)
+
+
+def keystroke(vm: VM, text: str | Secret) -> str:
+    """UTM's `input keystroke` (UTM >= 4.7.2, §3): SPICE input, no window focus (lesson 4)."""
+    shown = str(text) if isinstance(text, Secret) else text.replace('"', '\\"')
+    return osascript(
+        [
+            (
+                f'tell application "UTM" to input keystroke of virtual machine named "{vm.name}" '
+                f'text "{shown}\\n"'
+            )
+        ]
+    )

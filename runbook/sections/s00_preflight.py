@@ -1,0 +1,154 @@
+"""00 架构 + 关键经验 1: the deployment's shape, and a preflight on this machine.
+
+Lesson 1 (the attic flake breaks the client build) is found with `runbook.doctor` and fixed
+by splicing the flake; lesson 3's prevention (build the toplevel locally first) is here too.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from runbook import local
+from runbook.params import VM, check_paths
+from runbook.sections.common import config_present, render
+from runbook.steps import DONE, TODO, Check, Context, Step, unchecked
+
+NOTEBOOK: Final = "00-architecture-preflight"
+HOST_TOOLS: Final = ("nix", "ssh", "rsync", "make")
+
+
+def architecture(ctx: Context) -> Step:
+    def show() -> str:
+        dep = ctx.dep
+        print("    macOS host")
+        for vm in dep.vms:
+            print(f"    ├── {vm.name:<28} {vm.role!s:<7} {vm.address}:{vm.port}")
+        print(f"    cache: {dep.cache.url} (atticd on {dep.cache.vm})")
+        return f"{len(dep.vms)} VM(s), cache {dep.cache.url}"
+
+    return Step("architecture", "localhost", action=show, readonly=True)
+
+
+def paths(ctx: Context) -> Step:
+    def missing() -> list[str]:
+        return [f"{c.key} {c.path}: {c.problem}" for c in check_paths(ctx.dep) if c.problem]
+
+    def probe() -> Check:
+        problems = missing()
+        return unchecked("not on this machine: " + "; ".join(problems)) if problems else DONE
+
+    def require() -> str:
+        from runbook.errors import InputError
+
+        if problems := missing():
+            raise InputError("; ".join(problems))
+        return ""
+
+    return Step("files the deployment needs", "localhost", probe=probe, action=require)
+
+
+def host_tools(ctx: Context) -> Step:
+    def absent() -> list[str]:
+        tools = [t for t in HOST_TOOLS if local.which(t) is None]
+        if not ctx.dep.utm.utmctl.exists():
+            tools.append(str(ctx.dep.utm.utmctl))
+        return tools
+
+    def probe() -> Check:
+        gone = absent()
+        return unchecked("not on this machine: " + ", ".join(gone)) if gone else DONE
+
+    def require() -> str:
+        from runbook.errors import InputError
+
+        if gone := absent():
+            raise InputError("host tools missing: " + ", ".join(gone))
+        return ""
+
+    return Step(
+        "host tools (make, nix, ssh, rsync, utmctl)", "localhost", probe=probe, action=require
+    )
+
+
+def doctor_report(ctx: Context) -> Step:
+    cmd = render(["runbook", "doctor", str(ctx.dep.nixos_config), "--cache-url", ctx.dep.cache.url])
+
+    def probe() -> Check:
+        if (missing := config_present(ctx)) is not None:
+            return missing
+        from runbook.doctor import DoctorOptions, examine, render_text
+
+        report = examine(DoctorOptions(ctx.dep.nixos_config, cache_url=ctx.dep.cache.url))
+        for line in render_text(report).splitlines():
+            print(f"      {line}")
+        return Check(True, f"{report.errors} error(s); fixable ones are fixed below and in 07")
+
+    return Step("check the nixos-config (runbook doctor)", "localhost", [cmd], probe=probe)
+
+
+def attic_flake(ctx: Context) -> Step:
+    """Lesson 1: drop the attic flake input and module; `nix flake lock` cleans the lock."""
+    config = ctx.dep.nixos_config
+
+    def changes() -> list[object]:
+        from runbook.doctor import DoctorOptions, examine
+        from runbook.nixcfg import ConfigTree
+
+        report = examine(DoctorOptions(config))
+        return list(ConfigTree(config).changes(report.plan))
+
+    def probe() -> Check:
+        if (missing := config_present(ctx)) is not None:
+            return missing
+        pending = changes()
+        for change in pending:
+            print(change.diff(str(change.path.relative_to(config))), end="")  # type: ignore[attr-defined]
+        return TODO if pending else Check(True, "no attic flake input or module")
+
+    def fix() -> str:
+        from runbook.nixcfg import write_changes
+
+        write_changes(changes())  # type: ignore[arg-type]
+        local.run(["nix", "flake", "lock"], cwd=config, on_line=lambda _s, ln: print(f"      {ln}"))
+        return "flake.nix and lib/mksystem.nix use nixpkgs' attic; lock refreshed"
+
+    cmds = [
+        f"runbook doctor {config} --fix   # removes attic.url and inputs.attic.nixosModules.atticd",
+        f"cd {config} && nix flake lock",
+    ]
+    return Step("use nixpkgs' attic, not the attic flake (lesson 1)", "localhost", cmds, probe, fix)
+
+
+def toplevel_argv(vm: VM) -> list[str]:
+    attr = f'.#nixosConfigurations."{vm.name}".config.system.build.toplevel'
+    return ["nix", "build", "--print-out-paths", attr, "--no-link", "--impure"]
+
+
+def toplevel_build(ctx: Context, vm: VM) -> Step:
+    """Lesson 3's prevention: a configuration that does not build never reaches a VM."""
+    argv = toplevel_argv(vm)
+
+    def probe() -> Check:
+        if (missing := config_present(ctx)) is not None:
+            return missing
+        if local.which("nix") is None:
+            return unchecked("nix is not on this machine")
+        return TODO  # nix build is itself idempotent: a built toplevel is a cache hit
+
+    def build() -> str:
+        result = local.run(argv, cwd=ctx.dep.nixos_config)
+        return f"built {result.stdout.strip()}"
+
+    cmd = f"cd {ctx.dep.nixos_config} && {render(argv)}"
+    return Step(f"build {vm.name} locally first (lesson 3)", "localhost", [cmd], probe, build)
+
+
+def steps(ctx: Context) -> list[Step]:
+    return [
+        architecture(ctx),
+        paths(ctx),
+        host_tools(ctx),
+        doctor_report(ctx),
+        attic_flake(ctx),
+        *(toplevel_build(ctx, vm) for vm in ctx.dep.vms),
+    ]

@@ -1,0 +1,158 @@
+"""06 Attic 缓存管理 / 初始化 2-3: admin token, `attic login`, create the cache, make it
+public, push the store; the cache's public key is kept for the workers (07) and checks (08).
+
+Commands come from `runbook.attic` (attic.md §3-4); they run as root through sudo with the
+script on bash's stdin (lesson 5), and the token is a registered secret, masked everywhere.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+from runbook import attic
+from runbook.models import Elevate
+from runbook.params import VM
+from runbook.secrets import Secret
+from runbook.sections.common import host_label, ssh_render
+from runbook.steps import DONE, TODO, Check, Context, Step
+
+NOTEBOOK: Final = "06-cache"
+SERVER: Final = "local"
+ENDPOINT: Final = "http://localhost:8080"
+PLACEHOLDER: Final = Secret("<admin token from the store>", "placeholder")
+
+
+def public_key_file(ctx: Context) -> Path:
+    return ctx.state_dir / "cache-public-key"
+
+
+def _token(ctx: Context) -> Secret | None:
+    return ctx.store.get(ctx.dep.cache.admin_token)
+
+
+def make_token(ctx: Context, vm: VM) -> Step:
+    argv = attic.make_token_argv()
+
+    def make() -> str:
+        out = ctx.connection(vm).run(argv, elevate=Elevate.SUDO)
+        ctx.store.put(ctx.dep.cache.admin_token, attic.parse_make_token_output(out.stdout))
+        return f"admin token kept in the secret store as {ctx.dep.cache.admin_token!r}"
+
+    return Step(
+        "admin token (atticd-atticadm make-token)",
+        host_label(ctx, vm),
+        [ssh_render(ctx, vm, shlex.join(argv) + " </dev/null", sudo=True)],
+        probe=lambda: DONE if _token(ctx) else TODO,
+        action=make,
+    )
+
+
+def login(ctx: Context, vm: VM) -> Step:
+    def argv() -> list[str]:
+        return attic.login_argv(SERVER, ENDPOINT, _token(ctx) or PLACEHOLDER, set_default=True)
+
+    def apply() -> str:
+        ctx.connection(vm).run(argv(), elevate=Elevate.SUDO)
+        return f"root's attic client logged in to {ENDPOINT} as {SERVER!r}"
+
+    return Step(
+        "attic login",
+        host_label(ctx, vm),
+        [ssh_render(ctx, vm, shlex.join(argv()), sudo=True)],
+        probe=_cache_info_ok(ctx, vm),
+        action=apply,
+        remote=True,
+    )
+
+
+def _cache_info_ok(ctx: Context, vm: VM) -> Callable[[], Check]:
+    def probe() -> Check:
+        argv = attic.cache_info_argv(ctx.dep.cache.name)
+        result = ctx.connection(vm).run(argv, elevate=Elevate.SUDO, check=False)
+        return Check(result.ok, f"cache {ctx.dep.cache.name} answers")
+
+    return probe
+
+
+def create(ctx: Context, vm: VM) -> Step:
+    argv = attic.cache_create_argv(ctx.dep.cache.name)
+
+    def apply() -> str:
+        result = ctx.connection(vm).run(argv, elevate=Elevate.SUDO, check=False)
+        if not result.ok and not attic.is_cache_exists_error(result.stderr):
+            from runbook.errors import CommandError
+
+            raise CommandError(
+                host=vm.name,
+                command=result.command,
+                exit_code=result.exit_code,
+                stderr=result.stderr,
+            )
+        return f"cache {ctx.dep.cache.name} created"
+
+    return Step(
+        f"create cache {ctx.dep.cache.name}",
+        host_label(ctx, vm),
+        [ssh_render(ctx, vm, shlex.join(argv), sudo=True)],
+        _cache_info_ok(ctx, vm),
+        apply,
+        remote=True,
+    )
+
+
+def make_public(ctx: Context, vm: VM) -> Step:
+    name = ctx.dep.cache.name
+    argv = attic.cache_configure_argv(name, public=True)
+
+    def probe() -> Check:
+        out = ctx.connection(vm).run(attic.cache_info_argv(name), elevate=Elevate.SUDO)
+        info = attic.parse_cache_info(out.stderr)
+        public_key_file(ctx).parent.mkdir(parents=True, exist_ok=True)
+        public_key_file(ctx).write_text(info.public_key + "\n")
+        return Check(info.public, f"public; key {info.public_key}")
+
+    def apply() -> str:
+        ctx.connection(vm).run(argv, elevate=Elevate.SUDO)
+        return probe().reason
+
+    return Step(
+        f"make {name} public",
+        host_label(ctx, vm),
+        [ssh_render(ctx, vm, shlex.join(argv), sudo=True)],
+        probe,
+        apply,
+        remote=True,
+    )
+
+
+def push(ctx: Context, vm: VM) -> Step:
+    c = ctx.dep.cache
+    argv = attic.push_argv(c.name, jobs=c.push_jobs, ignore_upstream_filter=not c.upstream_filter)
+    script = f"nix path-info --all | {shlex.join(argv)}"
+
+    def apply() -> str:
+        out = ctx.connection(vm).run(script, elevate=Elevate.SUDO)
+        return attic.parse_push_output(out.stdout + out.stderr).summary()
+
+    # attic push skips what the cache already has, so a rerun is cheap: no separate check.
+    return Step(
+        f"push the store to {c.name}",
+        host_label(ctx, vm),
+        [ssh_render(ctx, vm, script, sudo=True)],
+        action=apply,
+        remote=True,
+    )
+
+
+def steps(ctx: Context) -> list[Step]:
+    vm = ctx.dep.cache_vm
+    return [
+        make_token(ctx, vm),
+        login(ctx, vm),
+        create(ctx, vm),
+        make_public(ctx, vm),
+        push(ctx, vm),
+    ]

@@ -1,0 +1,343 @@
+"""The step framework the notebooks are written in.
+
+A `Step` names what it does and the host it targets, renders its plan (the exact
+commands, masked), checks whether it is already done, and applies itself. A `Context`,
+opened from the notebook's papermill parameters (params path, mode, confirm flag,
+secret-store dir, record dir: never a secret value), runs steps and prints one line per
+outcome: `[plan]`, `[done]`, `[already done]`, `[skipped: why]`, `[unchecked: why]`, or
+raises `StepFailed` naming notebook, step, host, command and stderr tail.
+
+Each outcome is also published as a display output of mimetype `STEP_MIMETYPE`, which
+the runner reads back from the executed notebook (see `runbook.records`).
+
+Plan mode never connects anywhere: a step whose check needs its host says
+`[unchecked: ...]`; `Context.connection` refuses to open in plan mode.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, TypedDict
+
+from runbook.errors import CommandError, InputError, RunbookError, tail
+from runbook.params import VM, Deployment, Loaded, load
+from runbook.secrets import Secret, SecretStore, mask
+
+if TYPE_CHECKING:
+    from runbook.remote import Connection
+
+STEP_MIMETYPE: Final = "application/vnd.runbook.step+json"
+# Test-only fault injection: "<notebook>:<step name>" makes that step fail deterministically.
+FAIL_STEP_ENV: Final = "RUNBOOK_FAIL_STEP"
+LOCALHOST: Final = "localhost"
+
+
+class Mode(StrEnum):
+    PLAN = "plan"
+    DEPLOY = "deploy"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Outcome(StrEnum):
+    PLAN = "plan"
+    DONE = "done"
+    ALREADY = "already done"
+    SKIPPED = "skipped"
+    UNCHECKED = "unchecked"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class StepRecord(TypedDict):
+    notebook: str
+    step: str
+    host: str
+    outcome: str
+    reason: str
+    duration: float
+    commands: list[str]
+
+
+@dataclass(frozen=True)
+class Check:
+    """Whether a step is already done; `done=None` means it could not be checked."""
+
+    done: bool | None
+    reason: str = ""
+
+
+DONE: Final = Check(True)
+TODO: Final = Check(False)
+
+
+def unchecked(reason: str) -> Check:
+    return Check(None, reason)
+
+
+class StepFailed(RunbookError):  # noqa: N818 - the name the notebooks and runner use
+    """A step failed: names the notebook, step, host, command and stderr tail (masked)."""
+
+    def __init__(
+        self, *, notebook: str, step: str, host: str, error: str, command: str = ""
+    ) -> None:
+        self.notebook = notebook
+        self.step = step
+        self.host = host
+        self.error = mask(error)
+        self.command = mask(command)
+        where = f"notebook {notebook}, step {step!r} on {host}"
+        cmd = f"; command `{self.command}`" if command else ""
+        super().__init__(f"{where}{cmd}: {self.error}")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One idempotent action. `probe` answers "already done?", `action` does it.
+
+    `remote`: probe and action talk to `host`, so plan mode never runs them.
+    `readonly`: a local read that runs in plan mode too (e.g. linting the config).
+    `plan_only`: why the action is not automated yet (its helper lands in a later issue).
+    """
+
+    name: str
+    host: str
+    commands: Sequence[str] = ()
+    probe: Callable[[], Check] | None = None
+    action: Callable[[], str | None] | None = None
+    remote: bool = False
+    dangerous: bool = False
+    readonly: bool = False
+    plan_only: str = ""
+    note: str = ""
+
+    def plan(self) -> list[str]:
+        return [mask(c) for c in self.commands]
+
+    def check(self) -> Check:
+        return self.probe() if self.probe is not None else TODO
+
+    def apply(self) -> str | None:
+        if self.action is None:
+            raise RunbookError(f"step {self.name!r} has no automated action yet")
+        return self.action()
+
+
+Sink = Callable[[StepRecord], None]
+
+
+def _display_sink(record: StepRecord) -> None:
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        display({STEP_MIMETYPE: dict(record)}, raw=True)  # type: ignore[no-untyped-call]
+
+
+@dataclass
+class Context:
+    """What a notebook's steps share: the deployment, the mode, the secret store, connections."""
+
+    notebook: str
+    loaded: Loaded
+    mode: Mode
+    confirm: bool
+    store: SecretStore
+    record_dir: Path | None = None
+    sink: Sink = _display_sink
+    records: list[StepRecord] = field(default_factory=list)
+    changed: set[str] = field(default_factory=set)
+    _connections: dict[tuple[str, bool], Connection] = field(default_factory=dict)
+
+    @property
+    def dep(self) -> Deployment:
+        return self.loaded.deployment
+
+    @property
+    def planning(self) -> bool:
+        return self.mode is Mode.PLAN
+
+    @property
+    def state_dir(self) -> Path:
+        """Non-secret state kept between runs (e.g. the cache's public key)."""
+        return self.store.root.parent / "state" / self.dep.deployment
+
+    def secret(self, name: str, env: str | None = None) -> Secret | None:
+        value = self.store.get(name)
+        if value is None and env and os.environ.get(env):
+            value = Secret(os.environ[env], name)
+        return value
+
+    def connection(self, vm: VM, *, installed: bool = True) -> Connection:
+        """The SSH connection to `vm` (user + key once installed, root + password before)."""
+        if self.planning:
+            raise RunbookError("plan mode never connects to a host")
+        from runbook.remote import Connection
+
+        key = (vm.name, installed)
+        if key not in self._connections:
+            password = None
+            if not installed:
+                b = self.dep.bootstrap
+                password = self.secret(b.password_secret, b.password_env)
+            self._connections[key] = Connection(
+                self.dep.host(vm, installed=installed), password=password
+            )
+        return self._connections[key]
+
+    def close(self) -> None:
+        for conn in self._connections.values():
+            conn.close()
+        self._connections.clear()
+
+    def run(self, step: Step) -> Outcome:
+        """Plan, check and (in deploy mode) apply `step`; print and publish its outcome."""
+        start = time.monotonic()
+        print(f"\n── {step.name}  @ {step.host}" + (f"  ({step.note})" if step.note else ""))
+        commands = step.plan()
+        for cmd in commands:
+            print(f"    $ {cmd}")
+        try:
+            _inject_failure(self.notebook, step.name)
+            outcome, reason = (self._plan if self.planning else self._deploy)(step)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a named StepFailed
+            failed = _as_failure(exc, self.notebook, step)
+            self._emit(step, Outcome.FAILED, failed.error, start, commands)
+            raise failed from None
+        self._emit(step, outcome, reason, start, commands)
+        return outcome
+
+    def run_each(self, steps: Sequence[Step], *, none: str = "") -> list[Outcome]:
+        """Run `steps` in order; with none, say why (one `[skipped: ...]` line)."""
+        if not steps and none:
+            self.skip(none.split(":")[0], LOCALHOST, none)
+        return [self.run(step) for step in steps]
+
+    def skip(self, name: str, host: str, reason: str) -> Outcome:
+        print(f"\n── {name}  @ {host}")
+        self._emit(Step(name, host), Outcome.SKIPPED, reason, time.monotonic(), [])
+        return Outcome.SKIPPED
+
+    def summary(self) -> str:
+        """One line: how many steps had each outcome; closes the connections."""
+        self.close()
+        counts: dict[str, int] = {}
+        for rec in self.records:
+            counts[rec["outcome"]] = counts.get(rec["outcome"], 0) + 1
+        text = ", ".join(f"{n} {o}" for o, n in counts.items()) or "no steps"
+        line = f"{self.notebook}: {len(self.records)} step(s): {text}"
+        print(line)
+        return line
+
+    def _plan(self, step: Step) -> tuple[Outcome, str]:
+        if step.readonly and step.action is not None:
+            return Outcome.DONE, step.action() or ""
+        if step.remote:
+            return Outcome.UNCHECKED, f"plan mode does not connect to {step.host}"
+        check = step.check()
+        if check.done:
+            return Outcome.ALREADY, check.reason
+        if check.done is None:
+            return Outcome.UNCHECKED, check.reason
+        why = "dangerous: a deploy needs --yes (confirm=True)" if step.dangerous else ""
+        if step.plan_only:
+            why = "; ".join(w for w in (why, f"plan-only for now: {step.plan_only}") if w)
+        return Outcome.PLAN, why
+
+    def _deploy(self, step: Step) -> tuple[Outcome, str]:
+        check = step.check()
+        if check.done:
+            return Outcome.ALREADY, check.reason
+        if step.action is None:
+            why = step.plan_only or "not automated"
+            return Outcome.SKIPPED, f"plan-only for now ({why}); do it by hand as planned"
+        if step.dangerous and not self.confirm:
+            raise RunbookError(
+                f"{step.name} is dangerous ({step.note or 'destructive'}): confirm with "
+                "`runbook deploy ... --yes` or the notebook parameter confirm=True"
+            )
+        detail = step.apply()
+        self.changed.add(step.name)
+        return Outcome.DONE, detail or ""
+
+    def _emit(
+        self, step: Step, outcome: Outcome, reason: str, start: float, commands: list[str]
+    ) -> None:
+        reason = mask(reason)
+        label = f"{outcome}: {reason}" if reason and outcome is not Outcome.PLAN else str(outcome)
+        extra = f"  ({reason})" if reason and outcome is Outcome.PLAN else ""
+        print(f"  [{label}] {step.name}{extra}")
+        record = StepRecord(
+            notebook=self.notebook,
+            step=step.name,
+            host=step.host,
+            outcome=str(outcome),
+            reason=reason,
+            duration=round(time.monotonic() - start, 3),
+            commands=commands,
+        )
+        self.records.append(record)
+        self.sink(record)
+
+
+def _inject_failure(notebook: str, step: str) -> None:
+    target = os.environ.get(FAIL_STEP_ENV, "")
+    if target and target in (f"{notebook}:{step}", f"{notebook.split('-')[0]}:{step}"):
+        raise RunbookError(f"injected failure ({FAIL_STEP_ENV}={target})")
+
+
+def _as_failure(exc: Exception, notebook: str, step: Step) -> StepFailed:
+    if isinstance(exc, StepFailed):
+        return exc
+    if isinstance(exc, CommandError):
+        error = f"exit {exc.returncode}" + (
+            f"; stderr tail: {exc.stderr_tail}" if exc.stderr_tail else ""
+        )
+        return StepFailed(
+            notebook=notebook, step=step.name, host=exc.host, error=error, command=exc.command
+        )
+    text = str(exc) if isinstance(exc, RunbookError) else f"{type(exc).__name__}: {exc}"
+    return StepFailed(notebook=notebook, step=step.name, host=step.host, error=tail(mask(text)))
+
+
+def open_context(
+    notebook: str,
+    params: str,
+    mode: str = "plan",
+    confirm: bool = False,
+    secrets_dir: str = "",
+    record_dir: str = "",
+) -> Context:
+    """The context for one notebook, from its papermill parameters; installs kernel masking."""
+    from runbook import kernel
+
+    kernel.install()
+    try:
+        run_mode = Mode(mode)
+    except ValueError:
+        raise InputError(f"parameter mode: expected plan or deploy (got {mode!r})") from None
+    store = SecretStore(Path(secrets_dir) if secrets_dir else None)
+    store.load_all()  # register every stored value for masking before anything prints
+    ctx = Context(
+        notebook=notebook,
+        loaded=load(params),
+        mode=run_mode,
+        confirm=bool(confirm),
+        store=store,
+        record_dir=Path(record_dir) if record_dir else None,
+    )
+    print(
+        f"{notebook}: deployment {ctx.dep.deployment} ({ctx.loaded.path}), mode {run_mode}"
+        + (", dangerous steps confirmed" if ctx.confirm else "")
+    )
+    return ctx
