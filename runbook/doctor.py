@@ -32,6 +32,7 @@ from runbook import local
 from runbook.errors import InputError, RunbookError, tail
 from runbook.keys import parse_public_key
 from runbook.lab.config import LabParams
+from runbook.makefile import Makefile
 from runbook.nixcfg import (
     ConfigTree,
     FlakeSystem,
@@ -279,58 +280,7 @@ def _describe(value: Literal | Undecided | None) -> str:
     return json.dumps(value) if isinstance(value, str) else str(value)
 
 
-# -- the Makefile (not Nix: read line by line) --------------------------------------------------
-
-_ASSIGN: Final = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*(\?=|:=|::=|\+=|=)\s*(.*)$")
-_TARGET: Final = re.compile(r"^([^\s:=#][^:=]*):(?!=)")
 _DEVICE: Final = re.compile(r"/dev/(\$\((\w+)\)|\$\{(\w+)\}|[A-Za-z0-9]+)")
-
-
-@dataclass(frozen=True)
-class MakeVar:
-    name: str
-    value: str
-    line: int
-    darwin: bool | None  # True inside `ifeq ($(UNAME),Darwin)`, False in its else, None outside
-
-
-@dataclass(frozen=True)
-class Makefile:
-    """The variables (with the Darwin conditional they sit under) and the recipe lines."""
-
-    variables: tuple[MakeVar, ...]
-    recipes: dict[str, tuple[tuple[int, str], ...]]
-
-    @classmethod
-    def read(cls, path: Path) -> Makefile:
-        variables: list[MakeVar] = []
-        recipes: dict[str, list[tuple[int, str]]] = {}
-        conds: list[bool | None] = []
-        target: str | None = None
-        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-            if line.startswith("\t") and target is not None:
-                recipes[target].append((number, line))
-                continue
-            text = line.split("#", 1)[0].strip()
-            word = text.split(" ", 1)[0]
-            if word in ("ifeq", "ifneq", "ifdef", "ifndef"):
-                conds.append(("Darwin" in text) == (word == "ifeq") if "Darwin" in text else None)
-            elif word == "else" and conds:
-                conds[-1] = None if conds[-1] is None else not conds[-1]
-            elif word == "endif" and conds:
-                conds.pop()
-            elif (assign := _ASSIGN.match(text)) is not None:
-                darwin = next((c for c in reversed(conds) if c is not None), None)
-                variables.append(MakeVar(assign[1], assign[3], number, darwin))
-            elif (rule := _TARGET.match(line)) is not None:
-                target = rule[1].strip()
-                recipes.setdefault(target, [])
-        return cls(tuple(variables), {k: tuple(v) for k, v in recipes.items()})
-
-    def on_mac(self, name: str) -> MakeVar | None:
-        """The definition of `name` that applies when make runs on a Mac (last one wins)."""
-        found = [v for v in self.variables if v.name == name and v.darwin is not False]
-        return found[-1] if found else None
 
 
 # -- the checks ---------------------------------------------------------------------------------

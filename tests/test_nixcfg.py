@@ -10,23 +10,29 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.conftest import need
 
 from runbook.errors import InputError, RunbookError
 from runbook.nixcfg import (
     Change,
     ConfigTree,
+    NixPath,
+    Opaque,
+    Undecided,
     attic_inputs,
     declared_inputs,
+    flake_systems,
     is_attic_url,
     lock_text,
+    modules_view,
     plan_attic_flake_removal,
     plan_list_item,
     prune_lock,
     read_lock,
+    system_view,
     write_changes,
 )
 from runbook.nixfile import NixFile, apply_edits
+from tests.conftest import need
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nixos-config" / "handbook"
 
@@ -222,3 +228,65 @@ def test_a_written_file_keeps_its_mode(tmp_path: Path):
 def test_a_directory_without_flake_nix_is_input_error(tmp_path: Path):
     with pytest.raises(InputError, match=re.escape("expected a flake.nix")):
         ConfigTree(tmp_path)
+
+
+# -- systems: which files build a configuration, and what value an option gets ----------------
+
+
+def test_flake_systems_dotted_nested_and_rec():
+    flake = NixFile(
+        b"{ outputs = { self, nixpkgs, ... }@inputs: let mk = import ./lib/mksystem.nix { };"
+        b' in {\n  nixosConfigurations.a = mk "a" rec { system = "x"; user = "ann"; };\n'
+        b'  nixosConfigurations = { b = mk "b" { user = "bob"; }; };\n'
+        b'  darwinConfigurations.mac = mk "mac" { user = "ann"; darwin = true; };\n}; }'
+    )
+    systems = flake_systems(flake)
+    assert {n: s.user for n, s in systems.items()} == {"a": "ann", "b": "bob"}
+    assert set(flake_systems(flake, "darwinConfigurations")) == {"mac"}
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def test_system_view_follows_imports_the_way_mksystem_does(tmp_path: Path):
+    root = write(tmp_path, {
+        "flake.nix": "{ outputs = { self }: { }; }",
+        "lib/mksystem.nix": "{ inputs }: name: { user }: { modules = [ ../modules/common.nix ]; }",
+        "machines/vm.nix": "{ ... }: { imports = [ ./hw ../modules/gone.nix (x + \"/y.nix\") ]; }",
+        "machines/hw/default.nix": "{ a = 1; }",
+        "modules/common.nix": "{ b = 2; }",
+        "users/ann/nixos.nix": "{ c = 3; }",
+        "users/bob/nixos.nix": "{ d = 4; }",
+    })  # fmt: skip
+    view = system_view(ConfigTree(root), "vm", "ann")
+    assert set(view.files) == {
+        Path("lib/mksystem.nix"), Path("machines/vm.nix"), Path("machines/hw/default.nix"),
+        Path("modules/common.nix"), Path("users/ann/nixos.nix"),
+    }  # fmt: skip
+    assert view.missing == [Path("modules/gone.nix")]
+
+
+@pytest.mark.parametrize(
+    ("defs", "expected"),
+    [
+        (["x = lib.mkDefault 1;", "x = 2;"], 2),
+        (["x = lib.mkForce 1;", "x = 2;"], 1),
+        (["x = lib.mkOverride 10 1;", "x = lib.mkForce 2;"], 1),
+        (['x = [ "a" ];', 'x = [ "b" ];'], ["a", "b"]),
+        (['x = [ "a" ];', 'x = lib.mkForce [ "b" ];'], ["b"]),
+        (["x = 1;", "x = 2;"], Undecided("conflicting definitions at m0.nix:2, m1.nix:2")),
+        (["x = lib.mkIf c 1;"], Undecided("defined under mkIf at m0.nix:2")),
+        (["x = ./env;"], NixPath("./env")),
+        (["x = pkgs.fish;"], Opaque("pkgs.fish")),
+        (["y = 1;"], None),
+    ],
+)
+def test_system_view_value_follows_module_priorities(tmp_path: Path, defs, expected):
+    files = {f"m{i}.nix": f"{{ lib, ... }}: {{\n  {d}\n}}" for i, d in enumerate(defs)}
+    root = write(tmp_path, {"flake.nix": "{ }", **files})
+    view = modules_view(ConfigTree(root), "t", [Path(f) for f in files], None)
+    assert view.value(("x",)) == expected

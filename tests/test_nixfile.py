@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.conftest import need
 
 from runbook.errors import InputError
 from runbook.nixfile import (
@@ -23,6 +22,7 @@ from runbook.nixfile import (
     remove_formal,
     remove_node,
 )
+from tests.conftest import need
 
 SUBS = ("nix", "settings", "substituters")
 
@@ -244,3 +244,19 @@ def _walk(node):
     yield node
     for child in node.children:
         yield from _walk(child)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [b"{ a, b, }: a", b"{\n  system,\n  user,\n  darwin ? false,\n}:\nsystem", b"{ a, ... }@x: a"],
+)
+def test_a_trailing_comma_in_formals_is_valid_nix(source: bytes):
+    # tree-sitter-nix 0.1.0 reports a missing name there; Nix (and nixfmt) accept the comma
+    NixFile(source)
+    assert nix_parses(source)
+
+
+def test_an_empty_formal_between_commas_is_still_an_error():
+    with pytest.raises(InputError, match=r"1:4: not valid Nix"):
+        NixFile(b"{ a, , b }: a")
+    assert not nix_parses(b"{ a, , b }: a")
