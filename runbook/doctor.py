@@ -20,7 +20,7 @@ import plistlib
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
@@ -34,6 +34,7 @@ from runbook.keys import parse_public_key
 from runbook.lab.config import LabParams
 from runbook.makefile import Makefile
 from runbook.nixcfg import (
+    Change,
     ConfigTree,
     FlakeSystem,
     Literal,
@@ -405,6 +406,13 @@ def _cache(ctx: Context) -> SystemView | Verdict:
 def check_atticd_enabled(ctx: Context) -> Verdict:
     view = _cache(ctx)
     if isinstance(view, Verdict):
+        if ctx.deployment is not None and isinstance(ctx.cache_view, str):
+            return Verdict(  # params name a cache VM the checkout cannot build
+                Status.FAIL,
+                ctx.cache_view,
+                f"add nixosConfigurations.{ctx.cache_system} (machines/{ctx.cache_system}.nix "
+                "enabling services.atticd) or fix cache.vm in params",
+            )
         return view
     path = ("services", "atticd", "enable")
     value = view.value(path)
@@ -1178,10 +1186,18 @@ def render_text(findings: Sequence[Finding], notes: Sequence[str] = ()) -> str:
 # -- the safe fixes (--fix / --diff) -----------------------------------------------------------
 
 
-def plan_fixes(ctx: Context, findings: Sequence[Finding]) -> Plan:
+FIXABLE: Final = frozenset({"attic-flake-input", "attic-module-import", "worker-substituter"})
+
+
+def plan_fixes(
+    ctx: Context, findings: Sequence[Finding], checks: Collection[str] = FIXABLE
+) -> Plan:
     """Edits for lesson 1 (attic input, its references, the lock) and the workers' cache
-    settings; every other finding needs a decision the user makes."""
-    failing = {f.check for f in findings if f.status in (Status.FAIL, Status.WARN)}
+    substituter, for those of `checks` that warn or fail; every other finding needs a
+    decision the user makes."""
+    failing = {
+        f.check for f in findings if f.status in (Status.FAIL, Status.WARN) and f.check in checks
+    }
     plan = Plan()
     if failing & {"attic-flake-input", "attic-module-import"} and ctx.flake is not None:
         plan.extend(plan_attic_flake_removal(ctx.tree))
@@ -1203,3 +1219,12 @@ def _plan_lock(ctx: Context, flake: NixFile, plan: Plan) -> None:
     stale = stale_lock_inputs(lock, declared_inputs(flake) - set(attic_inputs(flake)))
     if stale:
         plan.rewrites[Path("flake.lock")] = lock_text(prune_lock(lock, stale))
+
+
+def planned_changes(
+    deployment: Deployment | None, nixos_config: Path, checks: Collection[str] = FIXABLE
+) -> list[Change]:
+    """The new content of each file `runbook doctor --fix` would edit for `checks` (every
+    one checked to parse), without writing anything; `nixcfg.write_changes` writes them."""
+    ctx = Context(deployment, nixos_config)
+    return ctx.tree.changes(plan_fixes(ctx, run_context(ctx), checks))

@@ -606,3 +606,27 @@ def test_the_lab_config_has_no_failure():
     found = run_checks(None, LAB_CONFIG)
     failures = [f for f in found if f.status is Status.FAIL]
     assert not failures, failures
+
+
+def test_planned_changes_can_be_limited_to_lesson_1(handbook: Path):
+    from runbook.doctor import planned_changes
+
+    lesson_1 = planned_changes(None, handbook, {"attic-flake-input", "attic-module-import"})
+    assert {c.path.name for c in lesson_1} == {
+        "flake.nix",
+        "flake.lock",
+        "mksystem.nix",
+        "vm-shared.nix",
+    }
+    assert all(b"nixos-utm-cache.local" not in c.after for c in lesson_1)
+    everything = planned_changes(None, handbook)
+    assert any(b"http://nixos-utm-cache.local:8080/main" in c.after for c in everything)
+
+
+def test_a_cache_vm_the_checkout_cannot_build_fails_once(clean: Path, key: Path):
+    (clean / "machines/vm-aarch64-utm-cache.nix").unlink()
+    found = by_id(run_checks(deployment(clean, key), clean))
+    assert found["atticd-enabled"].status is Status.FAIL
+    assert "machines/vm-aarch64-utm-cache.nix" in found["atticd-enabled"].finding
+    for check in ("atticd-env-file", "cache-port-open", "avahi-publish", "hostname-matches-mdns"):
+        assert found[check].status is Status.UNCHECKED
