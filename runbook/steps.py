@@ -242,6 +242,15 @@ class Context:
     def _plan(self, step: Step) -> tuple[Outcome, str]:
         if step.readonly and step.action is not None:
             return Outcome.DONE, step.action() or ""
+        outcome, reason = self._plan_check(step)
+        notes = [reason] if reason else []
+        if outcome is Outcome.PLAN and step.dangerous:
+            notes.append("dangerous: a deploy needs --yes (confirm=True)")
+        if outcome is not Outcome.ALREADY and step.plan_only:
+            notes.append(f"plan-only for now: {step.plan_only}")
+        return outcome, "; ".join(notes)
+
+    def _plan_check(self, step: Step) -> tuple[Outcome, str]:
         if step.remote:
             return Outcome.UNCHECKED, f"plan mode does not connect to {step.host}"
         check = step.check()
@@ -249,10 +258,7 @@ class Context:
             return Outcome.ALREADY, check.reason
         if check.done is None:
             return Outcome.UNCHECKED, check.reason
-        why = "dangerous: a deploy needs --yes (confirm=True)" if step.dangerous else ""
-        if step.plan_only:
-            why = "; ".join(w for w in (why, f"plan-only for now: {step.plan_only}") if w)
-        return Outcome.PLAN, why
+        return Outcome.PLAN, ""
 
     def _deploy(self, step: Step) -> tuple[Outcome, str]:
         check = step.check()

@@ -19,7 +19,7 @@ from runbook.steps import DONE, TODO, Check, Context, Step
 
 NOTEBOOK: Final = "05-token-secret"
 GENERATE: Final = "generate the token secret locally (lessons 2, 6)"
-INSTALL: Final = "install env file"
+INSTALL: Final = "install /var/lib/atticd/env (0600)"
 
 
 def _stored(ctx: Context) -> Secret | None:
@@ -68,7 +68,7 @@ def install_env(ctx: Context, vm: VM) -> Step:
         return f"{ATTICD_ENV} written, mode 0600"
 
     secret = _stored(ctx)
-    shown = keys.env_line(secret) if secret else f"{keys.TOKEN_SECRET_VAR}=<from the store>"
+    shown = f"{keys.TOKEN_SECRET_VAR}={secret if secret else '<from the store>'}"
     cmds = [
         ssh_render(ctx, vm, "install -d -m 0700 /var/lib/atticd", sudo=True),
         f"put {ATTICD_ENV} (mode 0600, owner root): {shown}",
