@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Final
 
 MASK: Final = "*****"
-# Shorter values would mask ordinary words; a secret that short is a mistake anyway.
-_MIN_LEN: Final = 4
+# Shorter values would mask ordinary words everywhere (the handbook's live-ISO root
+# password is literally "root"); such a value is not a secret worth the name anyway.
+_MIN_LEN: Final = 6
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _lock = threading.Lock()
