@@ -16,8 +16,8 @@ import contextlib
 import logging
 import os
 import queue
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -269,12 +269,14 @@ def execute(km: Any, run: NotebookRun, stream: Stream) -> None:
             stdout_file=stream,
             stderr_file=stream,
             km=km,
+            # saved when done (and every 30 s of a long cell), not after every cell: cheaper
+            request_save_on_cell_execute=False,
         )
     except BaseException as exc:  # noqa: BLE001 - reported by the main thread
         run.error = exc
 
 
-def finish(run: NotebookRun) -> None:
+def finish(run: NotebookRun, exports: Exports | None = None) -> None:
     """Move the partial notebook into place whole (or drop it if unreadable); export HTML."""
     import nbformat
 
@@ -289,7 +291,39 @@ def finish(run: NotebookRun) -> None:
     nbformat.write(nb, tmp)  # type: ignore[no-untyped-call]
     os.replace(tmp, run.output)
     run.partial.unlink(missing_ok=True)
-    export_html(nb, run.output.with_suffix(".html"))
+    if exports is None:
+        export_html(nb, run.output.with_suffix(".html"))
+    else:
+        exports.submit(nb, run.output.with_suffix(".html"))
+
+
+class Exports:
+    """HTML exports on a background thread, overlapping the next notebook's execution."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runbook-html")
+        self._pool.submit(_warm_nbconvert)  # its import and templates cost ~0.5 s: overlap them
+        self._pending: list[Any] = []
+
+    def submit(self, nb: Any, path: Path) -> None:
+        self._pending.append(self._pool.submit(export_html, nb, path))
+
+    def wait(self) -> None:
+        """Every export written (a failed export is logged, not fatal: the .ipynb is there)."""
+        for future in self._pending:
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - the record stays usable without HTML
+                logger.warning("HTML export failed: %s", mask(str(exc)))
+        self._pool.shutdown()
+
+
+def _warm_nbconvert() -> None:
+    from nbconvert import HTMLExporter
+
+    HTMLExporter()  # type: ignore[no-untyped-call]
 
 
 def export_html(nb: Any, path: Path) -> None:
@@ -439,12 +473,13 @@ def _run_notebooks(req: RunRequest, plan: Plan, stream: Stream, store: SecretSto
         "record_dir": str(plan.record.resolve()),
     }
     kt = KernelThread(plan.loaded.path.resolve().parent)
+    exports = Exports()
     try:
         kt.start()
         for i, source in todo:
             entry = m["notebooks"][i]
             nb_run = NotebookRun(source, plan.record / source.name, parameters)
-            status = _one(kt, nb_run, entry, stream, f"[{i + 1}/{len(plan.notebooks)}]")
+            status = _one(kt, exports, nb_run, entry, stream, f"[{i + 1}/{len(plan.notebooks)}]")
             write_manifest(plan.record, m)
             if status != "completed":
                 return _stop(req, plan, entry, status, stream)
@@ -454,12 +489,18 @@ def _run_notebooks(req: RunRequest, plan: Plan, stream: Stream, store: SecretSto
         return EXIT_INTERRUPTED
     finally:
         kt.stop()
+        exports.wait()
     m["status"] = "completed"
     return EXIT_OK
 
 
 def _one(
-    kt: KernelThread, run: NotebookRun, entry: NotebookEntry, stream: Stream, count: str
+    kt: KernelThread,
+    exports: Exports,
+    run: NotebookRun,
+    entry: NotebookEntry,
+    stream: Stream,
+    count: str,
 ) -> str:
     start = time.monotonic()
     entry["status"], entry["start"], entry["end"] = "running", iso(utc_now()), None
@@ -468,7 +509,7 @@ def _one(
     kt.submit(run, stream)
     interrupted, done = _wait(kt, run, stream)
     if done:
-        finish(run)
+        finish(run, exports)
     else:  # the kernel never answered: no half-written notebook in the record
         run.partial.unlink(missing_ok=True)
     entry["steps"] = step_entries(run.steps)

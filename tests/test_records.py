@@ -1,0 +1,82 @@
+"""Records: manifests, tables, resolution by id, and the `records`/`show` commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runbook import cli, records
+from runbook.errors import InputError
+
+
+def _manifest(rid: str, status: str = "completed", failed: str | None = None) -> records.Manifest:
+    nb = records.NotebookEntry(
+        notebook="05-token-secret",
+        status="failed" if failed else "completed",
+        start="2026-01-01T00:00:00.000000Z",
+        end="2026-01-01T00:00:01.000000Z",
+        duration=1.0,
+        failed_step=failed,
+        error="boom" if failed else None,
+        steps=[records.StepEntry(step="generate", host="localhost", outcome="done", reason="", duration=0.1)],
+    )
+    return records.Manifest(
+        id=rid, deployment="cache", params="/p.yaml", params_digest="ab" * 32, runbook_version="0",
+        papermill_version="2.7.0", nixos_config_commit=None, mode="deploy", status=status,
+        started="2026-01-01T00:00:00.000000Z", ended=None, duration=1.0, failure=None, notebooks=[nb],
+    )
+
+
+def _write(root: Path, rid: str, **kw: str) -> Path:
+    path = root / rid
+    path.mkdir(parents=True)
+    records.write_manifest(path, _manifest(rid, **kw))
+    return path
+
+
+def test_new_record_dirs_are_unique_and_utc_named(tmp_path: Path) -> None:
+    now = records.utc_now()
+    a = records.new_record_dir(tmp_path, "cache", now)
+    b = records.new_record_dir(tmp_path, "cache", now)
+    assert a != b and a.name.endswith("Z-cache") and b.name.endswith("Z-cache-2")
+
+
+def test_table_and_failed_step(tmp_path: Path) -> None:
+    _write(tmp_path, "20260101T000000Z-cache")
+    _write(tmp_path, "20260102T000000Z-cache", status="failed", failed="install env")
+    (tmp_path / "not-a-record").mkdir()
+    df = records.table(tmp_path)
+    assert list(df.columns) == ["id", "deployment", "mode", "status", "started", "duration", "failed step"]
+    assert list(df["status"]) == ["completed", "failed"]
+    assert df["failed step"].iloc[1] == "05-token-secret: install env"
+    assert records.latest(tmp_path) == tmp_path / "20260102T000000Z-cache"
+    assert list(records.notebook_table(tmp_path / "20260102T000000Z-cache")["failed step"]) == ["install env"]
+
+
+def test_resolve_and_errors(tmp_path: Path) -> None:
+    path = _write(tmp_path, "20260101T000000Z-cache")
+    assert records.resolve(tmp_path, "20260101T000000Z-cache") == path
+    assert records.resolve(tmp_path, str(path)) == path
+    with pytest.raises(InputError, match="not found"):
+        records.resolve(tmp_path, "nope")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{")
+    with pytest.raises(InputError, match="unreadable"):
+        records.read_manifest(tmp_path / "broken")
+
+
+def test_cli_records_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write(tmp_path, "20260101T000000Z-cache", status="failed", failed="install env")
+    assert cli.execute(["records", "--json", "--records", str(tmp_path)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["failed step"] == "05-token-secret: install env"
+    assert cli.execute(["records", "--records", str(tmp_path)]) == 0
+    assert "20260101T000000Z-cache" in capsys.readouterr().out
+    assert cli.execute(["show", "20260101T000000Z-cache", "--records", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "05-token-secret" in out and "install env" in out
+    assert cli.execute(["show", "missing", "--records", str(tmp_path)]) == 2
+    assert cli.execute(["records", "--records", str(tmp_path / "empty")]) == 0
+    assert "no records" in capsys.readouterr().out
