@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001 - the handbook's Chinese punctuation is kept verbatim
 """Writes the notebooks (no outputs). Run: .venv/bin/python notebooks/_generate.py
 
 The notebooks are thin: the handbook's text, a `parameters` cell, then one cell per step
@@ -269,6 +270,8 @@ def _code(text: str, *tags: str) -> nbformat.NotebookNode:
 
 def _notebook(cells: list[nbformat.NotebookNode]) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
+    for i, cell in enumerate(cells):
+        cell.id = f"cell-{i:02d}"  # stable ids: regenerating gives no diff
     nb.cells = cells
     nb.metadata["kernelspec"] = {
         "name": "python3",

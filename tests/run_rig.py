@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 PARAMS = REPO / "params"
 
 # Loaded into every Python process of a run (the runner and its kernel) through PYTHONPATH.
-SOCKET_GUARD = '''
+SOCKET_GUARD = """
 import os, socket, sys
 _LOG = os.environ["RUNBOOK_TEST_SOCKET_LOG"]
 _LOCAL = {None, "", "localhost", "127.0.0.1", "::1"}
@@ -46,7 +46,7 @@ def getaddrinfo(host, *args, **kwargs):
 socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
 with open(os.environ["RUNBOOK_TEST_PY_LOG"], "a") as fh:
     fh.write(f"{sys.executable} {' '.join(sys.argv[:3])}\\n")
-'''
+"""
 
 
 def guard_env(tmp: Path) -> dict[str, str]:
@@ -60,7 +60,9 @@ def guard_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def runbook(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def runbook(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", "from runbook.cli import main; main()", *args],
         cwd=REPO,
@@ -82,7 +84,9 @@ def scan(record: Path, values: list[str]) -> list[str]:
     return hits
 
 
-def write_params(tmp: Path, *, address: str = "127.0.0.1", port: int = 9, nixos_config: Path | None = None) -> Path:
+def write_params(
+    tmp: Path, *, address: str = "127.0.0.1", port: int = 9, nixos_config: Path | None = None
+) -> Path:
     """A params file for one cache VM at `address:port` with local paths that exist."""
     config = nixos_config or tmp / "nixos-config"
     config.mkdir(exist_ok=True)

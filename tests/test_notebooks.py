@@ -37,9 +37,11 @@ def test_committed_without_outputs_with_one_parameters_cell(path: Path) -> None:
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{path.name}: expected exactly one parameters cell"
     assert nb.cells[0].cell_type == "markdown"
-    assert re.search(r"[\u4e00-\u9fff]", nb.cells[0].source), "the handbook's Chinese heading is kept"
+    assert re.search(r"[\u4e00-\u9fff]", nb.cells[0].source), (
+        "the handbook's Chinese heading is kept"
+    )
     if path.name[:2].isdigit():
-        names = set(re.findall(r"^(\w+) =", tagged[0].source, re.M))
+        names = set(re.findall(r"^(\w+) =", tagged[0].source, re.MULTILINE))
         assert names == SECTION_PARAMETERS, "parameters are paths and flags only, never secrets"
 
 
@@ -50,12 +52,21 @@ def planned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     store = SecretStore(tmp / "secrets")
     values = {
         "token": store.put("attic-token-secret", keys.generate_token_secret(2048)).reveal(),
-        "admin": store.put("attic-admin-token", "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJl").reveal(),
+        "admin": store.put(
+            "attic-admin-token", "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJl"
+        ).reveal(),
         "root": store.put("live-root-password", "Fake-Live-Root-Pw-4711").reveal(),
     }
     env = guard_env(tmp)
-    proc = runbook("plan", str(PARAMS / "cache.yaml"), "--records", str(tmp / "records"),
-                   "--secrets", str(store.root), env=env)
+    proc = runbook(
+        "plan",
+        str(PARAMS / "cache.yaml"),
+        "--records",
+        str(tmp / "records"),
+        "--secrets",
+        str(store.root),
+        env=env,
+    )
     records = list((tmp / "records").iterdir())
     return {"proc": proc, "tmp": tmp, "records": records, "values": values}
 
@@ -88,16 +99,23 @@ def test_plan_shows_the_handbook_commands(planned: dict[str, object]) -> None:
     assert "attic cache create main" in out and "attic cache configure main --public" in out
     assert "nix path-info --all | attic push main --stdin" in out
     assert "ATTIC_SERVER_TOKEN_RS256_SECRET_BASE64=*****" in out
-    assert "attic login local http://localhost:8080 '*****'" in out or "http://localhost:8080 *****" in out
+    assert (
+        "attic login local http://localhost:8080 '*****'" in out
+        or "http://localhost:8080 *****" in out
+    )
     assert "[plan-only for now" in out or "plan-only for now" in out
 
 
-def test_plan_opens_no_network_socket_and_kernel_is_the_venv_python(planned: dict[str, object]) -> None:
+def test_plan_opens_no_network_socket_and_kernel_is_the_venv_python(
+    planned: dict[str, object],
+) -> None:
     tmp: Path = planned["tmp"]  # type: ignore[assignment]
     sockets = tmp / "sockets.log"
     assert not sockets.exists(), sockets.read_text()
     pythons = (tmp / "pythons.log").read_text().splitlines()
-    kernels = [line for line in pythons if " -m -f " in line]  # python -m ipykernel_launcher -f CONN
+    kernels = [
+        line for line in pythons if " -m -f " in line
+    ]  # python -m ipykernel_launcher -f CONN
     assert kernels, "a kernel ran"
     import sys
 
@@ -118,7 +136,9 @@ def test_records_lists_the_plan_and_the_dashboard_executes(planned: dict[str, ob
     proc = runbook("records", "--json", "--records", str(tmp / "records"))
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
-    assert [(r["deployment"], r["mode"], r["status"]) for r in rows] == [("cache", "plan", "completed")]
+    assert [(r["deployment"], r["mode"], r["status"]) for r in rows] == [
+        ("cache", "plan", "completed")
+    ]
     env_path = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env_path) if p)
     try:

@@ -20,12 +20,27 @@ def _manifest(rid: str, status: str = "completed", failed: str | None = None) ->
         duration=1.0,
         failed_step=failed,
         error="boom" if failed else None,
-        steps=[records.StepEntry(step="generate", host="localhost", outcome="done", reason="", duration=0.1)],
+        steps=[
+            records.StepEntry(
+                step="generate", host="localhost", outcome="done", reason="", duration=0.1
+            )
+        ],
     )
     return records.Manifest(
-        id=rid, deployment="cache", params="/p.yaml", params_digest="ab" * 32, runbook_version="0",
-        papermill_version="2.7.0", nixos_config_commit=None, mode="deploy", status=status,
-        started="2026-01-01T00:00:00.000000Z", ended=None, duration=1.0, failure=None, notebooks=[nb],
+        id=rid,
+        deployment="cache",
+        params="/p.yaml",
+        params_digest="ab" * 32,
+        runbook_version="0",
+        papermill_version="2.7.0",
+        nixos_config_commit=None,
+        mode="deploy",
+        status=status,
+        started="2026-01-01T00:00:00.000000Z",
+        ended=None,
+        duration=1.0,
+        failure=None,
+        notebooks=[nb],
     )
 
 
@@ -48,11 +63,21 @@ def test_table_and_failed_step(tmp_path: Path) -> None:
     _write(tmp_path, "20260102T000000Z-cache", status="failed", failed="install env")
     (tmp_path / "not-a-record").mkdir()
     df = records.table(tmp_path)
-    assert list(df.columns) == ["id", "deployment", "mode", "status", "started", "duration", "failed step"]
+    assert list(df.columns) == [
+        "id",
+        "deployment",
+        "mode",
+        "status",
+        "started",
+        "duration",
+        "failed step",
+    ]
     assert list(df["status"]) == ["completed", "failed"]
     assert df["failed step"].iloc[1] == "05-token-secret: install env"
     assert records.latest(tmp_path) == tmp_path / "20260102T000000Z-cache"
-    assert list(records.notebook_table(tmp_path / "20260102T000000Z-cache")["failed step"]) == ["install env"]
+    assert list(records.notebook_table(tmp_path / "20260102T000000Z-cache")["failed step"]) == [
+        "install env"
+    ]
 
 
 def test_resolve_and_errors(tmp_path: Path) -> None:

@@ -104,9 +104,17 @@ def test_dangerous_step_needs_yes(tmp_path: Path, capsys: pytest.CaptureFixture[
     from runbook.params import load
     from runbook.steps import Context, Step, StepFailed
 
-    ctx = Context("03-bootstrap0", load(write_params(tmp_path)), Mode.DEPLOY, False, SecretStore(tmp_path / "s"))
+    ctx = Context(
+        "03-bootstrap0",
+        load(write_params(tmp_path)),
+        Mode.DEPLOY,
+        False,
+        SecretStore(tmp_path / "s"),
+    )
     ran: list[str] = []
-    step = Step("wipe", "vm", ["make vm/bootstrap0"], action=lambda: ran.append("x") or "", dangerous=True)
+    step = Step(
+        "wipe", "vm", ["make vm/bootstrap0"], action=lambda: ran.append("x") or "", dangerous=True
+    )
     with pytest.raises(StepFailed, match="--yes"):
         ctx.run(step)
     assert ran == []
@@ -124,7 +132,18 @@ def test_lab_free_deploy_keeps_every_secret_out_of_the_record(
     root = tmp_path / "records"
     store = SecretStore(tmp_path / "secrets")
     root_pw = store.put("live-root-password", "Another-Fake-Root-Pw-99").reveal()
-    code = cli.execute(["deploy", str(params), "--only", "05", "--records", str(root), "--secrets", str(store.root)])
+    code = cli.execute(
+        [
+            "deploy",
+            str(params),
+            "--only",
+            "05",
+            "--records",
+            str(root),
+            "--secrets",
+            str(store.root),
+        ]
+    )
     assert code == 1
     record = _only_record(root)
     m = _manifest(record)
@@ -134,7 +153,11 @@ def test_lab_free_deploy_keeps_every_secret_out_of_the_record(
     assert "cannot reach" in m["notebooks"][0]["error"]
     token = store.get("attic-token-secret")
     assert token is not None
-    secret_values = [token.reveal(), f"ATTIC_SERVER_TOKEN_RS256_SECRET_BASE64={token.reveal()}", root_pw]
+    secret_values = [
+        token.reveal(),
+        f"ATTIC_SERVER_TOKEN_RS256_SECRET_BASE64={token.reveal()}",
+        root_pw,
+    ]
     assert scan(record, secret_values) == []
     out = capsys.readouterr()
     assert token.reveal() not in out.out + out.err
@@ -142,15 +165,32 @@ def test_lab_free_deploy_keeps_every_secret_out_of_the_record(
 
 LEAKY_NOTEBOOK = [
     ("markdown", "# 99 · 泄漏测试 — a notebook that tries to leak a secret"),
-    ("parameters", 'params = ""\nmode = "plan"\nconfirm = False\nsecrets_dir = ""\nrecord_dir = ""\n'),
-    ("code", "from runbook.steps import open_context\nctx = open_context('99-leak', params, mode, confirm, secrets_dir, record_dir)"),
-    ("code", "value = ctx.store.get('attic-admin-token').reveal()\nprint('printed', value)\n"
-             "import logging, sys\nlogging.getLogger('leak').warning('logged %s', value)\n"
-             "sys.stderr.write('stderr ' + value + '\\n')\n"
-             "from IPython.display import display, HTML\ndisplay(HTML('<b>' + value + '</b>'))\n"
-             "display({'text/plain': value}, raw=True)\nvalue"),
-    ("code", "from runbook.secrets import Secret\nfresh = Secret('-'.join(['Made', 'At', 'Run', 'Time', 'Secret', '77']), 'fresh')\n"
-             "print(fresh.reveal())\nraise ValueError('boom ' + value + ' ' + fresh.reveal())"),
+    (
+        "parameters",
+        'params = ""\nmode = "plan"\nconfirm = False\nsecrets_dir = ""\nrecord_dir = ""\n',
+    ),
+    (
+        "code",
+        "from runbook.steps import open_context\nctx = open_context('99-leak', params, mode, confirm, secrets_dir, record_dir)",
+    ),
+    (
+        "code",
+        (
+            "value = ctx.store.get('attic-admin-token').reveal()\nprint('printed', value)\n"
+            "import logging, sys\nlogging.getLogger('leak').warning('logged %s', value)\n"
+            "sys.stderr.write('stderr ' + value + '\\n')\n"
+            "from IPython.display import display, HTML\ndisplay(HTML('<b>' + value + '</b>'))\n"
+            "display({'text/plain': value}, raw=True)\nvalue"
+        ),
+    ),
+    (
+        "code",
+        (
+            "from runbook.secrets import Secret\n"
+            "fresh = Secret('-'.join(['Made', 'At', 'Run', 'Time', 'Secret', '77']), 'fresh')\n"
+            "print(fresh.reveal())\nraise ValueError('boom ' + value + ' ' + fresh.reveal())"
+        ),
+    ),
 ]
 
 
@@ -162,7 +202,11 @@ def _leaky(dir_: Path) -> None:
         else:
             tags = ["parameters"] if kind == "parameters" else []
             nb.cells.append(nbformat.v4.new_code_cell(src, metadata={"tags": tags}))
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     dir_.mkdir()
     nbformat.write(nb, dir_ / "99-leak.ipynb")
 
@@ -170,7 +214,9 @@ def _leaky(dir_: Path) -> None:
 def test_everything_a_kernel_prints_is_masked(tmp_path: Path) -> None:
     """print, logging, stderr, display, results and tracebacks: all masked in the kernel."""
     store = SecretStore(tmp_path / "secrets")
-    admin = store.put("attic-admin-token", "eyJ0eXAiOiJKV1QifQ.eyJzdWIiOiJsZWFrIn0.bGVha3NpZw").reveal()
+    admin = store.put(
+        "attic-admin-token", "eyJ0eXAiOiJKV1QifQ.eyJzdWIiOiJsZWFrIn0.bGVha3NpZw"
+    ).reveal()
     _leaky(tmp_path / "nbs")
     out = io.StringIO()
     req = runner.RunRequest(
@@ -196,10 +242,16 @@ def test_sigint_leaves_a_valid_record_marked_interrupted(tmp_path: Path) -> None
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell('params = ""', metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("print('started sleeping', flush=True)\nimport time\ntime.sleep(120)"),
+        nbformat.v4.new_code_cell(
+            "print('started sleeping', flush=True)\nimport time\ntime.sleep(120)"
+        ),
         nbformat.v4.new_code_cell("print('never')"),
     ]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nbformat.write(nb, nbs / "00-sleep.ipynb")
     nbformat.write(nb, nbs / "01-after.ipynb")
     root = tmp_path / "records"
@@ -209,7 +261,13 @@ def test_sigint_leaves_a_valid_record_marked_interrupted(tmp_path: Path) -> None
         f"records_root=Path({str(root)!r}), secrets_dir=Path({str(tmp_path / 's')!r}), notebooks_dir=Path({str(nbs)!r}))\n"
         "sys.exit(runner.run(req))\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         logs = list(root.glob("*/run.log"))
@@ -220,7 +278,7 @@ def test_sigint_leaves_a_valid_record_marked_interrupted(tmp_path: Path) -> None
         proc.kill()
         pytest.fail("the notebook never started")
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     record = _only_record(root)
     m = _manifest(record)
@@ -236,13 +294,53 @@ def test_sigint_leaves_a_valid_record_marked_interrupted(tmp_path: Path) -> None
 def test_plan_records_list_and_show_through_the_cli(tmp_path: Path) -> None:
     root = tmp_path / "records"
     env = dict(os.environ, RUNBOOK_RECORDS=str(root))
-    proc = runbook("plan", str(PARAMS / "worker.yaml"), "--only", "07,08", "--secrets", str(tmp_path / "s"), env=env)
+    proc = runbook(
+        "plan",
+        str(PARAMS / "worker.yaml"),
+        "--only",
+        "07,08",
+        "--secrets",
+        str(tmp_path / "s"),
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     record = _only_record(root)
     shown = runbook("show", record.name, "--json", env=env)
     m = json.loads(shown.stdout)
-    assert m["deployment"] == "worker" and [n["notebook"] for n in m["notebooks"]] == ["07-workers", "08-verify"]
+    assert m["deployment"] == "worker" and [n["notebook"] for n in m["notebooks"]] == [
+        "07-workers",
+        "08-verify",
+    ]
     table = runbook("records", env=env)
     assert "worker" in table.stdout and "plan" in table.stdout and "completed" in table.stdout
     text = runbook("show", str(record), env=env).stdout
     assert "07-workers" in text and "completed" in text
+
+
+def test_plan_reads_a_real_checkout_and_changes_nothing(tmp_path: Path) -> None:
+    """00 on the handbook's nixos-config (attic flake and all): the lesson-1 fix is planned
+    as a diff, the doctor table is printed, and no file of the checkout changes."""
+    import shutil
+
+    config = tmp_path / "nixos-config"
+    shutil.copytree(REPO / "tests" / "fixtures" / "nixos-config" / "handbook", config)
+    before = {p: p.read_bytes() for p in config.rglob("*") if p.is_file()}
+    params = write_params(tmp_path, nixos_config=config)
+    out = io.StringIO()
+    req = runner.RunRequest(
+        params=params,
+        mode=Mode.PLAN,
+        records_root=tmp_path / "records",
+        secrets_dir=tmp_path / "s",
+        only=("00",),
+        out=out,
+    )
+    assert runner.run(req) == 0, out.getvalue()[-3000:]
+    steps = {
+        s["step"]: s for s in _manifest(_only_record(tmp_path / "records"))["notebooks"][0]["steps"]
+    }
+    assert steps["use nixpkgs' attic, not the attic flake (lesson 1)"]["outcome"] == "plan"
+    assert steps["check the nixos-config (runbook doctor)"]["outcome"] == "already done"
+    text = out.getvalue()
+    assert "github:zhaofengli/attic" in text and "attic-flake-input" in text
+    assert {p: p.read_bytes() for p in config.rglob("*") if p.is_file()} == before

@@ -37,8 +37,12 @@ def test_plan_outcomes_one_line_each(tmp_path: Path, capsys: pytest.CaptureFixtu
     ctx = _ctx(tmp_path)
     assert ctx.run(Step("a", "localhost", ["echo a"], probe=lambda: DONE)) is Outcome.ALREADY
     assert ctx.run(Step("b", "localhost", ["echo b"], probe=lambda: TODO)) is Outcome.PLAN
-    assert ctx.run(Step("c", "localhost", probe=lambda: unchecked("no UTM here"))) is Outcome.UNCHECKED
-    assert ctx.run(Step("d", "vm", ["reboot"], remote=True, action=lambda: "x")) is Outcome.UNCHECKED
+    assert (
+        ctx.run(Step("c", "localhost", probe=lambda: unchecked("no UTM here"))) is Outcome.UNCHECKED
+    )
+    assert (
+        ctx.run(Step("d", "vm", ["reboot"], remote=True, action=lambda: "x")) is Outcome.UNCHECKED
+    )
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  [")]
     assert lines == [
         "  [already done] a",
@@ -60,7 +64,10 @@ def test_plan_mode_never_connects(tmp_path: Path) -> None:
 
 def test_deploy_outcomes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ctx = _ctx(tmp_path, Mode.DEPLOY)
-    assert ctx.run(Step("done", "localhost", probe=lambda: DONE, action=lambda: "x")) is Outcome.ALREADY
+    assert (
+        ctx.run(Step("done", "localhost", probe=lambda: DONE, action=lambda: "x"))
+        is Outcome.ALREADY
+    )
     assert ctx.run(Step("apply", "localhost", action=lambda: "made it")) is Outcome.DONE
     assert ctx.run(Step("manual", "localhost", plan_only="UTM helper later")) is Outcome.SKIPPED
     out = capsys.readouterr().out
@@ -73,7 +80,9 @@ def test_failure_names_notebook_step_host_command_and_stderr(tmp_path: Path) -> 
     ctx = _ctx(tmp_path, Mode.DEPLOY)
 
     def boom() -> str:
-        raise CommandError(host="vm-a", command="systemctl restart atticd", exit_code=1, stderr="a\nb\nJob failed")
+        raise CommandError(
+            host="vm-a", command="systemctl restart atticd", exit_code=1, stderr="a\nb\nJob failed"
+        )
 
     with pytest.raises(StepFailed) as info:
         ctx.run(Step("restart atticd", "vm-a (jqwang@x)", action=boom))
@@ -83,7 +92,9 @@ def test_failure_names_notebook_step_host_command_and_stderr(tmp_path: Path) -> 
     assert ctx.records[-1]["outcome"] == "failed"
 
 
-def test_secrets_are_masked_in_commands_and_failures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_secrets_are_masked_in_commands_and_failures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ctx = _ctx(tmp_path, Mode.DEPLOY)
     pw = Secret("Sekrit-Password-123", "pw")
 
@@ -96,11 +107,13 @@ def test_secrets_are_masked_in_commands_and_failures(tmp_path: Path, capsys: pyt
     assert all(pw.reveal() not in str(r) for r in ctx.records)
 
 
-def test_console_plan_masks_the_stored_password(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_console_plan_masks_the_stored_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ctx = _ctx(tmp_path)
     ctx.store.put("live-root-password", "Console-Pw-Value-1")
     step = s02_console.set_root_password(ctx, ctx.dep.cache_vm)
-    assert any("text \"*****\\n\"" in c for c in step.plan())
+    assert any('text "*****\\n"' in c for c in step.plan())
     ctx.run(step)
     assert "Console-Pw-Value-1" not in capsys.readouterr().out
 
@@ -109,7 +122,9 @@ def test_bootstrap0_is_dangerous_and_uses_the_makefile(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     step = s03_bootstrap0.bootstrap0(ctx, ctx.dep.cache_vm)
     assert step.dangerous and step.remote
-    assert step.plan()[-1].endswith("vm/bootstrap0 NIXADDR=nixos-utm-cache.local NIXNAME=vm-aarch64-utm-cache")
+    assert step.plan()[-1].endswith(
+        "vm/bootstrap0 NIXADDR=nixos-utm-cache.local NIXNAME=vm-aarch64-utm-cache"
+    )
     assert "/dev/vda" in step.plan()[0]  # the Makefile's /dev/sda vs UTM's VirtIO disk
 
 
@@ -132,3 +147,34 @@ def test_injected_failure_and_bad_mode(tmp_path: Path, monkeypatch: pytest.Monke
 
     with pytest.raises(InputError, match="mode"):
         open_context("00", str(PARAMS / "cache.yaml"), "yolo", secrets_dir=str(tmp_path / "s"))
+
+
+def test_widget_panel_plans_checks_and_applies(tmp_path: Path) -> None:
+    from runbook.widgets import panel
+
+    ctx = _ctx(tmp_path)
+    ran: list[str] = []
+    steps = [
+        Step(
+            "local",
+            "localhost",
+            ["echo hi"],
+            probe=lambda: TODO,
+            action=lambda: ran.append("x") or "ok",
+        ),
+        Step("wipe", "vm", ["wipe it"], action=lambda: ran.append("wipe") or "", dangerous=True),
+    ]
+    box = panel(ctx, steps)
+    local_row, wipe_row = box.children[2], box.children[3]
+    plan_b, check_b, apply_b = local_row.children[0].children[1:]
+    plan_b.click()
+    check_b.click()
+    apply_b.click()
+    text = "".join(o["text"] for o in local_row.children[1].outputs)
+    assert "$ echo hi" in text and "[to do]" in text and "[done: ok] local" in text
+    assert ran == ["x"] and ctx.mode is Mode.PLAN  # restored after Apply
+    wipe_row.children[0].children[3].click()  # Apply without the confirm box: refused
+    assert ran == ["x"] and "--yes" in "".join(o["text"] for o in wipe_row.children[1].outputs)
+    box.children[1].value = True
+    wipe_row.children[0].children[3].click()
+    assert ran == ["x", "wipe"]

@@ -6,15 +6,19 @@ by splicing the flake; lesson 3's prevention (build the toplevel locally first) 
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from runbook import local
 from runbook.params import VM, check_paths
 from runbook.sections.common import config_present, render
 from runbook.steps import DONE, TODO, Check, Context, Step, unchecked
 
+if TYPE_CHECKING:
+    from runbook.nixcfg import Change
+
 NOTEBOOK: Final = "00-architecture-preflight"
 HOST_TOOLS: Final = ("nix", "ssh", "rsync", "make")
+LESSON_1_CHECKS: Final = frozenset({"attic-flake-input", "attic-module-import"})
 
 
 def architecture(ctx: Context) -> Step:
@@ -76,12 +80,13 @@ def doctor_report(ctx: Context) -> Step:
     def probe() -> Check:
         if (missing := config_present(ctx)) is not None:
             return missing
-        from runbook.doctor import DoctorOptions, examine, render_text
+        from runbook.doctor import failed, render_text, run_checks
 
-        report = examine(DoctorOptions(ctx.dep.nixos_config, cache_url=ctx.dep.cache.url))
-        for line in render_text(report).splitlines():
+        findings = run_checks(ctx.dep, ctx.dep.nixos_config)
+        for line in render_text(findings).splitlines():
             print(f"      {line}")
-        return Check(True, f"{report.errors} error(s); fixable ones are fixed below and in 07")
+        bad = "some checks fail" if failed(findings) else "no check fails"
+        return Check(True, f"{bad}; the fixable ones are fixed below and in 07")
 
     return Step("check the nixos-config (runbook doctor)", "localhost", [cmd], probe=probe)
 
@@ -90,25 +95,23 @@ def attic_flake(ctx: Context) -> Step:
     """Lesson 1: drop the attic flake input and module; `nix flake lock` cleans the lock."""
     config = ctx.dep.nixos_config
 
-    def changes() -> list[object]:
-        from runbook.doctor import DoctorOptions, examine
-        from runbook.nixcfg import ConfigTree
+    def changes() -> list[Change]:
+        from runbook.doctor import planned_changes
 
-        report = examine(DoctorOptions(config))
-        return list(ConfigTree(config).changes(report.plan))
+        return planned_changes(ctx.dep, config, LESSON_1_CHECKS)
 
     def probe() -> Check:
         if (missing := config_present(ctx)) is not None:
             return missing
         pending = changes()
         for change in pending:
-            print(change.diff(str(change.path.relative_to(config))), end="")  # type: ignore[attr-defined]
+            print(change.diff(str(change.path.relative_to(config))), end="")
         return TODO if pending else Check(True, "no attic flake input or module")
 
     def fix() -> str:
         from runbook.nixcfg import write_changes
 
-        write_changes(changes())  # type: ignore[arg-type]
+        write_changes(changes())
         local.run(["nix", "flake", "lock"], cwd=config, on_line=lambda _s, ln: print(f"      {ln}"))
         return "flake.nix and lib/mksystem.nix use nixpkgs' attic; lock refreshed"
 
