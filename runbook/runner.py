@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from runbook import __version__
-from runbook.errors import EXIT_FAILED, EXIT_OK, InputError, tail
+from runbook.errors import EXIT_FAILED, EXIT_OK, InputError, RunbookError, tail
 from runbook.params import Loaded, load, require_paths
 from runbook.records import (
     RUN_LOG,
@@ -475,7 +475,7 @@ def _run_notebooks(req: RunRequest, plan: Plan, stream: Stream, store: SecretSto
     kt = KernelThread(plan.loaded.path.resolve().parent)
     exports = Exports()
     try:
-        kt.start()
+        _start(kt, m)
         for i, source in todo:
             entry = m["notebooks"][i]
             nb_run = NotebookRun(source, plan.record / source.name, parameters)
@@ -492,6 +492,18 @@ def _run_notebooks(req: RunRequest, plan: Plan, stream: Stream, store: SecretSto
         exports.wait()
     m["status"] = "completed"
     return EXIT_OK
+
+
+def _start(kt: KernelThread, m: Manifest) -> None:
+    try:
+        kt.start()
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        m["status"] = "failed"
+        m["failure"] = f"the Jupyter kernel did not start: {exc}"
+        raise RunbookError(
+            f"cannot start the notebook kernel ({sys.executable} -m ipykernel_launcher): {exc}; "
+            "is ipykernel installed in this environment?"
+        ) from None
 
 
 def _one(

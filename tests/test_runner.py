@@ -344,3 +344,17 @@ def test_plan_reads_a_real_checkout_and_changes_nothing(tmp_path: Path) -> None:
     text = out.getvalue()
     assert "github:zhaofengli/attic" in text and "attic-flake-input" in text
     assert {p: p.read_bytes() for p in config.rglob("*") if p.is_file()} == before
+
+
+def test_a_kernel_that_cannot_start_fails_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(_dir: Path) -> None:
+        raise OSError("No module named ipykernel_launcher")
+
+    monkeypatch.setattr(runner, "_kernel_manager", broken)
+    root = tmp_path / "records"
+    assert cli.execute(["plan", str(PARAMS / "cache.yaml"), "--records", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot start the notebook kernel" in err and "Traceback" not in err
+    assert _manifest(_only_record(root))["status"] == "failed"
