@@ -235,14 +235,7 @@ class Connection:
             if chan.closed or not transport.is_active():
                 if chan.exit_status_ready():
                     break
-                self.close()
-                raise ConnectionLostError(
-                    host=label,
-                    command=display,
-                    exit_code=None,
-                    stderr=streams["stderr"].text(),
-                    reason="lost its connection before it finished (host rebooted or sshd stopped?)",
-                )
+                raise self._lost(display, streams["stderr"].text())
             if deadline is not None and time.monotonic() > deadline:
                 chan.close()
                 raise CommandTimeoutError(
@@ -256,15 +249,18 @@ class Connection:
         code = chan.recv_exit_status()
         chan.close()
         if code == -1:  # closed without an exit status: the session died under us
-            self.close()
-            raise ConnectionLostError(
-                host=label,
-                command=display,
-                exit_code=None,
-                stderr=streams["stderr"].text(),
-                reason="lost its connection before it finished (host rebooted or sshd stopped?)",
-            )
+            raise self._lost(display, streams["stderr"].text())
         return streams["stdout"].text(), streams["stderr"].text(), code
+
+    def _lost(self, display: str, stderr: str) -> ConnectionLostError:
+        self.close()
+        return ConnectionLostError(
+            host=self.host.label,
+            command=display,
+            exit_code=None,
+            stderr=stderr,
+            reason="lost its connection before it finished (host rebooted or sshd stopped?)",
+        )
 
     def _emit(self, stream: str, line: str) -> None:
         text = mask(line)
