@@ -1,0 +1,74 @@
+"""The safe fixes `runbook doctor --fix` makes (and `--diff` shows): lesson 1's attic
+input, its references and lock nodes, and the workers' cache substituter."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Final
+
+from runbook.doctor.context import Context
+from runbook.doctor.model import Finding, Status
+from runbook.doctor.run import run_context
+from runbook.doctor.worker_checks import SUBSTITUTERS
+from runbook.nixcfg import (
+    Change,
+    Plan,
+    attic_inputs,
+    declared_inputs,
+    lock_text,
+    plan_attic_flake_removal,
+    plan_list_item,
+    prune_lock,
+    read_lock,
+    stale_lock_inputs,
+)
+from runbook.nixfile import NixFile
+from runbook.params import Deployment
+
+logger: Final = logging.getLogger(__name__)
+
+
+FIXABLE: Final = frozenset({"attic-flake-input", "attic-module-import", "worker-substituter"})
+
+
+def plan_fixes(
+    ctx: Context, findings: Sequence[Finding], checks: Collection[str] = FIXABLE
+) -> Plan:
+    """Edits for lesson 1 (attic input, its references, the lock) and the workers' cache
+    substituter, for those of `checks` that warn or fail; every other finding needs a
+    decision the user makes."""
+    failing = {
+        f.check for f in findings if f.status in (Status.FAIL, Status.WARN) and f.check in checks
+    }
+    plan = Plan()
+    if failing & {"attic-flake-input", "attic-module-import"} and ctx.flake is not None:
+        plan.extend(plan_attic_flake_removal(ctx.tree))
+        _plan_lock(ctx, ctx.flake, plan)
+    worker = ctx.parsed.get(ctx.worker_module)
+    if "worker-substituter" in failing and worker is not None:
+        # plan_list_item returns None when the URL is there; `attic use` puts it first (attic.md §4)
+        edit = plan_list_item(worker, SUBSTITUTERS, ctx.target.url, first=True)
+        if edit is not None:
+            plan.edits.setdefault(ctx.worker_module, []).append(edit)
+    return plan
+
+
+def _plan_lock(ctx: Context, flake: NixFile, plan: Plan) -> None:
+    lock_path = ctx.root / "flake.lock"
+    if not lock_path.is_file():
+        return
+    lock = read_lock(lock_path)
+    stale = stale_lock_inputs(lock, declared_inputs(flake) - set(attic_inputs(flake)))
+    if stale:
+        plan.rewrites[Path("flake.lock")] = lock_text(prune_lock(lock, stale))
+
+
+def planned_changes(
+    deployment: Deployment | None, nixos_config: Path, checks: Collection[str] = FIXABLE
+) -> list[Change]:
+    """The new content of each file `runbook doctor --fix` would edit for `checks` (every
+    one checked to parse), without writing anything; `nixcfg.write_changes` writes them."""
+    ctx = Context(deployment, nixos_config)
+    return ctx.tree.changes(plan_fixes(ctx, run_context(ctx), checks))

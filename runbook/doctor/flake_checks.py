@@ -1,0 +1,110 @@
+"""The checks on the checkout as a whole: every .nix file parses, and no trace of the attic
+flake (lesson 1) is left in flake.nix, flake.lock or the modules."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Final
+
+from runbook import local
+from runbook.doctor.context import Context
+from runbook.doctor.model import Check, Status, Verdict, check, ok, unchecked
+from runbook.errors import tail
+from runbook.nixcfg import attic_inputs, is_attic_url, read_lock
+
+logger: Final = logging.getLogger(__name__)
+
+CHECKS: Final[list[Check]] = []
+
+
+@check(CHECKS, "nix-parse", "all: a file that does not parse stops every nixos-rebuild")
+def check_nix_parse(ctx: Context) -> Verdict:
+    broken = [f"{rel}: {exc}" for rel, exc in ctx.tree.broken.items()]
+    confirmed = "tree-sitter"
+    if local.which("nix-instantiate") is not None and ctx.parsed:
+        confirmed += " and nix-instantiate --parse"
+        broken += _nix_refuses(ctx.root, list(ctx.parsed))
+    if broken:
+        return Verdict(Status.FAIL, "; ".join(broken), "fix the syntax error at the place named")
+    return ok(f"{len(ctx.parsed)} .nix files parse ({confirmed})")
+
+
+def _nix_refuses(root: Path, files: list[Path]) -> list[str]:
+    """The files the installed Nix does not parse: one call for all, one per file on failure."""
+    argv = ["nix-instantiate", "--parse"]
+    if local.run([*argv, *(str(root / f) for f in files)], check=False).exit_code == 0:
+        return []
+    refused = []
+    for rel in files:
+        result = local.run([*argv, str(root / rel)], check=False)
+        if result.exit_code != 0:
+            refused.append(f"{rel}: nix-instantiate: {tail(result.stderr, 2)}")
+    return refused
+
+
+@check(
+    CHECKS, "attic-flake-input", "lesson 1: the attic flake's client fails to build (-std=c++2a)"
+)
+def check_attic_flake_input(ctx: Context) -> Verdict:
+    flake = ctx.flake
+    if flake is None:
+        return unchecked("flake.nix does not parse")
+    found = [
+        f"flake.nix:{flake.under(('inputs', name))[0].line}: input {name} = {source}"
+        for name, source in sorted(attic_inputs(flake).items())
+    ]
+    lock_path = ctx.root / "flake.lock"
+    if lock_path.is_file():
+        for key, node in sorted(read_lock(lock_path)["nodes"].items()):
+            if _fetches_attic(node):
+                found.append(f"flake.lock: node {key!r} locks the attic repository")
+    if found:
+        return Verdict(
+            Status.FAIL,
+            "; ".join(found),
+            "delete the attic input (and `attic` from outputs' arguments) from flake.nix, run "
+            "`nix flake lock`; nixpkgs' services.atticd and pkgs.attic-client replace it "
+            "(`runbook doctor --fix` does this)",
+        )
+    return ok("flake.nix has no attic input and flake.lock no attic node")
+
+
+def _fetches_attic(node: Any) -> bool:
+    for part in ("original", "locked"):
+        ref = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(ref, dict):
+            continue
+        if ref.get("repo") == "attic" or is_attic_url(str(ref.get("url", "x"))):
+            return True
+    return False
+
+
+@check(
+    CHECKS,
+    "attic-module-import",
+    "lesson 1: the attic flake's module and packages go with its input",
+)
+def check_attic_module_import(ctx: Context) -> Verdict:
+    names = {"attic"} | (set(attic_inputs(ctx.flake)) if ctx.flake is not None else set())
+    found: list[str] = []
+    for rel, nix in ctx.parsed.items():
+        for node, path in nix.selects("inputs"):
+            if path[0] in names and len(path) > 1:
+                found.append(f"{rel}:{node.start_point.row + 1}: {nix.text(node)}")
+        if rel == Path("flake.nix"):  # `outputs = { attic, ... }:` names the input directly
+            for name in names:
+                for node, path in nix.selects(name):
+                    if path[0] in ("nixosModules", "packages", "overlays"):
+                        found.append(f"{rel}:{node.start_point.row + 1}: {nix.text(node)}")
+    if found:
+        return Verdict(
+            Status.FAIL,
+            "uses the attic flake: " + "; ".join(found),
+            "remove inputs.attic.nixosModules.atticd from lib/mksystem.nix (nixpkgs has "
+            "services.atticd) and use pkgs.attic-client for inputs.attic.packages "
+            "(`runbook doctor --fix` does this)",
+        )
+    if ctx.tree.broken:
+        return unchecked("some .nix files do not parse (see nix-parse)")
+    return ok("no module uses inputs.attic")

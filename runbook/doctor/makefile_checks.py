@@ -1,0 +1,121 @@
+"""The checks on the checkout's Makefile: the disk vm/bootstrap0 partitions, SSH options
+that turn keys off, and NIXNAME's default on a Mac."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Final
+
+from runbook.doctor.context import NO_PARAMS, Context
+from runbook.doctor.model import Check, Status, Verdict, check, ok, unchecked
+from runbook.makefile import Makefile
+from runbook.params import DiskInterface
+
+logger: Final = logging.getLogger(__name__)
+
+_DEVICE: Final = re.compile(r"/dev/(\$\((\w+)\)|\$\{(\w+)\}|[A-Za-z0-9]+)")
+
+CHECKS: Final[list[Check]] = []
+
+
+def _makefile(ctx: Context) -> Makefile | Verdict:
+    if ctx.makefile is None:
+        return unchecked("no Makefile in the checkout")
+    return ctx.makefile
+
+
+@check(CHECKS, "makefile-disk-device", "部署流程 3: vm/bootstrap0 partitions the VM's disk")
+def check_makefile_disk_device(ctx: Context) -> Verdict:
+    make = _makefile(ctx)
+    if isinstance(make, Verdict):
+        return make
+    recipe = make.recipes.get("vm/bootstrap0")
+    if recipe is None:
+        return unchecked("the Makefile has no vm/bootstrap0 target")
+    used: dict[str, int] = {}
+    for number, line in recipe:
+        for device in _devices(line, make):
+            used.setdefault(device, number)
+    if not used:
+        return unchecked("vm/bootstrap0 names no /dev disk")
+    dep = ctx.deployment
+    vms = (
+        {vm.name: vm.disk_interface for vm in dep.vms}
+        if dep
+        else {"(UTM default)": DiskInterface.VIRTIO}
+    )
+    wrong = [
+        f"{name} has a {iface.value} disk ({iface.device})"
+        for name, iface in vms.items()
+        if set(used) != {iface.device}
+    ]
+    shown = ", ".join(f"{dev} (Makefile:{line})" for dev, line in used.items())
+    if not wrong:
+        return ok(f"vm/bootstrap0 partitions {shown}, the VMs' disk")
+    fix = (
+        "create the disk with interface SCSI in UTM (disk_interface: scsi in params), or change "
+        f"{next(iter(used))} in vm/bootstrap0 to the VM's device (utm-makefile-keys.md §1)"
+    )
+    if dep is None:
+        return Verdict(
+            Status.WARN,
+            f"vm/bootstrap0 partitions {shown}; {NO_PARAMS}: UTM's default VirtIO disk is /dev/vda",
+            fix,
+        )
+    return Verdict(Status.FAIL, f"vm/bootstrap0 partitions {shown} but {'; '.join(wrong)}", fix)
+
+
+def _devices(line: str, make: Makefile) -> list[str]:
+    """Whole-disk devices in a recipe line, `$(VAR)` expanded from the Makefile's default."""
+    found: list[str] = []
+    for match in _DEVICE.finditer(line):
+        name = match[2] or match[3]
+        var = make.on_mac(name) if name else None
+        device = "/dev/" + (var.value.strip() if var else match[1])
+        if device.startswith("/dev/nvme"):
+            device = re.sub(r"p\d+$", "", device)
+        elif re.match(r"^/dev/[sv]d[a-z]", device):
+            device = device.rstrip("0123456789")
+        else:
+            continue
+        found.append(device)
+    return found
+
+
+@check(CHECKS, "makefile-password-ssh", "lesson 7: every ssh/rsync of the Makefile asks a password")
+def check_makefile_password_ssh(ctx: Context) -> Verdict:
+    make = _makefile(ctx)
+    if isinstance(make, Verdict):
+        return make
+    options = [v for v in make.variables if v.name == "SSH_OPTIONS"]
+    off = [v for v in options if "PubkeyAuthentication=no" in v.value.replace(" ", "")]
+    if off:
+        return Verdict(
+            Status.WARN,
+            f"Makefile:{off[0].line}: SSH_OPTIONS has PubkeyAuthentication=no: key "
+            "authentication is off, every ssh and rsync asks a password",
+            "nothing to do: the runbook supplies the password through SSH_ASKPASS; drop "
+            "`-o PubkeyAuthentication=no` to log in with your key instead",
+        )
+    return ok("SSH_OPTIONS leaves key authentication on" if options else "no SSH_OPTIONS")
+
+
+@check(CHECKS, "makefile-nixname-default", "部署流程: NIXNAME names the VM's configuration")
+def check_makefile_nixname_default(ctx: Context) -> Verdict:
+    make = _makefile(ctx)
+    if isinstance(make, Verdict):
+        return make
+    var = make.on_mac("NIXNAME")
+    if var is None:
+        return ok("NIXNAME has no default on a Mac: the runbook passes NIXNAME=<vm>")
+    value = var.value.strip()
+    if value in ctx.systems:
+        return ok(f"Makefile:{var.line}: NIXNAME defaults to {value}, a nixosConfiguration")
+    return Verdict(
+        Status.WARN,
+        f"Makefile:{var.line}: on a Mac NIXNAME defaults to {value}, which is not one of "
+        "flake.nix's nixosConfigurations (a darwin configuration)",
+        "nothing to do: the runbook passes NIXNAME=<vm name> to every make target; by hand "
+        "use `make vm/switch NIXNAME=vm-aarch64-utm`",
+    )

@@ -1,0 +1,150 @@
+"""The checks on the worker VMs' configuration: they substitute from the cache by its mDNS
+name and trust its current signing key."""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+from urllib.parse import urlsplit
+
+from runbook.discover import is_ip
+from runbook.doctor.context import CacheTarget, Context, describe
+from runbook.doctor.live import live_cache_key
+from runbook.doctor.model import Check, Status, Verdict, check, ok, unchecked
+from runbook.errors import InputError
+from runbook.keys import parse_public_key
+from runbook.nixcfg import Literal, Opaque, SystemView
+
+logger: Final = logging.getLogger(__name__)
+
+SUBSTITUTERS: Final = ("nix", "settings", "substituters")
+EXTRA_SUBSTITUTERS: Final = ("nix", "settings", "extra-substituters")
+TRUSTED_KEYS: Final = ("nix", "settings", "trusted-public-keys")
+EXTRA_TRUSTED_KEYS: Final = ("nix", "settings", "extra-trusted-public-keys")
+
+CHECKS: Final[list[Check]] = []
+
+
+def _workers(ctx: Context) -> list[SystemView] | Verdict:
+    views = ctx.worker_views
+    if not views:
+        return unchecked(f"{ctx.worker_module} (the workers' module) not found")
+    broken = [str(p) for v in views for p in v.broken]
+    if broken:
+        return unchecked(f"{', '.join(broken)} does not parse (see nix-parse)")
+    return views
+
+
+def _merged(view: SystemView, *paths: tuple[str, ...]) -> tuple[list[Literal], str, str | None]:
+    """The list values at `paths` together, where they are defined, and why not decidable."""
+    items: list[Literal] = []
+    where: list[str] = []
+    for path in paths:
+        value = view.value(path)
+        if isinstance(value, list):
+            items.extend(value)
+            where.append(view.where(path))
+        elif value is not None:
+            return [], "", f"{'.'.join(path)} is {describe(value)}"
+    return items, ", ".join(w for w in where if w), None
+
+
+@check(CHECKS, "worker-substituter", "Worker VM 配置: workers substitute from the cache")
+def check_worker_substituter(ctx: Context) -> Verdict:
+    views = _workers(ctx)
+    if isinstance(views, Verdict):
+        return views
+    url = ctx.target.url
+    note = f" [{ctx.target.assumed}]" if ctx.target.assumed else ""
+    missing, by_ip, fine = [], [], []
+    for view in views:
+        items, where, undecided = _merged(view, SUBSTITUTERS, EXTRA_SUBSTITUTERS)
+        if undecided:
+            return unchecked(f"{view.name}: {undecided}")
+        strings = [i for i in items if isinstance(i, str)]
+        if url.rstrip("/") in {i.rstrip("/") for i in strings}:
+            fine.append(f"{view.name} ({where})")
+        elif any(isinstance(i, Opaque) for i in items):
+            return unchecked(f"{view.name}: substituters hold expressions ({where})")
+        elif ips := [i for i in strings if _same_cache_by_ip(i, ctx.target)]:
+            by_ip.append(f"{view.name} uses {ips[0]} ({where})")
+        else:
+            missing.append(f"{view.name} ({where or 'not set'})")
+    if by_ip:
+        return Verdict(
+            Status.FAIL,
+            f"{'; '.join(by_ip)}: an IP address changes when the VM reboots (lesson 8){note}",
+            f'use "{url}" (the mDNS name) in nix.settings.substituters in {ctx.worker_module}',
+        )
+    if missing:  # expected before the cache exists: notebook 07 adds it
+        return Verdict(
+            Status.WARN,
+            f"nix.settings.substituters lacks {url} in {', '.join(missing)}{note}",
+            f"nothing to do if the runbook sets up the workers (notebook 07 adds it); by hand "
+            f'add "{url}" to nix.settings.substituters in {ctx.worker_module} '
+            "(`runbook doctor --fix`)",
+        )
+    return ok(f"{url} is a substituter of {', '.join(fine)}{note}")
+
+
+def _same_cache_by_ip(url: str, target: CacheTarget) -> bool:
+    parts = urlsplit(url)
+    return (
+        is_ip(parts.hostname or "")
+        and parts.path.strip("/") == target.name
+        and (parts.port or 80) == target.port
+    )
+
+
+@check(CHECKS, "worker-trusted-key", "Worker VM 配置: workers trust the cache's current key")
+def check_worker_trusted_key(ctx: Context) -> Verdict:
+    views = _workers(ctx)
+    if isinstance(views, Verdict):
+        return views
+    name = ctx.target.name
+    fix = (
+        f"add the key `attic cache info {name}` shows ({name}:…) to "
+        f"nix.settings.trusted-public-keys in {ctx.worker_module}"
+    )
+    trusted: set[str] = set()
+    for view in views:
+        items, where, undecided = _merged(view, TRUSTED_KEYS, EXTRA_TRUSTED_KEYS)
+        if undecided:
+            return unchecked(f"{view.name}: {undecided}")
+        keys = [i for i in items if isinstance(i, str) and i.partition(":")[0] == name]
+        bad = [k for k in keys if not _is_public_key(k)]
+        if bad:
+            return Verdict(
+                Status.FAIL,
+                f"{view.name}: trusted-public-keys: {bad[0]!r} is not NAME:base64(32 bytes), "
+                f"so Nix rejects every signature ({where})",
+                fix,
+            )
+        if not keys:  # expected before the cache exists: notebook 07 adds its key
+            return Verdict(
+                Status.WARN,
+                f"{view.name}: trusted-public-keys has no {name}: key ({where or 'not set'}): "
+                "Nix would ignore the cache's paths",
+                f"nothing to do if the runbook sets up the workers (notebook 07 adds it); by hand {fix}",
+            )
+        trusted.update(keys)
+    live, reason = live_cache_key(ctx)
+    shown = ", ".join(sorted(trusted))
+    if live is None:
+        return ok(f"the workers trust {shown}; live comparison unchecked: {reason}")
+    if live in trusted:
+        return ok(f"the workers trust {shown}, the live cache's key")
+    return Verdict(
+        Status.FAIL,
+        f"the workers trust {shown} but the cache at {ctx.target.url} signs with {live} "
+        "(a recreated cache: Nix silently builds locally)",
+        f'replace the key with "{live}" in {ctx.worker_module}',
+    )
+
+
+def _is_public_key(key: str) -> bool:
+    try:
+        parse_public_key(key)
+    except InputError:
+        return False
+    return True
