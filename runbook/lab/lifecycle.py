@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from runbook.errors import InputError, RunbookError
-from runbook.lab import host, net, services, system
+from runbook.lab import console, host, net, services, system
 from runbook.lab.config import SSH_PORT, HostSpec, LabParams, Phase, from_mapping, load
 from runbook.local import run
 from runbook.secrets import write_private
@@ -53,10 +53,20 @@ class HostStatus:
     phase: str
     services: dict[str, str]
     running: bool
+    console_port: int | None = None  # the host's console on 127.0.0.1 (lab/console.py)
 
     def public(self) -> dict[str, Any]:
         """The `lab status --json` record that tools and tests rely on."""
-        keys = ("name", "address", "port", "user", "identity", "known_hosts", "phase")
+        keys = (
+            "name",
+            "address",
+            "port",
+            "user",
+            "identity",
+            "known_hosts",
+            "phase",
+            "console_port",
+        )
         return {k: v for k, v in asdict(self).items() if k in keys}
 
 
@@ -117,6 +127,8 @@ def _healthy(params: LabParams, index: int, spec: HostSpec) -> bool:
 
 
 def _destroy_host(params: LabParams | None, name: str) -> None:
+    if params is not None:
+        console.stop(params, name)
     host.stop(name)
     net.delete_host_net(name)
     if params is not None and params.host_dir(name).exists():
@@ -152,6 +164,7 @@ def up(params: LabParams | Path | str | dict[str, Any] | None = None) -> list[Ho
     with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
         list(pool.map(lambda item: _create(lab, item[0], item[1], peers, pubkey), todo))
     _write_known_hosts(lab)
+    console.ensure_all(lab)  # each host's console on a loopback port, and UTM's VM list
     logger.info(
         "lab up: %d host(s), %d (re)created, %.2f s",
         len(lab.hosts),
@@ -220,6 +233,7 @@ def status(params: LabParams | Path | str | dict[str, Any] | None = None) -> lis
                 phase=phase,
                 services=_services(pid),
                 running=pid is not None,
+                console_port=console.port(lab, spec.name),
             )
         )
     return out

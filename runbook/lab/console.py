@@ -1,0 +1,424 @@
+"""Lab consoles: each host's console is a real root login shell on a pty inside the host,
+served on a loopback TCP port of this machine, as UTM serves a VM's TCP serial port.
+
+UTM's "TCP Server Connection" serial port listens on 127.0.0.1 and is "a raw TCP socket: `nc
+127.0.0.1 4444`" (reference/utm-makefile-keys.md §3 "Serial, TCP server mode"). A lab console
+behaves the same way: one daemon per host (`python -m runbook.lab.console serve NAME HOSTDIR`,
+in this machine's root namespaces) holds a pty whose other end is `bash -l` run as root through
+`nsenter` into the host's namespaces, accepts any number of TCP clients on 127.0.0.1, sends
+what they type to the pty and what the pty prints to all of them. Like a getty, a shell that
+exits (`exit`, the host's reboot) is started again; the daemon ends when the host's init is gone.
+
+The Mac side of the lab (what UTM, osascript and Hammerspoon are on the user's Mac) lives in
+`<state_dir>/mac/`: `bin/{utmctl,osascript,hs}` wrappers for the stand-ins in
+runbook/lab/standins/, and `utm.json`, UTM's VM list, where every lab host is a started VM whose
+serial port is its console and whose MAC is its NIC's (reference §3 "MAC", §8). `mac_env(lab)`
+is the environment that puts them on PATH with RUNBOOK_MACOS_STANDINS=1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pty
+import selectors
+import shlex
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from runbook.lab import host
+from runbook.lab.config import HostSpec, LabParams, Phase
+from runbook.lab.net import netns
+from runbook.local import run
+
+logger: Final = logging.getLogger(__name__)
+
+REPO: Final = Path(__file__).resolve().parents[2]
+ENDPOINT_FILE: Final = "console.json"  # in the host's dir: {"host", "port", "pid"}
+LOOPBACK: Final = "127.0.0.1"
+START_TIMEOUT: Final = 10.0
+# How long the daemon waits for a host's init before giving up (a host being rebuilt).
+ORPHAN_GRACE: Final = 5.0
+RESPAWN_DELAY: Final = 0.3
+ROWS, COLS = 24, 80
+# The environment of a console login (a NixOS console has TERM=linux); /etc/profile sets PATH.
+SHELL_ENV: Final = {
+    "TERM": "linux",
+    "HOME": "/root",
+    "USER": "root",
+    "LOGNAME": "root",
+    "LANG": "C.UTF-8",
+    "PATH": "/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+}
+MAC_PROGRAMS: Final = ("utmctl", "osascript", "hs")
+STANDINS_ENV: Final = "RUNBOOK_MACOS_STANDINS"
+UTM_STATE_ENV: Final = "RUNBOOK_UTM_STATE"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    pid: int
+
+
+# --- seen from outside: start, stop, where --------------------------------------------------------
+
+
+def endpoint_file(lab: LabParams, name: str) -> Path:
+    return lab.host_dir(name) / ENDPOINT_FILE
+
+
+def _daemon_argv(lab: LabParams, name: str) -> list[str]:
+    return [sys.executable, "-m", "runbook.lab.console", "serve", name, str(lab.host_dir(name))]
+
+
+def _is_daemon(pid: int, lab: LabParams, name: str) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    except OSError:
+        return False
+    want = [a.encode() for a in _daemon_argv(lab, name)[1:]]
+    return argv[1:] == want
+
+
+def endpoint(lab: LabParams, name: str) -> Endpoint | None:
+    """The running console of host `name` (its daemon alive and listening), or None."""
+    try:
+        data = json.loads(endpoint_file(lab, name).read_text())
+        found = Endpoint(str(data["host"]), int(data["port"]), int(data["pid"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not _is_daemon(found.pid, lab, name):
+        return None
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return found if s.connect_ex((found.host, found.port)) == 0 else None
+
+
+def ensure(lab: LabParams, name: str) -> Endpoint:
+    """Start host `name`'s console unless it already runs; its endpoint."""
+    running = endpoint(lab, name)
+    if running is not None:
+        return running
+    stop(lab, name)
+    log = lab.host_dir(name) / "console.log"
+    env = {"PYTHONPATH": str(REPO), "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/bin")}
+    # setsid -f: the daemon is nobody's child, like the host's init (host.start)
+    detach = 'log=$1; shift; setsid -f "$@" >>"$log" 2>&1 </dev/null'
+    run(["sh", "-c", detach, "sh", str(log), *_daemon_argv(lab, name)], env=env)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        found = endpoint(lab, name)
+        if found is not None:
+            logger.info("lab console of %s on %s:%d", name, found.host, found.port)
+            return found
+        time.sleep(0.02)
+    tail = log.read_text()[-400:] if log.exists() else ""
+    raise RuntimeError(f"lab console of {name} did not start within {START_TIMEOUT:g} s: {tail!r}")
+
+
+def _daemon_pids(lab: LabParams, name: str) -> list[int]:
+    """Every console daemon serving `name` for this lab (a crashed run may have left one)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _is_daemon(int(entry), lab, name):
+            found.append(int(entry))
+    return found
+
+
+def stop(lab: LabParams, name: str) -> None:
+    """Stop host `name`'s console daemon (its shell gets a hangup) and forget its endpoint."""
+    pids = _daemon_pids(lab, name)
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 3.0
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if _is_daemon(p, lab, name)]
+        time.sleep(0.01)
+    for pid in pids:
+        _signal(pid, signal.SIGKILL)
+    endpoint_file(lab, name).unlink(missing_ok=True)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def ensure_all(lab: LabParams) -> dict[str, Endpoint]:
+    """Every host's console running, and the Mac side (wrappers, utm.json) written."""
+    found = {spec.name: ensure(lab, spec.name) for spec in lab.hosts}
+    write_mac_side(lab, found)
+    return found
+
+
+def port(lab: LabParams, name: str) -> int | None:
+    """The console's TCP port on 127.0.0.1 (for `lab status --json`), or None."""
+    found = endpoint(lab, name)
+    return found.port if found is not None else None
+
+
+# --- the Mac side: stand-in wrappers and UTM's VM list ---------------------------------------------
+
+
+def mac_dir(lab: LabParams) -> Path:
+    return lab.state_dir / "mac"
+
+
+def utm_state_file(lab: LabParams) -> Path:
+    return mac_dir(lab) / "utm.json"
+
+
+def mac_env(lab: LabParams) -> dict[str, str]:
+    """PATH with the lab's utmctl/osascript/hs first, RUNBOOK_MACOS_STANDINS=1, the UTM state."""
+    path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    bin_dir = str(mac_dir(lab) / "bin")
+    if bin_dir not in path.split(os.pathsep):
+        path = os.pathsep.join([bin_dir, path])
+    return {"PATH": path, STANDINS_ENV: "1", UTM_STATE_ENV: str(utm_state_file(lab))}
+
+
+def nic_mac(name: str) -> str | None:
+    """The MAC of the host's eth0 (UTM's `address` of the VM's network interface), upper case."""
+    result = run(["ip", "-n", netns(name), "-o", "link", "show", "eth0"], check=False)
+    words = result.stdout.split()
+    if "link/ether" in words:
+        return words[words.index("link/ether") + 1].upper()
+    return None
+
+
+def _wrapper(program: str) -> str:
+    return (
+        "#!/bin/sh\n"
+        f"# The lab's stand-in for macOS `{program}` (runbook/lab/standins/); see runbook/lab/console.py\n"
+        f"PYTHONPATH={shlex.quote(str(REPO))} exec {shlex.quote(sys.executable)} "
+        f'-m runbook.lab.standins.{program} "$@"\n'
+    )
+
+
+def _vm_record(lab: LabParams, index: int, spec: HostSpec, console: Endpoint) -> dict[str, Any]:
+    drives = [{"id": "DISK-1", "removable": False, "source": None}]
+    if spec.phase is Phase.LIVE:  # still booting the ISO (handbook: remove it after bootstrap0)
+        drives.insert(0, {"id": "ISO-0", "removable": True, "source": "nixos-minimal.iso"})
+    return {
+        "name": spec.name,
+        "status": "started",
+        "addresses": [lab.address(index)],
+        # neither the ISO nor mitchellh's UTM config runs qemu-guest-agent (reference §7.1)
+        "guest_agent": False,
+        "mac": nic_mac(spec.name),
+        "serial": {"host": console.host, "port": console.port},
+        "drives": drives,
+        "lab_host": spec.name,
+    }
+
+
+def write_mac_side(lab: LabParams, consoles: dict[str, Endpoint]) -> None:
+    """The stand-in wrappers and utm.json; VMs the runbook created there are kept."""
+    from runbook.lab.standins import utm_state
+
+    bin_dir = mac_dir(lab) / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for program in MAC_PROGRAMS:
+        wrapper = bin_dir / program
+        wrapper.write_text(_wrapper(program))
+        wrapper.chmod(0o755)
+    state_file = utm_state_file(lab)
+    state: dict[str, Any] = (
+        json.loads(state_file.read_text())
+        if state_file.exists()
+        else {"vms": [], "version": "4.7.2"}
+    )
+    by_name = {vm["name"]: vm for vm in state["vms"]}
+    for index, spec in enumerate(lab.hosts):
+        record = _vm_record(lab, index, spec, consoles[spec.name])
+        old = by_name.get(spec.name)
+        if old is None:
+            state["vms"].append({"uuid": utm_state.new_vm(spec.name)["uuid"], **record})
+        else:
+            old.update({k: v for k, v in record.items() if k not in ("status", "drives")})
+    # VMs made by the runbook (notebook 01) for a lab host follow that host's console
+    for vm in state["vms"]:
+        if vm.get("lab_host") in consoles and vm.get("serial"):
+            end = consoles[vm["lab_host"]]
+            vm["serial"] = {"host": end.host, "port": end.port}
+    tmp = state_file.with_name(state_file.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(state_file)
+
+
+# --- the daemon ---------------------------------------------------------------------------------
+
+
+class ConsoleDaemon:
+    """One host's console: a pty with a root login shell in the host, fanned out to TCP clients."""
+
+    def __init__(self, name: str, host_dir: Path) -> None:
+        self.name = name
+        self.host_dir = host_dir
+        self.sel = selectors.DefaultSelector()
+        self.listener = self._listen()
+        self.clients: list[socket.socket] = []
+        self.master: int | None = None
+        self.shell: subprocess.Popen[bytes] | None = None
+        self.next_spawn = 0.0
+        self.orphan_since: float | None = None
+        self.running = True
+
+    def _listen(self) -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:  # the port of the previous daemon, so UTM's VM list stays right
+            old = json.loads((self.host_dir / ENDPOINT_FILE).read_text())
+            sock.bind((LOOPBACK, int(old["port"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            sock.bind((LOOPBACK, 0))
+        sock.listen(16)
+        sock.setblocking(False)
+        self.sel.register(sock, selectors.EVENT_READ, "listen")
+        return sock
+
+    def publish(self) -> None:
+        port = self.listener.getsockname()[1]
+        data = {"host": LOOPBACK, "port": port, "pid": os.getpid()}
+        target = self.host_dir / ENDPOINT_FILE
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(data) + "\n")
+        tmp.replace(target)
+
+    def spawn(self) -> bool:
+        """Start the root login shell inside the host; False when the host has no init yet."""
+        init = host.init_pid(self.name)
+        if init is None:
+            return False
+        master, slave = pty.openpty()
+        termios_size = struct.pack("HHHH", ROWS, COLS, 0, 0)
+        import fcntl
+
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, termios_size)
+        argv = [
+            "setsid",
+            "--ctty",
+            "nsenter",
+            "-t",
+            str(init),
+            "-a",
+            "--wd=/root",
+            "--",
+            "/bin/bash",
+            "-l",
+        ]
+        self.shell = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, env=SHELL_ENV, cwd="/", close_fds=True
+        )
+        os.close(slave)
+        os.set_blocking(master, False)
+        self.master = master
+        self.sel.register(master, selectors.EVENT_READ, "pty")
+        return True
+
+    def hangup(self) -> None:
+        """Close the pty (the shell gets SIGHUP, as on a serial line drop) and reap it."""
+        if self.master is not None:
+            self.sel.unregister(self.master)
+            os.close(self.master)
+            self.master = None
+        if self.shell is not None:
+            try:
+                self.shell.wait(2)
+            except subprocess.TimeoutExpired:
+                self.shell.kill()
+                self.shell.wait()
+            self.shell = None
+
+    def broadcast(self, data: bytes) -> None:
+        for client in list(self.clients):
+            try:
+                client.sendall(data)
+            except OSError:
+                self.drop(client)
+
+    def drop(self, client: socket.socket) -> None:
+        if client in self.clients:
+            self.clients.remove(client)
+            self.sel.unregister(client)
+        client.close()
+
+    def on_ready(self, key: selectors.SelectorKey) -> None:
+        if key.data == "listen":
+            client, _ = self.listener.accept()
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client.setblocking(True)
+            client.settimeout(5.0)
+            self.clients.append(client)
+            self.sel.register(client, selectors.EVENT_READ, "client")
+        elif key.data == "pty":
+            try:
+                data = os.read(key.fd, 65536)
+            except OSError:  # EIO: the shell and everything on the pty is gone
+                data = b""
+            if data:
+                self.broadcast(data)
+            else:
+                self.hangup()
+                self.next_spawn = time.monotonic() + RESPAWN_DELAY
+        else:
+            sock: socket.socket = key.fileobj  # type: ignore[assignment]
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self.drop(sock)
+            elif self.master is not None:
+                os.write(self.master, data)  # typed while no shell runs is lost, as on a VM
+
+    def tick(self) -> None:
+        """Respawn the shell when it is gone; leave when the host has been gone a while."""
+        now = time.monotonic()
+        if self.master is None and now >= self.next_spawn:
+            if self.spawn():
+                self.orphan_since = None
+            else:
+                self.orphan_since = self.orphan_since or now
+                self.next_spawn = now + RESPAWN_DELAY
+        if self.orphan_since is not None and now - self.orphan_since > ORPHAN_GRACE:
+            logger.info("lab console of %s: the host is gone, leaving", self.name)
+            self.running = False
+
+    def serve(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "running", False))
+        self.publish()
+        while self.running:
+            self.tick()
+            for key, _ in self.sel.select(timeout=0.2):
+                self.on_ready(key)
+        self.hangup()
+        for client in list(self.clients):
+            self.drop(client)
+        self.listener.close()
+        return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] != "serve":
+        print("usage: python -m runbook.lab.console serve NAME HOSTDIR", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    return ConsoleDaemon(argv[1], Path(argv[2])).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
