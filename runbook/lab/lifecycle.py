@@ -57,16 +57,7 @@ class HostStatus:
 
     def public(self) -> dict[str, Any]:
         """The `lab status --json` record that tools and tests rely on."""
-        keys = (
-            "name",
-            "address",
-            "port",
-            "user",
-            "identity",
-            "known_hosts",
-            "phase",
-            "console_port",
-        )
+        keys = ("name", "address", "port", "user", "identity", "known_hosts", "phase")
         return {k: v for k, v in asdict(self).items() if k in keys}
 
 
