@@ -156,14 +156,24 @@ their key are used, with passwordless sudo.""",
 `ATTIC_SERVER_TOKEN_RS256_SECRET_BASE64` is not random base64: it is the base64 of an RSA private
 key's PEM (random bytes make atticd panic with `RS256 cannot be decoded: Utf8Error`). The key is
 made here with `cryptography` (nothing needs openssl on the VM: lesson 6), checked the way atticd
-decodes it, kept in the secret store, and installed as `/var/lib/atticd/env` with mode 0600.""",
+decodes it, kept in the secret store, and installed as `/var/lib/atticd/env` with mode 0600
+from the first byte. A valid secret is kept (rotating it invalidates every token; only
+`cache.rotate_token_secret: true` rotates), and atticd is restarted only after the secret
+passed atticd's decode chain here.""",
         [
             ("## Generate locally (lessons 2, 6)", "ctx.run(s.generate(ctx))"),
             (
                 "## Install /var/lib/atticd/env (0600)",
                 "ctx.run(s.install_env(ctx, ctx.dep.cache_vm))",
             ),
-            ("## Restart atticd", "ctx.run(s.restart(ctx, ctx.dep.cache_vm))"),
+            (
+                "## The cache VM runs `services.atticd` (its configuration, switched as the user)",
+                "ctx.run(s.atticd_system(ctx, ctx.dep.cache_vm))",
+            ),
+            (
+                "## Validate the secret as atticd will, restart atticd, `GET /` 200",
+                "ctx.run(s.restart(ctx, ctx.dep.cache_vm))",
+            ),
         ],
     ),
     (
@@ -174,8 +184,10 @@ decodes it, kept in the secret store, and installed as `/var/lib/atticd/env` wit
 
 On the cache VM, as root: make an admin token with `atticd-atticadm make-token`, `attic login`,
 `attic cache create main`, `attic cache configure main --public`, then push every store path
-(`nix path-info --all | attic push main --stdin`). The token goes to the secret store and is
-masked in every output. The cache's public key is kept for the workers (07).""",
+(`nix path-info --all | attic push main --stdin -j N`). The token goes to the secret store and is
+masked in every output. The cache's public key, read from `attic cache info` (on stderr), is kept
+for the workers (07). attic skips paths signed by cache.nixos.org unless `cache.upstream_filter`
+is false: the push reports its counts, and a push that uploads nothing fails.""",
         [
             ("## Admin token", "ctx.run(s.make_token(ctx, ctx.dep.cache_vm))"),
             ("## attic login", "ctx.run(s.login(ctx, ctx.dep.cache_vm))"),
@@ -202,8 +214,8 @@ formatting and comments survive), then `vm/copy` + `vm/switch` each worker as th
                 'ctx.run_each([s.configure(ctx)] if ctx.dep.workers else [], none="no worker VMs in this deployment")',
             ),
             (
-                "## Copy and switch each worker",
-                'ctx.run_each([s.deploy_worker(ctx, vm) for vm in ctx.dep.workers], none="no worker VMs to switch")',
+                "## Copy and switch the workers, in parallel",
+                'ctx.run_each([], none="no worker VMs to switch") if not ctx.dep.workers else ctx.run_parallel([s.deploy_worker(ctx, vm) for vm in ctx.dep.workers])',
             ),
         ],
     ),
@@ -230,7 +242,8 @@ key; and have each worker really substitute a path from it (Nix checks the signa
 > **部署流程速查 6.** `NIXUSER=jqwang NIXADDR=<IP> make vm/copy` · `NIXUSER=jqwang NIXADDR=<IP> NIXNAME=vm-aarch64-utm make vm/switch`
 
 After the first switch root cannot log in (lesson 7): updates copy and switch as the user.
-Each VM's toplevel is built here first (lesson 3).""",
+Each VM's toplevel is built here first (lesson 3). A VM that already runs this checkout
+(its /nix-config matches and its last switch was from it) is left alone.""",
         [
             (
                 "## Build, copy, switch",

@@ -466,3 +466,39 @@ def verify_narinfo_signature(narinfo_text: str, public_key: str | NixPublicKey) 
 
 def is_store_path(text: str) -> bool:
     return bool(_STORE_PATH_RE.match(text))
+
+
+def token_signed_by(token: str, secret: str, now: float | None = None) -> bool:
+    """Whether an atticd JWT (RS256, attic.md §2) verifies with the public key of `secret`
+    and is inside its nbf..exp window (atticd allows 0 s of clock skew). A token minted
+    with another secret is ignored by atticd as if anonymous, so it must be made again."""
+    import json
+    import time
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    parts = token.split(".")
+    if len(parts) != 3:
+        return False
+
+    def b64url(part: str) -> bytes:
+        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+    try:
+        header = json.loads(b64url(parts[0]))
+        claims = json.loads(b64url(parts[1]))
+        signature = b64url(parts[2])
+    except ValueError:
+        return False
+    if not isinstance(header, dict) or header.get("alg") != "RS256" or not isinstance(claims, dict):
+        return False
+    public = load_token_secret(secret).public_key()
+    signed = f"{parts[0]}.{parts[1]}".encode()
+    try:
+        public.verify(signature, signed, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature:
+        return False
+    at = time.time() if now is None else now
+    return float(claims.get("nbf", 0)) <= at <= float(claims.get("exp", 0))

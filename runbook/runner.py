@@ -41,7 +41,7 @@ from runbook.records import (
     write_manifest,
 )
 from runbook.secrets import SecretStore, mask
-from runbook.steps import STEP_MIMETYPE, Mode, Outcome, StepRecord
+from runbook.steps import STEP_MIMETYPE, Mode, Outcome, StepRecord, register_lab_passwords
 
 logger: Final = logging.getLogger(__name__)
 
@@ -402,6 +402,7 @@ class Plan:
 def prepare(req: RunRequest) -> Plan:
     """Validate everything (InputError, exit 2) and make or reopen the record folder."""
     loaded = load(req.params)
+    register_lab_passwords(loaded.deployment)  # this process streams the kernel's output too
     available = discover(req.notebooks_dir)
     if req.resume is not None:
         record = req.resume

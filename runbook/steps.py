@@ -118,6 +118,8 @@ class Step:
     readonly: bool = False
     plan_only: str = ""
     note: str = ""
+    # lines a step run in parallel collects instead of printing (see Context.run_parallel)
+    output: list[str] = field(default_factory=list, compare=False)
 
     def plan(self) -> list[str]:
         return [mask(c) for c in self.commands]
@@ -176,6 +178,10 @@ class Context:
         value = self.store.get(name)
         if value is None and env and os.environ.get(env):
             value = Secret(os.environ[env], name)
+        lab = self.dep.lab
+        if value is None and lab is not None and name == self.dep.bootstrap.password_secret:
+            root = lab.passwords.get(self.dep.bootstrap.user)  # the lab's live ISO password
+            value = Secret(root, name) if root else None
         return value
 
     def connection(self, vm: VM, *, installed: bool = True) -> Connection:
@@ -222,6 +228,47 @@ class Context:
         if not steps and none:
             self.skip(none.split(":")[0], LOCALHOST, none)
         return [self.run(step) for step in steps]
+
+    def run_parallel(self, steps: Sequence[Step]) -> list[Outcome]:
+        """Run independent steps (one per host) at the same time; outcomes print in order.
+
+        Plan mode, or a single step, is the same as `run_each`. The first failure is raised
+        after every step has finished, so no host is left half-done by an early stop.
+        """
+        if self.planning or len(steps) < 2:
+            return self.run_each(steps)
+        from concurrent.futures import ThreadPoolExecutor
+
+        def attempt(step: Step) -> tuple[float, tuple[Outcome, str] | Exception]:
+            start = time.monotonic()
+            try:
+                _inject_failure(self.notebook, step.name)
+                return start, self._deploy(step)
+            except Exception as exc:  # noqa: BLE001 - reported below, in order
+                return start, exc
+
+        with ThreadPoolExecutor(max_workers=len(steps)) as pool:
+            results = list(pool.map(attempt, steps))
+        outcomes: list[Outcome] = []
+        failure: StepFailed | None = None
+        for step, (start, result) in zip(steps, results, strict=True):
+            print(f"\n── {step.name}  @ {step.host}" + (f"  ({step.note})" if step.note else ""))
+            commands = step.plan()
+            for cmd in commands:
+                print(f"    $ {cmd}")
+            for line in step.output:
+                print(line)
+            if isinstance(result, Exception):
+                failed = _as_failure(result, self.notebook, step)
+                self._emit(step, Outcome.FAILED, failed.error, start, commands)
+                failure = failure or failed
+                outcomes.append(Outcome.FAILED)
+                continue
+            self._emit(step, result[0], result[1], start, commands)
+            outcomes.append(result[0])
+        if failure is not None:
+            raise failure
+        return outcomes
 
     def skip(self, name: str, host: str, reason: str) -> Outcome:
         print(f"\n── {name}  @ {host}")
@@ -334,9 +381,11 @@ def open_context(
         raise InputError(f"parameter mode: expected plan or deploy (got {mode!r})") from None
     store = SecretStore(Path(secrets_dir) if secrets_dir else None)
     store.load_all()  # register every stored value for masking before anything prints
+    loaded = load(params)
+    register_lab_passwords(loaded.deployment)
     ctx = Context(
         notebook=notebook,
-        loaded=load(params),
+        loaded=loaded,
         mode=run_mode,
         confirm=bool(confirm),
         store=store,
@@ -347,3 +396,10 @@ def open_context(
         + (", dangerous steps confirmed" if ctx.confirm else "")
     )
     return ctx
+
+
+def register_lab_passwords(dep: Deployment) -> None:
+    """The lab's passwords sit in its params file: mask them like stored secrets."""
+    if dep.lab is not None:
+        for user, password in dep.lab.passwords.items():
+            Secret(password, f"lab password of {user}")

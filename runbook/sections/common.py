@@ -142,3 +142,78 @@ def keystroke(vm: VM, text: str | Secret) -> str:
             )
         ]
     )
+
+
+# -- the lab, passwords for the Makefile's password-only ssh, parallel hosts, config digests --
+
+MAKEFILE_EXCLUDES: Final = ("vendor", ".git", ".git-crypt", ".jj", "iso")  # vm/copy's rsync
+CONFIG_MARKER: Final = "/var/lib/runbook/switched-config"  # digest of the last switched copy
+
+
+def in_lab(ctx: Context) -> bool:
+    """The deployment is the local lab (params with a `lab:` section): UTM is played by it."""
+    return ctx.dep.lab is not None
+
+
+def user_password(ctx: Context) -> Secret | None:
+    """The installed user's password, which the Makefile's ssh asks for (PubkeyAuthentication=no):
+    the lab's, else `<user>-password` in the secret store (else ssh asks on the terminal)."""
+    lab = ctx.dep.lab
+    if lab is not None and ctx.dep.user in lab.passwords:
+        return Secret(lab.passwords[ctx.dep.user], f"lab password of {ctx.dep.user}")
+    return ctx.secret(f"{ctx.dep.user}-password")
+
+
+def run_make_quiet(argv: list[str], password: Secret | None, lines: list[str]) -> str:
+    """run_make for hosts done in parallel: output collected in `lines`, printed afterwards."""
+    with askpass_env(password) as env:
+        result = local.run(argv, env=env, on_line=lambda _s, line: lines.append(f"      {line}"))
+    return f"{argv[3]} finished in {result.duration:.1f}s"
+
+
+def config_files(root: Path) -> dict[str, str]:
+    """sha256 of every file vm/copy sends (relative path -> hex), the Makefile's excludes out."""
+    import hashlib
+
+    found: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if rel.parts[0] in MAKEFILE_EXCLUDES or not path.is_file() or path.is_symlink():
+            continue
+        found[str(rel)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def config_digest(files: dict[str, str]) -> str:
+    import hashlib
+
+    text = "".join(f"{h}  {p}\n" for p, h in sorted(files.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def switched_probe(ctx: Context, vm: VM) -> Check:
+    """Done when the VM's /nix-config holds this checkout and its last switch was from it
+    (the digest the runbook leaves in CONFIG_MARKER after a successful switch)."""
+    if (missing := config_present(ctx)) is not None:
+        return missing
+    files = config_files(ctx.dep.nixos_config)
+    want = config_digest(files)
+    script = (
+        f"cat {CONFIG_MARKER} 2>/dev/null; echo; cd /nix-config 2>/dev/null && "
+        f"sha256sum -- {' '.join(shlex.quote(p) for p in sorted(files))} 2>/dev/null"
+    )
+    out = ctx.connection(vm).run(script, elevate=Elevate.SUDO, check=False).stdout
+    marker, _, sums = out.partition("\n")
+    remote = {}
+    for line in sums.splitlines():
+        digest, _, rel = line.partition("  ")
+        if rel:
+            remote[rel] = digest
+    if marker.strip() == want and remote == files:
+        return Check(True, f"{vm.name} runs this nixos-config ({want[:12]})")
+    return TODO
+
+
+def mark_switched(ctx: Context, vm: VM) -> None:
+    digest = config_digest(config_files(ctx.dep.nixos_config))
+    ctx.connection(vm).put(CONFIG_MARKER, digest + "\n", mode=0o644, owner="root")

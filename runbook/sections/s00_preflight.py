@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Final
 
 from runbook import local
 from runbook.params import VM, check_paths
-from runbook.sections.common import config_present, render
+from runbook.sections.common import config_present, in_lab, render
 from runbook.steps import DONE, TODO, Check, Context, Step, unchecked
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def paths(ctx: Context) -> Step:
 def host_tools(ctx: Context) -> Step:
     def absent() -> list[str]:
         tools = [t for t in HOST_TOOLS if local.which(t) is None]
-        if not ctx.dep.utm.utmctl.exists():
+        if not ctx.dep.utm.utmctl.exists() and not in_lab(ctx):  # the lab plays UTM's VMs
             tools.append(str(ctx.dep.utm.utmctl))
         return tools
 
@@ -127,8 +127,34 @@ def toplevel_argv(vm: VM) -> list[str]:
     return ["nix", "build", "--print-out-paths", attr, "--no-link", "--impure"]
 
 
+def lab_evaluation(ctx: Context, vm: VM) -> Step:
+    """The lab's stand-in for the local build: its flake's inputs (nixpkgs from GitHub) are
+    not fetched here, so the configuration is evaluated the way the lab's nixos-rebuild
+    evaluates it (every .nix file parsed, machine + user files and imports read)."""
+
+    def evaluate() -> str:
+        from runbook.lab import activate
+        from runbook.lab.standins.nixos_rebuild import system_files
+
+        files = system_files(ctx.dep.nixos_config, vm.name)
+        cfg = activate.system_config(activate.evaluate_files(files), "installed", vm.name)
+        services = ", ".join(sorted(cfg.services))
+        return f"{vm.name} evaluates: {len(files)} entry files, services {services}"
+
+    cmd = (
+        f"nixos-rebuild build --flake {ctx.dep.nixos_config}#{vm.name}   # as the lab evaluates it"
+    )
+
+    def probe() -> Check:  # a read: when it evaluates, there is nothing to do
+        return config_present(ctx) or Check(True, evaluate())
+
+    return Step(f"evaluate {vm.name} first (lesson 3, lab)", "localhost", [cmd], probe, evaluate)
+
+
 def toplevel_build(ctx: Context, vm: VM) -> Step:
     """Lesson 3's prevention: a configuration that does not build never reaches a VM."""
+    if in_lab(ctx):
+        return lab_evaluation(ctx, vm)
     argv = toplevel_argv(vm)
 
     def probe() -> Check:

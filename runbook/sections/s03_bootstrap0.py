@@ -4,11 +4,14 @@ remove the ISO and boot from disk. The wipe is dangerous: a deploy needs --yes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
+from runbook.errors import RunbookError
 from runbook.params import VM
 from runbook.sections.common import (
     host_label,
+    login_works,
     make_argv,
     osascript,
     remote_probe,
@@ -16,7 +19,7 @@ from runbook.sections.common import (
     run_make,
     utmctl,
 )
-from runbook.steps import Context, Step
+from runbook.steps import Check, Context, Step
 
 NOTEBOOK: Final = "03-bootstrap0"
 MAKEFILE_DISK: Final = (
@@ -24,6 +27,22 @@ MAKEFILE_DISK: Final = (
 )
 # Installed, not the live ISO: the ISO has /iso mounted; an installed NixOS has /etc/NIXOS. [infer]
 INSTALLED_SCRIPT: Final = "test -e /etc/NIXOS && ! test -e /iso"
+
+
+def installed_probe(ctx: Context, vm: VM) -> Callable[[], Check]:
+    """Installed already? First as the installed user + key (after vm/bootstrap root cannot
+    log in any more, lesson 7), then as root on the live ISO."""
+    live = remote_probe(ctx, vm, INSTALLED_SCRIPT, installed=False)
+
+    def probe() -> Check:
+        try:
+            if (check := login_works(ctx, vm)).done:
+                return Check(True, f"installed: {check.reason}")
+        except RunbookError:
+            pass  # no user yet: the live ISO (or nothing) answers
+        return live()
+
+    return probe
 
 
 def bootstrap0(ctx: Context, vm: VM) -> Step:
@@ -42,7 +61,7 @@ def bootstrap0(ctx: Context, vm: VM) -> Step:
         f"bootstrap0 {vm.name}",
         host_label(ctx, vm, installed=False),
         cmds,
-        probe=remote_probe(ctx, vm, INSTALLED_SCRIPT, installed=False),
+        probe=installed_probe(ctx, vm),
         action=lambda: run_make(argv, ctx.secret(b.password_secret, b.password_env)),
         remote=True,
         dangerous=True,
@@ -68,7 +87,7 @@ def remove_iso(ctx: Context, vm: VM) -> Step:
             osascript(script),
             render([utmctl(ctx), "start", vm.name]),
         ],
-        probe=remote_probe(ctx, vm, INSTALLED_SCRIPT, installed=False),
+        probe=installed_probe(ctx, vm),
         remote=True,
         plan_only="the UTM helper lands in a later issue",
     )

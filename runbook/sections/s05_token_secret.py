@@ -2,24 +2,42 @@
 
 The RSA-4096 key is made here with `cryptography` (no openssl on the VM: lesson 6), checked
 the way atticd decodes it (lesson 2), kept in the secret store, and installed over SSH as
-/var/lib/atticd/env, 0600 from the first byte.
+/var/lib/atticd/env, 0600 from the first byte. A valid secret is kept: rotating it
+invalidates every token, so only `cache.rotate_token_secret: true` makes a new one.
+The cache VM then runs its configuration (`services.atticd` with that environmentFile),
+and atticd is restarted only after the secret passed atticd's decode chain here.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
+import urllib.error
+import urllib.request
 from typing import Final
 
 from runbook import keys
+from runbook.errors import RunbookError
 from runbook.models import Elevate
 from runbook.params import VM
 from runbook.secrets import Secret
-from runbook.sections.common import ATTICD_ENV, host_label, ssh_render
-from runbook.steps import DONE, TODO, Check, Context, Step
+from runbook.sections.common import (
+    ATTICD_ENV,
+    host_label,
+    make_argv,
+    mark_switched,
+    render,
+    run_make,
+    ssh_render,
+    user_password,
+)
+from runbook.steps import TODO, Check, Context, Step
 
 NOTEBOOK: Final = "05-token-secret"
 GENERATE: Final = "generate the token secret locally (lessons 2, 6)"
 INSTALL: Final = "install /var/lib/atticd/env (0600)"
+SYSTEM: Final = "the cache VM runs services.atticd"
+HEALTH_TIMEOUT: Final = 15.0
 
 
 def _stored(ctx: Context) -> Secret | None:
@@ -33,8 +51,8 @@ def generate(ctx: Context) -> Step:
         current = _stored(ctx)
         if current is None or (ctx.dep.cache.rotate_token_secret and GENERATE not in ctx.changed):
             return TODO
-        keys.validate_token_secret(current.reveal())
-        return Check(True, f"{name} in the store loads as atticd would load it")
+        keys.validate_token_secret(current.reveal())  # a bad stored value fails here, named
+        return Check(True, f"{name} in the store loads as atticd would load it; kept")
 
     def make() -> str:
         ctx.store.put(name, keys.generate_token_secret(4096))
@@ -44,11 +62,15 @@ def generate(ctx: Context) -> Step:
     return Step(GENERATE, "localhost", [cmd], probe, make)
 
 
+def _validate_stored(ctx: Context) -> None:
+    """atticd's decode chain over the stored secret (TokenSecretError names the stage)."""
+    stored = _stored(ctx)
+    keys.validate_token_secret(stored.reveal() if stored is not None else "")
+
+
 def _env_content(ctx: Context) -> Secret:
     secret = _stored(ctx)
     if secret is None:
-        from runbook.errors import RunbookError
-
         raise RunbookError(
             f"no {ctx.dep.cache.token_secret} in the secret store: run the step above"
         )
@@ -58,41 +80,105 @@ def _env_content(ctx: Context) -> Secret:
 def install_env(ctx: Context, vm: VM) -> Step:
     def probe() -> Check:
         want = hashlib.sha256(_env_content(ctx).reveal().encode()).hexdigest()
-        got = ctx.connection(vm).run(["sha256sum", ATTICD_ENV], elevate=Elevate.SUDO, check=False)
-        return DONE if got.ok and got.stdout.split()[:1] == [want] else TODO
+        script = f"stat -c %a {ATTICD_ENV} && sha256sum {ATTICD_ENV}"
+        got = ctx.connection(vm).run(script, elevate=Elevate.SUDO, check=False)
+        lines = got.stdout.split("\n")
+        ok = got.ok and lines[0].strip() == "600" and lines[1].split()[:1] == [want]
+        return Check(True, f"{ATTICD_ENV} holds this secret, mode 0600") if ok else TODO
 
     def put() -> str:
+        _validate_stored(ctx)
         conn = ctx.connection(vm)
         conn.run(["install", "-d", "-m", "0700", "/var/lib/atticd"], elevate=Elevate.SUDO)
         conn.put(ATTICD_ENV, _env_content(ctx), mode=0o600, owner="root")
-        return f"{ATTICD_ENV} written, mode 0600"
+        return f"{ATTICD_ENV} written, mode 0600 from the first byte"
 
     secret = _stored(ctx)
     shown = f"{keys.TOKEN_SECRET_VAR}={secret if secret else '<from the store>'}"
     cmds = [
         ssh_render(ctx, vm, "install -d -m 0700 /var/lib/atticd", sudo=True),
-        f"put {ATTICD_ENV} (mode 0600, owner root): {shown}",
+        f"put {ATTICD_ENV} (mode 0600 from the first byte, owner root): {shown}",
     ]
     return Step(INSTALL, host_label(ctx, vm), cmds, probe, put, remote=True)
 
 
-def restart(ctx: Context, vm: VM) -> Step:
+def atticd_system(ctx: Context, vm: VM) -> Step:
+    """After vm/bootstrap the cache VM runs its configuration already (atticd failed there
+    for want of the env file); a VM that runs another one is switched to it, as the user."""
+    copy = make_argv(ctx, "vm/copy", vm, user=ctx.dep.user, name=False)
+    switch = make_argv(ctx, "vm/switch", vm, user=ctx.dep.user)
+
     def probe() -> Check:
-        if INSTALL in ctx.changed:
-            return TODO
-        active = ctx.connection(vm).run(["systemctl", "is-active", "atticd"], check=False)
-        return Check(active.ok, "atticd is active with this env file")
+        out = ctx.connection(vm).run(["systemctl", "status", "atticd"], check=False).stdout
+        enabled = "; enabled;" in out
+        return Check(True, "atticd.service is part of the system") if enabled else TODO
 
     def apply() -> str:
+        run_make(copy, user_password(ctx))
+        detail = run_make(switch, user_password(ctx))
+        mark_switched(ctx, vm)
+        return detail
+
+    return Step(
+        SYSTEM,
+        host_label(ctx, vm),
+        [ssh_render(ctx, vm, "systemctl status atticd"), render(copy), render(switch)],
+        probe,
+        apply,
+        remote=True,
+    )
+
+
+def _health(ctx: Context, deadline: float) -> str | None:
+    """None when atticd answers `GET /` with 200 (attic.md §5: the health probe), else why."""
+    url = f"http://{ctx.dep.cache.host}:{ctx.dep.cache.port}/"
+    why = "no answer"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=3) as resp:
+                if resp.status == 200:
+                    return None
+                why = f"HTTP {resp.status}"
+        except urllib.error.HTTPError as exc:
+            why = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            why = str(getattr(exc, "reason", exc))
+        if time.monotonic() > deadline:
+            return f"GET {url}: {why}"
+        time.sleep(0.1)
+
+
+def restart(ctx: Context, vm: VM) -> Step:
+    url = f"http://{ctx.dep.cache.host}:{ctx.dep.cache.port}/"
+
+    def probe() -> Check:
+        if {INSTALL, GENERATE} & ctx.changed:
+            return TODO
+        active = ctx.connection(vm).run(["systemctl", "is-active", "atticd"], check=False)
+        if not active.ok or _health(ctx, time.monotonic()) is not None:
+            return TODO
+        return Check(True, f"atticd is active with this env file; GET {url} 200")
+
+    def apply() -> str:
+        # atticd's decode chain, here, before the restart: a bad secret never reaches it
+        _validate_stored(ctx)
         conn = ctx.connection(vm)
         conn.run(["systemctl", "restart", "atticd"], elevate=Elevate.SUDO)
         conn.run(["systemctl", "is-active", "atticd"])
-        return "atticd restarted and active"
+        if (problem := _health(ctx, time.monotonic() + HEALTH_TIMEOUT)) is not None:
+            raise RunbookError(f"atticd restarted but does not answer: {problem}")
+        return f"atticd restarted and active; GET {url} 200"
 
     return Step(
-        "restart atticd",
+        "validate the secret, restart atticd, GET / 200",
         host_label(ctx, vm),
-        [ssh_render(ctx, vm, "systemctl restart atticd && systemctl is-active atticd", sudo=True)],
+        [
+            "runbook.keys.validate_token_secret(<secret>)   # atticd's decode chain, here",
+            ssh_render(
+                ctx, vm, "systemctl restart atticd && systemctl is-active atticd", sudo=True
+            ),
+            f"curl -sf -o /dev/null -w '%{{http_code}}' {url}",
+        ],
         probe,
         apply,
         remote=True,
@@ -101,4 +187,4 @@ def restart(ctx: Context, vm: VM) -> Step:
 
 def steps(ctx: Context) -> list[Step]:
     vm = ctx.dep.cache_vm
-    return [generate(ctx), install_env(ctx, vm), restart(ctx, vm)]
+    return [generate(ctx), install_env(ctx, vm), atticd_system(ctx, vm), restart(ctx, vm)]

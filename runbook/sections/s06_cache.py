@@ -7,21 +7,25 @@ script on bash's stdin (lesson 5), and the token is a registered secret, masked 
 
 from __future__ import annotations
 
+import json
 import shlex
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from runbook import attic
+from runbook import attic, keys
+from runbook.errors import RunbookError
 from runbook.models import Elevate
 from runbook.params import VM
 from runbook.secrets import Secret
 from runbook.sections.common import host_label, ssh_render
-from runbook.steps import DONE, TODO, Check, Context, Step
+from runbook.steps import TODO, Check, Context, Step
 
 NOTEBOOK: Final = "06-cache"
 SERVER: Final = "local"
 ENDPOINT: Final = "http://localhost:8080"
+UPSTREAM_KEYS: Final = ("cache.nixos.org-1",)  # attic cache create's default upstream key
 PLACEHOLDER: Final = Secret("<admin token from the store>", "placeholder")
 
 
@@ -31,6 +35,17 @@ def public_key_file(ctx: Context) -> Path:
 
 def _token(ctx: Context) -> Secret | None:
     return ctx.store.get(ctx.dep.cache.admin_token)
+
+
+def _token_valid(ctx: Context) -> Check:
+    """Done when the stored token verifies with the stored secret's key and has not expired."""
+    token, secret = _token(ctx), ctx.store.get(ctx.dep.cache.token_secret)
+    if token is None or secret is None:
+        return TODO
+    if not keys.token_signed_by(token.reveal(), secret.reveal()):
+        print("      the stored token was minted with another secret or expired: a new one")
+        return TODO
+    return Check(True, f"{ctx.dep.cache.admin_token} in the store is signed by this secret")
 
 
 def make_token(ctx: Context, vm: VM) -> Step:
@@ -45,7 +60,7 @@ def make_token(ctx: Context, vm: VM) -> Step:
         "admin token (atticd-atticadm make-token)",
         host_label(ctx, vm),
         [ssh_render(ctx, vm, shlex.join(argv) + " </dev/null", sudo=True)],
-        probe=lambda: DONE if _token(ctx) else TODO,
+        probe=lambda: _token_valid(ctx),
         action=make,
     )
 
@@ -128,21 +143,73 @@ def make_public(ctx: Context, vm: VM) -> Step:
     )
 
 
+PATHS_SCRIPT: Final = "nix path-info --all --sigs"
+
+
+def _store_paths(ctx: Context, vm: VM) -> tuple[list[str], int]:
+    """The cache VM's store paths that `attic push` would send, and how many the upstream
+    filter skips (signed by an upstream key, cache.nixos.org-1 by default: attic.md §4)."""
+    out = ctx.connection(vm).run(PATHS_SCRIPT, elevate=Elevate.SUDO).stdout
+    eligible, skipped = [], 0
+    for line in out.splitlines():
+        cols = line.split()
+        if not cols:
+            continue
+        signers = {sig.split(":", 1)[0] for sig in cols[1:]}
+        if ctx.dep.cache.upstream_filter and signers & set(UPSTREAM_KEYS):
+            skipped += 1
+        else:
+            eligible.append(cols[0])
+    return eligible, skipped
+
+
+def _missing(ctx: Context, paths: list[str]) -> list[str]:
+    """`POST /_api/v1/get-missing-paths` (attic.md §5) with the admin token."""
+    token = _token(ctx)
+    if token is None:
+        raise RunbookError("no admin token in the secret store: run the step above")
+    c = ctx.dep.cache
+    body = {"cache": c.name, "store_path_hashes": [p.rsplit("/", 1)[1][:32] for p in paths]}
+    request = urllib.request.Request(
+        f"http://{c.host}:{c.port}/_api/v1/get-missing-paths",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token.reveal()}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return list(json.loads(resp.read())["missing_paths"])
+
+
 def push(ctx: Context, vm: VM) -> Step:
     c = ctx.dep.cache
     argv = attic.push_argv(c.name, jobs=c.push_jobs, ignore_upstream_filter=not c.upstream_filter)
     script = f"nix path-info --all | {shlex.join(argv)}"
+    filt = "on (cache.nixos.org paths skipped)" if c.upstream_filter else "off"
+
+    def probe() -> Check:
+        eligible, skipped = _store_paths(ctx, vm)
+        if not eligible:
+            return TODO  # the push runs and reports that it had nothing to send
+        missing = _missing(ctx, eligible)
+        if missing:
+            return TODO
+        return Check(
+            True, f"all {len(eligible)} paths are in {c.name}; {skipped} skipped as in upstream"
+        )
 
     def apply() -> str:
         out = ctx.connection(vm).run(script, elevate=Elevate.SUDO)
-        return attic.parse_push_output(out.stdout + out.stderr).summary()
+        report = attic.parse_push_output(out.stdout + out.stderr)
+        if (problem := report.problem()) is not None:
+            raise RunbookError(f"attic push: {problem}")
+        return report.summary()
 
-    # attic push skips what the cache already has, so a rerun is cheap: no separate check.
     return Step(
-        f"push the store to {c.name}",
+        f"push the store to {c.name} (-j {c.push_jobs}, upstream filter {filt})",
         host_label(ctx, vm),
         [ssh_render(ctx, vm, script, sudo=True)],
-        action=apply,
+        probe,
+        apply,
         remote=True,
     )
 

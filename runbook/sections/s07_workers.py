@@ -7,6 +7,8 @@ file's formatting and comments survive.
 
 from __future__ import annotations
 
+import shlex
+from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
@@ -15,9 +17,10 @@ from runbook.sections.common import (
     config_present,
     host_label,
     make_argv,
-    remote_probe,
+    mark_switched,
     render,
-    run_make,
+    run_make_quiet,
+    user_password,
 )
 from runbook.sections.s06_cache import public_key_file
 from runbook.steps import TODO, Check, Context, Step, unchecked
@@ -76,19 +79,28 @@ def deploy_worker(ctx: Context, vm: VM) -> Step:
     copy = make_argv(ctx, "vm/copy", vm, user=ctx.dep.user, name=False)
     switch = make_argv(ctx, "vm/switch", vm, user=ctx.dep.user)
     url = ctx.dep.cache.url
-
-    def apply() -> str:
-        run_make(copy, None)
-        return run_make(switch, None)
-
-    return Step(
-        f"copy + switch {vm.name}",
+    step = Step(
+        f"copy + switch {vm.name} as {ctx.dep.user} (lesson 7)",
         host_label(ctx, vm),
         [render(copy), render(switch)],
-        probe=remote_probe(ctx, vm, f"grep -q {url} /etc/nix/nix.conf"),
-        action=apply,
         remote=True,
     )
+
+    def probe() -> Check:
+        key = _public_key(ctx) or ""
+        script = f"grep -F -- {shlex.quote(url)} /etc/nix/nix.conf | grep -q substituters && grep -qF -- {shlex.quote(key)} /etc/nix/nix.conf"
+        if not key or not ctx.connection(vm).run(script, check=False).ok:
+            return TODO
+        return Check(True, f"{vm.name} substitutes from {url} with the cache's key")
+
+    def apply() -> str:
+        # several workers at once (Context.run_parallel): output kept per worker
+        run_make_quiet(copy, user_password(ctx), step.output)
+        detail = run_make_quiet(switch, user_password(ctx), step.output)
+        mark_switched(ctx, vm)
+        return detail
+
+    return replace(step, probe=probe, action=apply)
 
 
 def steps(ctx: Context) -> list[Step]:

@@ -22,6 +22,21 @@
       user = "jqwang";
     };
 
+    nixosConfigurations.vm-aarch64-utm-2 = mkSystem "vm-aarch64-utm-2" {
+      system = "aarch64-linux";
+      user = "jqwang";
+    };
+
+    nixosConfigurations.vm-aarch64-utm-3 = mkSystem "vm-aarch64-utm-3" {
+      system = "aarch64-linux";
+      user = "jqwang";
+    };
+
+    nixosConfigurations.vm-aarch64-utm-4 = mkSystem "vm-aarch64-utm-4" {
+      system = "aarch64-linux";
+      user = "jqwang";
+    };
+
     nixosConfigurations.vm-aarch64-utm-cache = mkSystem "vm-aarch64-utm-cache" {
       system = "aarch64-linux";
       user = "jqwang";

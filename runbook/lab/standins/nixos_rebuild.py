@@ -11,7 +11,10 @@ switch-to-configuration does; reference/code-anchors.md §1 "Activation").
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from runbook.lab import activate, services, system
 
 ACTIONS = ("switch", "test", "boot", "build", "dry-build", "dry-activate")
 EXIT_UNIT_FAILED = 4
+SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
 USAGE = "Usage: nixos-rebuild [switch|boot|test|build|dry-build|dry-activate] [--flake REF#NAME]"
 
 
@@ -72,13 +76,62 @@ def system_files(root: Path, name: str) -> list[Path]:
     return files
 
 
+def _toplevel_expr(cfg: system.SystemConfig) -> str:
+    """A real derivation standing for `config.system.build.toplevel`: its output holds the
+    settings the lab applies (no password hashes), and refers to an etc path, so the system
+    has a closure of more than one path, like a NixOS system."""
+    settings = {
+        "hostname": cfg.hostname,
+        "substituters": list(cfg.substituters),
+        "trusted-public-keys": list(cfg.trusted_public_keys),
+        "services": cfg.services,
+        "users": [[u.name, u.shell, list(u.groups)] for u in cfg.users],
+        "permit-root-login": cfg.permit_root_login,
+    }
+    text = json.dumps(settings, sort_keys=True)
+    name = re.sub(r"[^A-Za-z0-9+._?=-]", "-", cfg.hostname)
+    return (
+        f'let etc = builtins.toFile "etc-{name}.json" {json.dumps(text)}; in derivation {{ '
+        f'name = "nixos-system-{name}-lab"; system = builtins.currentSystem; '
+        'builder = "/bin/sh"; args = [ "-c" "/bin/mkdir $out && /bin/ln -s ${etc} $out/etc.json" ]; }'
+    )
+
+
+def build_toplevel(cfg: system.SystemConfig) -> str:
+    """`nix-build` the lab system with the host's real Nix; the store path."""
+    proc = subprocess.run(
+        ["nix-build", "--no-out-link", "-E", _toplevel_expr(cfg)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise InputError(f"building the system failed: {proc.stderr.strip()[-400:]}")
+    return proc.stdout.strip()
+
+
+def set_system_profile(toplevel: str) -> None:
+    """/nix/var/nix/profiles/system -> the new generation, as switch-to-configuration's
+    caller does (`nix-env -p /nix/var/nix/profiles/system --set`); it is also a GC root."""
+    subprocess.run(
+        ["nix-env", "-p", SYSTEM_PROFILE, "--set", toplevel],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
 def switch(action: str, flake: str) -> int:
     root, name = resolve(flake)
     files = system_files(root, name)
     cfg = activate.system_config(activate.evaluate_files(files), "installed", os.uname().nodename)
     print("building the system configuration...", file=sys.stderr)
-    if action in ("build", "dry-build", "dry-activate", "boot"):
+    if action in ("dry-build", "dry-activate"):
         return 0
+    toplevel = build_toplevel(cfg)
+    if action in ("build", "boot"):
+        return 0
+    set_system_profile(toplevel)
     before = system.enabled_services(Path("/"))
     old = activate.snapshot()
     print("activating the configuration...", file=sys.stderr)
