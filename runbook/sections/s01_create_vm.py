@@ -1,53 +1,125 @@
-"""01 部署流程速查 1: create each VM in UTM (bridged network, booting the NixOS ISO).
+"""01 部署流程速查 1: create each VM in UTM (bridged network, booting the NixOS ISO), start it.
 
-UTM has no helper in runbook/ yet: the steps render the AppleScript and utmctl commands
-(utm-makefile-keys.md §2-3) and check what `utmctl status` says when UTM is installed.
+Through runbook.utm: the AppleScript of `utm.create_vm` (cheat-sheet `make new virtual
+machine`, then bridged network, a display and, where known, a TCP serial console;
+utm-makefile-keys.md §3) and `utmctl list/status/start` (§2). Each step checks UTM first, so
+a rerun says "already done". Off macOS the checks are unchecked; in the lab (params `lab:`)
+they run against the lab's UTM stand-ins, where each VM's serial port is its host's console.
 """
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
 from typing import Final
 
+from runbook import utm
+from runbook.errors import InputError, RunbookError
 from runbook.params import VM
-from runbook.sections.common import osascript, render, utm_status_probe, utmctl
-from runbook.steps import Context, Step
+from runbook.sections.common import render
+from runbook.sections.vm_console import MacSide, lab_host, mac_side
+from runbook.steps import DONE, TODO, Check, Context, Step, unchecked
 
 NOTEBOOK: Final = "01-create-vm"
-PLAN_ONLY: Final = "the UTM helper (runbook.utm) lands in a later issue"
+ISO_PLACEHOLDER: Final = "/path/to/nixos-minimal-aarch64.iso"
+EXISTS: Final = {"stopped", "starting", "started", "pausing", "paused", "resuming", "stopping"}
+
+
+def new_vm(ctx: Context, mac: MacSide, vm: VM) -> utm.NewVm:
+    """What UTM is asked to make for `vm`; in the lab, with its host's console port and MAC."""
+    iso = ctx.dep.utm.iso or Path(ISO_PLACEHOLDER)
+    serial = ctx.dep.console.serial_port
+    mac_address = vm.mac
+    if mac.lab is not None:
+        from runbook.lab import console as lab_console
+
+        _, spec = lab_host(mac.lab, ctx.dep.vms, vm)
+        found = lab_console.endpoint(mac.lab, spec.name)
+        serial = found.port if found else None
+        mac_address = mac_address or lab_console.nic_mac(spec.name)
+        iso = ctx.dep.utm.iso or lab_console.mac_dir(mac.lab) / "nixos-minimal.iso"
+    elif serial is not None:
+        serial += ctx.dep.vms.index(vm)  # one TCP port per VM: console.serial_port + index
+    return utm.NewVm(
+        name=vm.name,
+        iso=iso,
+        disk_interface=vm.disk_interface.value,
+        mac=mac_address,
+        serial_tcp_port=serial,
+    )
+
+
+def _script_command(spec: utm.NewVm) -> str:
+    args = shlex.join(
+        ["osascript", "-", spec.name, str(spec.iso), spec.host_interface, spec.mac or ""]
+    )
+    return f"{args} <<'APPLESCRIPT'\n{utm.create_vm_script(spec)}APPLESCRIPT"
+
+
+def vm_status(mac: MacSide, vm: VM) -> Check:
+    """`utmctl list`/`status`: the VM's state, TODO when UTM does not have it."""
+    if not utm.runs_here():
+        return unchecked(f"UTM is not on this machine (utmctl {mac.utmctl})")
+    if not Path(mac.utmctl).exists():
+        hint = "; is the lab up? `sudo runbook lab up --params ...`" if mac.lab else ""
+        return unchecked(f"utmctl not found at {mac.utmctl}{hint}")
+    found = utm.find_vm(vm.name, utmctl=mac.utmctl)
+    if found is None:
+        return TODO
+    return Check(True, f"utmctl status: {found.status}")
 
 
 def create(ctx: Context, vm: VM) -> Step:
-    iso = ctx.dep.utm.iso or "/path/to/nixos-minimal-aarch64.iso"
-    # The cheat-sheet's create, plus the display and bridged network a NixOS VM needs (§3):
-    # without `displays` there is no SPICE window to type into (lesson 4).
-    script = [
-        'tell application "UTM"',
-        f'set iso to POSIX file "{iso}"',
-        (
-            "set vm to make new virtual machine with properties {backend:qemu, configuration:"
-            f'{{name:"{vm.name}", architecture:"aarch64", '
-            "drives:{{removable:true, source:iso}, {guest size:65536}}, "
-            f"network interfaces:{{{{index:0, mode:{ctx.dep.utm.network}}}}}, "
-            'displays:{{hardware:"virtio-ramfb"}}}}'
-        ),
-        "end tell",
-    ]
+    mac = mac_side(ctx)
+    spec = new_vm(ctx, mac, vm)
+    note = "" if ctx.dep.utm.network == "bridged" else "utm.create_vm makes a bridged network"
+
+    def probe() -> Check:
+        return vm_status(mac, vm)
+
+    def action() -> str:
+        if mac.lab is None and (ctx.dep.utm.iso is None or not ctx.dep.utm.iso.is_file()):
+            raise InputError(
+                f"utm.iso: the NixOS ISO to boot {vm.name} from is missing ({spec.iso})"
+            )
+        uuid = utm.create_vm(spec)
+        if utm.find_vm(vm.name, utmctl=mac.utmctl) is None:
+            raise RunbookError(f"UTM made {uuid or 'no VM'} but `utmctl list` has no {vm.name}")
+        return f"created {vm.name} ({uuid}) with {mac.where}"
+
     return Step(
-        f"create {vm.name} in UTM",
+        f"create {vm.name} in UTM (bridged, ISO)",
         "localhost (UTM)",
-        [osascript(script), render([utmctl(ctx), "list"])],
-        probe=utm_status_probe(ctx, vm, {"stopped", "starting", "started", "paused"}),
-        plan_only=PLAN_ONLY,
+        [_script_command(spec), render([mac.utmctl, "list"])],
+        probe=probe,
+        action=action,
+        note=note,
     )
 
 
 def start(ctx: Context, vm: VM) -> Step:
+    mac = mac_side(ctx)
+
+    def probe() -> Check:
+        known = vm_status(mac, vm)
+        if not known.done:
+            return known
+        now = utm.status(vm.name, utmctl=mac.utmctl)
+        return DONE if now is utm.VmStatus.STARTED else Check(False, f"utmctl status: {now}")
+
+    def action() -> str:
+        utm.start(vm.name, utmctl=mac.utmctl)
+        now = utm.status(vm.name, utmctl=mac.utmctl)
+        if now not in (utm.VmStatus.STARTED, utm.VmStatus.STARTING):
+            raise RunbookError(f"`utmctl start {vm.name}` left it {now}")
+        return f"utmctl status: {now}"
+
     return Step(
         f"start {vm.name} from the ISO",
         "localhost (UTM)",
-        [render([utmctl(ctx), "start", vm.name]), render([utmctl(ctx), "status", vm.name])],
-        probe=utm_status_probe(ctx, vm, {"started"}),
-        plan_only=PLAN_ONLY,
+        [render([mac.utmctl, "start", vm.name]), render([mac.utmctl, "status", vm.name])],
+        probe=probe,
+        action=action,
     )
 
 

@@ -1,19 +1,44 @@
 """02 部署流程速查 2 + 关键经验 4, 8: set the live ISO's root password on the console, find the IP.
 
-The console helper (typing through UTM `input keystroke`, Hammerspoon raw key events) and
-address discovery (mDNS, ARP by MAC, utmctl ip-address) land in later issues; the steps
-render the exact commands (utm-makefile-keys.md §3, §7) and say they are plan-only.
+The password is typed on the VM's console with the params' backend (lesson 4: UTM `input scan
+code`, Hammerspoon raw key events, Quartz, or the serial port), read from the secret store or
+RUNBOOK_ROOT_PASSWORD and never shown: plans print `*****`, `passwd` does not echo, and with a
+serial console each prompt is waited for so nothing is typed ahead of it. The address is
+resolved now (lesson 8: mDNS, `utmctl ip-address`, ARP by MAC, the console call-back, then the
+params' address), and the step passes only when a fresh SSH login as root with that password
+works there.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+from runbook.discover import CALLBACK_COMMAND
+from runbook.errors import ConnectError, RunbookError
 from runbook.params import VM
-from runbook.sections.common import keystroke, render, utmctl
-from runbook.steps import DONE, TODO, Check, Context, Step, unchecked
+from runbook.remote import Connection
+from runbook.secrets import Secret
+from runbook.sections.vm_console import (
+    MacSide,
+    VmConsole,
+    mac_side,
+    open_console,
+    plan_typing,
+    resolve,
+    save_screen,
+    type_line,
+    watching,
+)
+from runbook.steps import DONE, TODO, Check, Context, Step
 
 NOTEBOOK: Final = "02-console-ip"
+# shadow's passwd prompts (the NixOS ISO and Debian ship the same shadow-utils wording).
+NEW_PROMPT: Final = r"[Nn]ew password:\s*$"
+RETYPE_PROMPT: Final = r"[Rr]etype new password:\s*$"
+PASSWD_DONE: Final = (
+    r"password updated successfully|passwd: [^\n]*(?:unchanged|error|failure)[^\n]*"
+)
+READY_MARK: Final = "RUNBOOK-ROOT-READY"
 
 
 def password_stored(ctx: Context) -> Step:
@@ -32,42 +57,119 @@ def password_stored(ctx: Context) -> Step:
     )
 
 
-def set_root_password(ctx: Context, vm: VM) -> Step:
+def _password(ctx: Context) -> Secret:
     b = ctx.dep.bootstrap
-    password = ctx.secret(b.password_secret, b.password_env) or "<password from the store>"
-    cmds = [
-        keystroke(vm, "sudo su"),
-        keystroke(vm, "passwd"),
-        keystroke(vm, password),
-        keystroke(vm, password),
-    ]
+    found = ctx.secret(b.password_secret, b.password_env)
+    if found is None:
+        raise RunbookError(
+            f"no live root password: store it as {b.password_secret!r} or set {b.password_env}"
+        )
+    return found
+
+
+def root_login(ctx: Context, vm: VM, address: str, password: Secret) -> tuple[bool, str]:
+    """A fresh SSH connection as root with `password` at `address` (the live ISO's identity)."""
+    host = ctx.dep.host(vm, installed=False, address=address)
+    try:
+        with Connection(host, password=password) as conn:
+            result = conn.run("id -u", check=False)
+    except ConnectError as exc:
+        return False, str(exc)
+    ok = result.ok and result.stdout.strip() == "0"
+    return ok, f"fresh SSH login as {host.label} with the password works" if ok else result.stderr
+
+
+def installed_login(ctx: Context, vm: VM, address: str) -> bool:
+    """The installed identity (user + key) logs in: the ISO phase is over (lesson 7)."""
+    try:
+        with Connection(ctx.dep.host(vm, installed=True, address=address)) as conn:
+            return conn.run("true", check=False).ok
+    except (ConnectError, OSError):
+        return False
+
+
+def type_password(con: VmConsole, password: Secret) -> None:
+    """`sudo su`, `passwd`, the password twice: each after its prompt when the console answers."""
+    with watching(con) as watch:
+        type_line(con, watch, "sudo su")
+        # the marker is split so only its output matches, not the echoed command line
+        type_line(con, watch, "echo RUNBOOK-ROOT-''READY", READY_MARK + r"\s")
+        type_line(con, watch, "passwd", NEW_PROMPT)
+        type_line(con, watch, password, RETYPE_PROMPT)
+        said = type_line(con, watch, password, PASSWD_DONE)
+        if said and "successfully" not in said:
+            raise RunbookError(f"passwd on {con.vm.name}'s console said: {said.strip()}")
+
+
+def set_root_password(ctx: Context, vm: VM) -> Step:
+    state: dict[str, MacSide | VmConsole] = {}
+
+    def console() -> tuple[MacSide, VmConsole]:
+        if not state:
+            mac = mac_side(ctx)
+            state["mac"], state["con"] = mac, open_console(ctx, mac, vm)
+        return state["mac"], state["con"]  # type: ignore[return-value]
+
+    def address() -> str:
+        mac, con = console()
+        return resolve(mac, vm, con).address
+
+    def probe() -> Check:
+        where = address()
+        ok, detail = root_login(ctx, vm, where, _password(ctx))
+        if ok:
+            return Check(True, detail)
+        if installed_login(ctx, vm, where):
+            return Check(True, f"{vm.name} is installed: {ctx.dep.user} logs in with the key")
+        return TODO
+
+    def action() -> str:
+        password = _password(ctx)
+        _, con = console()
+        try:
+            type_password(con, password)
+        finally:
+            save_screen(ctx, con, "02-root-password")
+        where = address()
+        ok, detail = root_login(ctx, vm, where, password)
+        if not ok:
+            raise RunbookError(f"typed the password on {con.label}, but SSH still fails: {detail}")
+        return f"typed on {con.label}; {detail}"
+
+    lines = ["sudo su", "passwd", "*****", "*****"]
     return Step(
         f"set root's password on {vm.name}'s console (lesson 4)",
         f"{vm.name} (console)",
-        cmds,
-        probe=lambda: unchecked("the console is only reachable through UTM on the Mac"),
-        plan_only="the console typing helper lands in a later issue",
+        [*plan_typing(ctx, vm, lines), f"ssh root@<{vm.name}'s address now> id -u   # fresh login"],
+        probe=probe,
+        action=action,
+        remote=True,
     )
 
 
 def find_address(ctx: Context, vm: VM) -> Step:
-    mac = (vm.mac or "<MAC from UTM>").lower()
-    # ARP by MAC: lowercase, leading zeros stripped per octet, as `arp -an` prints (§7.3).
-    arp_mac = ":".join(o.lstrip("0") or "0" for o in mac.split(":")) if vm.mac else mac
-    cmds = [
-        render([utmctl(ctx), "ip-address", vm.name]) + "   # needs the guest agent: not on the ISO",
-        f"arp -an | grep -i ' {arp_mac} '",
-        f"dns-sd -G v4 {vm.address}" if vm.address.endswith(".local") else f"ping -c1 {vm.address}",
-        keystroke(vm, "ip -4 -brief addr show"),
-    ]
+    def action() -> str:
+        mac = mac_side(ctx)
+        try:
+            con: VmConsole | None = open_console(ctx, mac, vm)
+        except RunbookError:
+            con = None
+        found = resolve(mac, vm, con)
+        moved = "" if found.address == vm.address else f" (params say {vm.address})"
+        return f"{found.address}{moved}, found by {found.method}; tried: {'; '.join(found.tried)}"
+
+    mac_hint = f"arp -an | grep -i ' {vm.mac.lower()} '" if vm.mac else "# arp: no MAC in params"
     return Step(
         f"find {vm.name}'s address (lesson 8)",
         "localhost",
-        cmds,
-        probe=lambda: unchecked(
-            f"discovery helper not here yet; using {vm.address} from the params"
-        ),
-        plan_only="the discovery helper lands in a later issue",
+        [
+            f"# mDNS: {vm.address}" if not vm.address[0].isdigit() else "# mDNS: params give an IP",
+            f"utmctl ip-address {vm.name}   # needs the guest agent: not on the ISO",
+            mac_hint,
+            f"[{vm.name} console] {CALLBACK_COMMAND} ⏎   # call-back, read on the serial console",
+        ],
+        action=action,
+        remote=True,
     )
 
 

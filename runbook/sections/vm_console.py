@@ -1,0 +1,304 @@
+"""How sections 01, 02 and 90 reach UTM and a VM's console: on the Mac, or in the lab.
+
+On the Mac, UTM is `utmctl` (params `utm.utmctl`) and `osascript`, and the console is typed
+into with the params' backend (lesson 4, runbook.console). A console that answers (UTM's TCP
+serial port: `utmctl attach VM` prints `TCP: 127.0.0.1:PORT`, reference/utm-makefile-keys.md
+§2-§3) is also read back: prompts are waited for, the address call-back works (lesson 8) and the
+console text is kept in the record. In the lab (params with `lab:`), the lab plays the Mac: its
+stand-ins (runbook/lab/console.py `mac_env`) are put on this process's PATH, every lab host is a
+UTM VM whose serial port is the host's console, and deployment VM i is lab host i (or the host
+with the VM's name or address).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from runbook import utm
+from runbook.console.backends import (
+    ConsoleBackend,
+    SerialBackend,
+    SerialConsole,
+    clean_console_text,
+    make_backend,
+)
+from runbook.discover import (
+    AddressNotFoundError,
+    Probe,
+    Resolution,
+    Target,
+    resolve_address,
+    serial_callback,
+    tcp_probe,
+)
+from runbook.errors import RunbookError
+from runbook.hostkeys import entry_name
+from runbook.lab.config import HostSpec, LabParams
+from runbook.params import VM
+from runbook.secrets import Secret
+from runbook.steps import Context
+
+logger: Final = logging.getLogger(__name__)
+
+# What each backend is, for the plan (lesson 4).
+BACKEND_LABEL: Final = {
+    "utm-input": "UTM `input scan code` through osascript",
+    "hammerspoon": "Hammerspoon raw key events (`hs -c`)",
+    "quartz": "pyobjc Quartz key events to UTM",
+    "serial": "UTM's TCP serial port",
+}
+# Without a console to read back, pauses between typed lines let each program start reading.
+BLIND_PAUSE: Final = 1.5
+PROMPT_TIMEOUT: Final = 20.0
+BANNER_TIMEOUT: Final = 5.0
+
+
+# --- the Mac side -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MacSide:
+    """Where utmctl is, and the lab when the lab plays the Mac."""
+
+    utmctl: str
+    lab: LabParams | None = None
+
+    @property
+    def where(self) -> str:
+        return "the lab's UTM stand-ins" if self.lab is not None else "UTM on this Mac"
+
+
+def mac_side(ctx: Context) -> MacSide:
+    """The Mac side of this deployment; in the lab, its stand-ins go on this process's PATH."""
+    lab = ctx.dep.lab
+    if lab is None:
+        return MacSide(str(ctx.dep.utm.utmctl))
+    from runbook.lab import console as lab_console
+
+    os.environ.update(lab_console.mac_env(lab))
+    return MacSide(str(lab_console.mac_dir(lab) / "bin" / "utmctl"), lab)
+
+
+def lab_host(lab: LabParams, dep_vms: tuple[VM, ...], vm: VM) -> tuple[int, HostSpec]:
+    """The lab host that plays `vm`: same name, else same address, else the same position."""
+    for i, spec in enumerate(lab.hosts):
+        if spec.name == vm.name:
+            return i, spec
+    for i, spec in enumerate(lab.hosts):
+        if vm.address in (lab.address(i), spec.name, f"{spec.name}.local"):
+            return i, spec
+    index = dep_vms.index(vm)
+    if index < len(lab.hosts):
+        return index, lab.hosts[index]
+    raise RunbookError(f"no lab host plays VM {vm.name!r}: lab.hosts has {len(lab.hosts)}")
+
+
+# --- a VM's console -----------------------------------------------------------------------------
+
+
+@dataclass
+class VmConsole:
+    """Typing into a VM's console, and reading it back when it is a serial console."""
+
+    vm: VM
+    backend: ConsoleBackend
+    reader: SerialBackend | None
+
+    @property
+    def label(self) -> str:
+        read = f", read back on {self.reader.host}:{self.reader.port}" if self.reader else ""
+        return f"{self.vm.name}'s console ({self.backend.name}{read})"
+
+
+def serial_endpoint(ctx: Context, mac: MacSide, vm: VM) -> tuple[str, int] | None:
+    """The VM's TCP serial console: `utmctl attach`, else params `console.serial_port` + index."""
+    try:
+        found = utm.attach(vm.name, utmctl=mac.utmctl)
+        if found.kind == "tcp" and found.host and found.port:
+            return found.host, found.port
+    except RunbookError as exc:
+        logger.debug("utmctl attach %s: %s", vm.name, exc)
+    if ctx.dep.console.serial_port is not None:
+        return "127.0.0.1", ctx.dep.console.serial_port + ctx.dep.vms.index(vm)
+    return None
+
+
+def open_console(ctx: Context, mac: MacSide, vm: VM) -> VmConsole:
+    endpoint = serial_endpoint(ctx, mac, vm)
+    reader = SerialBackend(endpoint[0], endpoint[1]) if endpoint else None
+    name = ctx.dep.console.backend
+    if name == "serial":
+        if reader is None:
+            raise RunbookError(f"{vm.name} has no TCP serial console (utmctl attach)")
+        return VmConsole(vm, reader, reader)
+    return VmConsole(vm, make_backend(name), reader)
+
+
+def plan_typing(ctx: Context, vm: VM, lines: list[str]) -> list[str]:
+    """How typed lines show in a plan: `[console BACKEND] LINE ⏎`, secrets as *****."""
+    name = ctx.dep.console.backend
+    return [f"[{vm.name} console, {BACKEND_LABEL[name]}] {line} ⏎" for line in lines]
+
+
+@contextmanager
+def watching(con: VmConsole) -> Iterator[SerialConsole | None]:
+    """A reader connection held open while typing (None without a serial console)."""
+    if con.reader is None:
+        yield None
+        return
+    with con.reader.connect() as watch:
+        watch.drain(0.2)
+        yield watch
+        watch.drain(0.2)
+        con.reader.last_transcript = watch.transcript
+
+
+def type_line(
+    con: VmConsole,
+    watch: SerialConsole | None,
+    text: str | Secret,
+    wait_for: str | None = None,
+    timeout: float = PROMPT_TIMEOUT,
+) -> str:
+    """Type `text` + Enter; with a reader, return the console text up to `wait_for`."""
+    line = Secret(text.reveal() + "\n", "console line") if isinstance(text, Secret) else text + "\n"
+    con.backend.type_text(con.vm.name, line)
+    if watch is None or wait_for is None:
+        time.sleep(BLIND_PAUSE)
+        return ""
+    return watch.read_until(wait_for, timeout).group(0)
+
+
+def run_marked(con: VmConsole, watch: SerialConsole | None, command: str, tag: str) -> str | None:
+    """Type `command; echo TAG-END=$?`; the text between, or None without a reader.
+
+    The marker is split with '' so the echoed command line never matches (as discover.py does).
+    """
+    begin, end = f"RUNBOOK-{tag}-BEGIN", f"RUNBOOK-{tag}-END"
+    typed = f"echo {_split(begin)}; {command}; echo {_split(end)}=$?"
+    if watch is None:
+        type_line(con, None, typed)
+        return None
+    type_line(con, watch, typed, rf"{re.escape(end)}=\d+")
+    text = clean_console_text(watch.transcript)
+    return text[text.rfind(begin) :] if begin in text else text
+
+
+def _split(word: str) -> str:
+    return word[:-3] + "''" + word[-3:]
+
+
+def exit_status(marked: str, tag: str) -> int | None:
+    found = re.search(rf"RUNBOOK-{tag}-END=(\d+)", marked)
+    return int(found[1]) if found else None
+
+
+def save_screen(ctx: Context, con: VmConsole, label: str) -> Path | None:
+    """The console's picture in the record (lesson 4): text over serial, masked, 0600."""
+    if ctx.record_dir is None:
+        return None
+    path = ctx.record_dir / "console" / f"{con.vm.name}-{label}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if con.reader is not None and con.reader.last_transcript:
+        return con.reader.screenshot(con.vm.name, path)
+    if con.backend.name == "hammerspoon":
+        return con.backend.screenshot(con.vm.name, path.with_suffix(".png"))
+    return None
+
+
+# --- addresses (lesson 8) -----------------------------------------------------------------------
+
+
+def resolve(mac: MacSide, vm: VM, con: VmConsole | None) -> Resolution:
+    """The VM's address now: mDNS, `utmctl ip-address` (params' utmctl), ARP by MAC, the
+    console call-back, the params' address; each must answer on the SSH port."""
+    target = Target.from_params(vm)
+    probe = tcp_probe(vm.port)
+    callback = serial_callback(con.reader, vm.name) if con and con.reader else None
+    tried: list[str] = []
+    for methods in (("mdns",), ("utmctl",), ("arp", "console", "given")):
+        if methods == ("utmctl",):
+            found = _via_utmctl(mac, vm, probe, tried)
+            if found is not None:
+                return Resolution(found, "utmctl", "answered the probe", tuple(tried))
+            continue
+        try:
+            got = resolve_address(target, methods=methods, console=callback, probe=probe)
+        except AddressNotFoundError as exc:
+            tried.append(str(exc).split(": ", 1)[-1])
+            continue
+        return Resolution(got.address, got.method, got.detail, (*tried, *got.tried))
+    raise AddressNotFoundError(f"no address for {vm.name}: " + "; ".join(tried))
+
+
+def _via_utmctl(mac: MacSide, vm: VM, probe: Probe, tried: list[str]) -> str | None:
+    # discover's own utmctl method uses the default utmctl path; the params may name another.
+    if not utm.runs_here():
+        tried.append("utmctl: not applicable (no UTM here)")
+        return None
+    try:
+        found = [a for a in utm.ip_addresses(vm.name, utmctl=mac.utmctl) if ":" not in a]
+    except RunbookError as exc:
+        tried.append(f"utmctl: failed: {exc}")
+        return None
+    for address in found:
+        if probe(address):
+            return address
+    tried.append(f"utmctl: {', '.join(found) or 'no answer'}")
+    return None
+
+
+# --- sshd (lesson 3) ----------------------------------------------------------------------------
+
+
+def sshd_banner(address: str, port: int = 22) -> str | None:
+    """sshd's `SSH-2.0-...` banner, or None: refused, or closed before the banner (the client
+    then says `kex_exchange_identification: Connection closed by remote host`, lesson 3)."""
+    try:
+        with socket.create_connection((address, port), timeout=BANNER_TIMEOUT) as sock:
+            sock.settimeout(BANNER_TIMEOUT)
+            data = b""
+            while b"\n" not in data and len(data) < 512:
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    line = data.split(b"\n", 1)[0].decode(errors="replace").strip()
+    return line if line.startswith("SSH-") else None
+
+
+def key_fingerprint(b64: str) -> str:
+    """OpenSSH's SHA256 fingerprint of a public key blob (base64 as in a .pub file)."""
+    digest = hashlib.sha256(base64.b64decode(b64)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def parse_public_keys(text: str) -> list[tuple[str, str]]:
+    """(type, base64) of each `ssh-xxx AAAA... comment` line printed on the console."""
+    found = re.findall(r"\b((?:ssh|ecdsa-sha2)-[a-z0-9-]+) (AAAA[A-Za-z0-9+/=]+)", text)
+    return list(dict.fromkeys(found))
+
+
+def pin_host_keys(known_hosts: Path, address: str, port: int, keys: list[tuple[str, str]]) -> None:
+    """known_hosts for address:port = exactly `keys` (read on the console, a trusted channel)."""
+    from runbook.hostkeys import KnownHosts
+
+    name = entry_name(address, port)
+    KnownHosts(known_hosts).forget(name)
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    with known_hosts.open("a") as fh:
+        for kind, blob in keys:
+            fh.write(f"{name} {kind} {blob}\n")
