@@ -207,7 +207,9 @@ is false: the push reports its counts, and a push that uploads nothing fails."""
 
 Add `http://nixos-utm-cache.local:8080/main` to `nix.settings.substituters` and the cache's public
 key to `trusted-public-keys` in `machines/vm-shared.nix` (an edit at the parser's byte ranges:
-formatting and comments survive), then `vm/copy` + `vm/switch` each worker as the user.""",
+formatting and comments survive), then `vm/copy` + `vm/switch` each worker as the user, all at
+once. The cache VM imports the same module, so it is switched with them, and its new system is
+pushed to the cache.""",
         [
             (
                 "## Trust the cache in the shared module",
@@ -215,7 +217,11 @@ formatting and comments survive), then `vm/copy` + `vm/switch` each worker as th
             ),
             (
                 "## Copy and switch the workers, in parallel",
-                'ctx.run_each([], none="no worker VMs to switch") if not ctx.dep.workers else ctx.run_parallel([s.deploy_worker(ctx, vm) for vm in ctx.dep.workers])',
+                'ctx.run_each([], none="no worker VMs to switch") if not ctx.dep.workers else ctx.run_parallel([s.deploy_worker(ctx, vm) for vm in s.switched_vms(ctx)])',
+            ),
+            (
+                "## The cache VM's new system goes to the cache too",
+                'ctx.run_each([s.push_new_system(ctx)] if ctx.dep.workers else [], none="no worker VMs")',
             ),
         ],
     ),

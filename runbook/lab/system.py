@@ -197,6 +197,10 @@ def write_nix_conf(root: Path, cfg: SystemConfig) -> None:
         "build-users-group =",
         "sandbox = false",
         "experimental-features = nix-command flakes",
+        # The lab has no route out: cache.nixos.org fails at once, so no retries with
+        # back-off (nix.conf(5) `download-attempts`, default 5: ~4 s per query).
+        "download-attempts = 1",
+        "connect-timeout = 2",
         f"substituters = {' '.join(cfg.substituters)}",
         f"trusted-public-keys = {' '.join(cfg.trusted_public_keys)}",
     ]

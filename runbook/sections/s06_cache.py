@@ -153,7 +153,7 @@ def _store_paths(ctx: Context, vm: VM) -> tuple[list[str], int]:
     eligible, skipped = [], 0
     for line in out.splitlines():
         cols = line.split()
-        if not cols:
+        if not cols or cols[0].endswith(".drv"):
             continue
         signers = {sig.split(":", 1)[0] for sig in cols[1:]}
         if ctx.dep.cache.upstream_filter and signers & set(UPSTREAM_KEYS):
@@ -183,7 +183,8 @@ def _missing(ctx: Context, paths: list[str]) -> list[str]:
 def push(ctx: Context, vm: VM) -> Step:
     c = ctx.dep.cache
     argv = attic.push_argv(c.name, jobs=c.push_jobs, ignore_upstream_filter=not c.upstream_filter)
-    script = f"nix path-info --all | {shlex.join(argv)}"
+    # .drv files are left out: workers substitute outputs, never derivations
+    script = f"nix path-info --all | grep -v '\\.drv$' | {shlex.join(argv)}"
     filt = "on (cache.nixos.org paths skipped)" if c.upstream_filter else "off"
 
     def probe() -> Check:

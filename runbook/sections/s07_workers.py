@@ -7,12 +7,12 @@ file's formatting and comments survive.
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
 from runbook.params import VM
+from runbook.sections import s06_cache
 from runbook.sections.common import (
     config_present,
     host_label,
@@ -20,6 +20,7 @@ from runbook.sections.common import (
     mark_switched,
     render,
     run_make_quiet,
+    switched_probe,
     user_password,
 )
 from runbook.sections.s06_cache import public_key_file
@@ -76,9 +77,10 @@ def configure(ctx: Context) -> Step:
 
 
 def deploy_worker(ctx: Context, vm: VM) -> Step:
+    """vm/copy + vm/switch as the user. The cache VM imports the shared module too, so it is
+    switched with the workers (it then substitutes from itself, as the handbook's VMs do)."""
     copy = make_argv(ctx, "vm/copy", vm, user=ctx.dep.user, name=False)
     switch = make_argv(ctx, "vm/switch", vm, user=ctx.dep.user)
-    url = ctx.dep.cache.url
     step = Step(
         f"copy + switch {vm.name} as {ctx.dep.user} (lesson 7)",
         host_label(ctx, vm),
@@ -86,24 +88,33 @@ def deploy_worker(ctx: Context, vm: VM) -> Step:
         remote=True,
     )
 
-    def probe() -> Check:
-        key = _public_key(ctx) or ""
-        script = f"grep -F -- {shlex.quote(url)} /etc/nix/nix.conf | grep -q substituters && grep -qF -- {shlex.quote(key)} /etc/nix/nix.conf"
-        if not key or not ctx.connection(vm).run(script, check=False).ok:
-            return TODO
-        return Check(True, f"{vm.name} substitutes from {url} with the cache's key")
-
     def apply() -> str:
-        # several workers at once (Context.run_parallel): output kept per worker
+        # several VMs at once (Context.run_parallel): output kept per VM, printed in order
         run_make_quiet(copy, user_password(ctx), step.output)
         detail = run_make_quiet(switch, user_password(ctx), step.output)
         mark_switched(ctx, vm)
         return detail
 
-    return replace(step, probe=probe, action=apply)
+    return replace(step, probe=lambda: switched_probe(ctx, vm), action=apply)
+
+
+def switched_vms(ctx: Context) -> list[VM]:
+    """Every VM whose configuration imports the edited module: the workers and the cache VM."""
+    return [ctx.dep.cache_vm, *ctx.dep.workers] if ctx.dep.workers else []
+
+
+def push_new_system(ctx: Context) -> Step:
+    """The cache VM's switch made new store paths (its new system): push them too, so the
+    workers find the cache's current system in the cache (08 substitutes it)."""
+    step = s06_cache.push(ctx, ctx.dep.cache_vm)
+    return replace(step, name=step.name.replace("push the store", "push the new system"))
 
 
 def steps(ctx: Context) -> list[Step]:
     if not ctx.dep.workers:
         return []
-    return [configure(ctx), *(deploy_worker(ctx, vm) for vm in ctx.dep.workers)]
+    return [
+        configure(ctx),
+        *(deploy_worker(ctx, vm) for vm in switched_vms(ctx)),
+        push_new_system(ctx),
+    ]
