@@ -220,9 +220,12 @@ def save_screen(ctx: Context, con: VmConsole, label: str) -> Path | None:
 # --- addresses (lesson 8) -----------------------------------------------------------------------
 
 
-def resolve(mac: MacSide, vm: VM, con: VmConsole | None) -> Resolution:
+def resolve(
+    mac: MacSide, vm: VM, con: VmConsole | None, *, sshd_may_be_down: bool = False
+) -> Resolution:
     """The VM's address now: mDNS, `utmctl ip-address` (params' utmctl), ARP by MAC, the
-    console call-back, the params' address; each must answer on the SSH port."""
+    console call-back, the params' address; each must answer on the SSH port. With
+    `sshd_may_be_down` (lesson 3), what the VM itself prints on its console is taken as is."""
     target = Target.from_params(vm)
     probe = tcp_probe(vm.port)
     callback = serial_callback(con.reader, vm.name) if con and con.reader else None
@@ -239,6 +242,9 @@ def resolve(mac: MacSide, vm: VM, con: VmConsole | None) -> Resolution:
             tried.append(str(exc).split(": ", 1)[-1])
             continue
         return Resolution(got.address, got.method, got.detail, (*tried, *got.tried))
+    if sshd_may_be_down and callback is not None:
+        got = resolve_address(target, methods=("console",), console=callback)
+        return Resolution(got.address, got.method, "printed on the console", (*tried, *got.tried))
     raise AddressNotFoundError(f"no address for {vm.name}: " + "; ".join(tried))
 
 
@@ -294,11 +300,22 @@ def parse_public_keys(text: str) -> list[tuple[str, str]]:
 
 def pin_host_keys(known_hosts: Path, address: str, port: int, keys: list[tuple[str, str]]) -> None:
     """known_hosts for address:port = exactly `keys` (read on the console, a trusted channel)."""
-    from runbook.hostkeys import KnownHosts
 
     name = entry_name(address, port)
-    KnownHosts(known_hosts).forget(name)
+    forget_all(known_hosts, name)
     known_hosts.parent.mkdir(parents=True, exist_ok=True)
     with known_hosts.open("a") as fh:
         for kind, blob in keys:
             fh.write(f"{name} {kind} {blob}\n")
+
+
+def forget_all(known_hosts: Path, name: str) -> None:
+    """Drop every key of `name`: KnownHosts.forget drops one line at a time (paramiko's
+    HostKeys.__delitem__ removes the first matching entry only)."""
+    from runbook.hostkeys import KnownHosts
+
+    kh = KnownHosts(known_hosts)
+    for _ in range(64):
+        if not kh.known_types(name):
+            return
+        kh.forget(name)
