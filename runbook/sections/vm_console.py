@@ -146,8 +146,13 @@ def open_console(ctx: Context, mac: MacSide, vm: VM) -> VmConsole:
 
 
 def plan_typing(ctx: Context, vm: VM, lines: list[str]) -> list[str]:
-    """How typed lines show in a plan: `[console BACKEND] LINE ⏎`, secrets as *****."""
+    """How typed lines show in a plan, secrets as *****: for utm-input UTM's readable
+    `input keystroke` form (the codes sent would spell the password), else `[console] LINE ⏎`."""
     name = ctx.dep.console.backend
+    if name == "utm-input":
+        from runbook.sections.common import keystroke
+
+        return [f"{keystroke(vm, line)}   # sent as `input scan code`" for line in lines]
     return [f"[{vm.name} console, {BACKEND_LABEL[name]}] {line} ⏎" for line in lines]
 
 
