@@ -72,6 +72,9 @@ def _setup_logging(debug: bool) -> None:
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     for noisy in ("paramiko", "papermill", "traitlets", "asyncio", "blib2to3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # paramiko logs a whole traceback when a handshake fails (sshd without host keys,
+    # lesson 3); ConnectError already says it in one line
+    logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
     install_log_masking(root)
 
 

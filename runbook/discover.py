@@ -24,6 +24,7 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 from runbook import local, utm
@@ -283,6 +284,7 @@ def _candidates(
     resolver: Resolver,
     console: ConsoleReader | None,
     neighbours: Callable[[], list[Neighbour]],
+    utmctl: str | Path,
 ) -> list[str] | None:
     """Addresses one method offers, or None when it does not apply to this target."""
     if method == "mdns":
@@ -293,7 +295,7 @@ def _candidates(
     if method == "utmctl":
         if not target.vm or not utm.runs_here():
             return None
-        return [a for a in utm.ip_addresses(target.vm) if ":" not in a]
+        return [a for a in utm.ip_addresses(target.vm, utmctl=utmctl) if ":" not in a]
     if method == "arp":
         return None if not target.mac else addresses_for_mac(neighbours(), target.mac)
     if method == "console":
@@ -311,6 +313,7 @@ def resolve_address(
     console: ConsoleReader | None = None,
     probe: Probe | None = None,
     neighbours: Callable[[], list[Neighbour]] = neighbour_table,
+    utmctl: str | Path = utm.DEFAULT_UTMCTL,
 ) -> Resolution:
     """The VM's address right now, and which method found it (lesson 8). Never cached.
 
@@ -321,7 +324,7 @@ def resolve_address(
     attempts = _Attempts()
     for method in methods:
         try:
-            candidates = _candidates(method, target, resolver, console, neighbours)
+            candidates = _candidates(method, target, resolver, console, neighbours, utmctl)
         except RunbookError as exc:
             attempts.add(method, f"failed: {exc}")
             continue

@@ -88,7 +88,8 @@ class KnownHosts:
 
     @staticmethod
     def _remove(keys: paramiko.HostKeys, name: str) -> None:
-        if keys.lookup(name) is not None:
+        # HostKeys.__delitem__ drops one matching line at a time; a host may have several
+        while keys.lookup(name) is not None:
             del keys[name]
 
     def forget(self, name: str) -> None:
