@@ -1,54 +1,90 @@
 """A console that answers: a persistent bash on a pty behind a TCP port on 127.0.0.1.
 
-It plays UTM's TCP-server serial port (reference/utm-makefile-keys.md §3): one socat holds
-bash on a pty (`PTY` <-> `EXEC:...,pty`), a second accepts TCP clients on loopback and opens that
-pty for each (`fork`, `-t 0` so a closed client never swallows the next answer). Optionally the
-shell runs in its own network namespace with one veth address, so a test can "discover" it.
+It plays UTM's TCP-server serial port (reference/utm-makefile-keys.md §3): a thread in the
+test process holds bash on a pty and relays between it and every TCP client on loopback.
+Optionally the shell runs in its own network namespace with one veth address, so a test can
+"discover" it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pty
+import selectors
 import shlex
-import shutil
+import signal
 import socket
-import subprocess
-import time
-from dataclasses import dataclass, field
+import threading
 from pathlib import Path
 
 
-@dataclass
 class ConsoleRig:
-    port: int
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    """A shell on a pty, served to any number of TCP clients on 127.0.0.1 (a thread).
+
+    Like UTM's TCP-server serial port: what a client sends goes to the pty, what the pty
+    prints goes to every client. The shell lives as long as the rig, whatever the clients do.
+    """
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.pid, self.master = pty.fork()
+        if self.pid == 0:  # the child: the console's shell
+            os.execvpe(command[0], command, env)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.server, selectors.EVENT_READ, "accept")
+        sel.register(self.master, selectors.EVENT_READ, "pty")
+        clients: list[socket.socket] = []
+        while not self._stop.is_set():
+            for key, _ in sel.select(0.1):
+                if key.data == "accept":
+                    conn, _addr = self.server.accept()
+                    clients.append(conn)
+                    sel.register(conn, selectors.EVENT_READ, "client")
+                elif key.data == "pty":
+                    try:
+                        data = os.read(self.master, 65536)
+                    except OSError:  # the shell is gone
+                        return
+                    for c in list(clients):
+                        try:
+                            c.sendall(data)
+                        except OSError:
+                            clients.remove(c)
+                            sel.unregister(c)
+                else:
+                    conn = key.fileobj
+                    assert isinstance(conn, socket.socket)
+                    try:
+                        data = conn.recv(65536)
+                    except OSError:  # a client that went away abruptly
+                        data = b""
+                    if data:
+                        os.write(self.master, data)
+                    else:
+                        clients.remove(conn)
+                        sel.unregister(conn)
+                        conn.close()
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for(check, what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.02)
-    raise RuntimeError(f"console rig: {what} did not appear")
+        self._stop.set()
+        self._thread.join(5)
+        self.server.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        os.close(self.master)
 
 
 def start_console(tmp: Path, netns_address: str | None = None) -> ConsoleRig:
     """Start the rig; with `netns_address` (e.g. "10.77.0.5/24") bash runs in a new netns."""
-    assert shutil.which("socat"), "socat is required"
     script = tmp / "console.sh"
     lines = ["set -e"]
     if netns_address:  # already inside `unshare --net`: a namespace of our own
@@ -58,36 +94,9 @@ def start_console(tmp: Path, netns_address: str | None = None) -> ConsoleRig:
             "ip link set v0 up",
         ]
     script.write_text("\n".join([*lines, "exec bash --norc --noprofile -i", ""]))
-    command = f"unshare --net bash {script}" if netns_address else f"bash {script}"
-    link = tmp / "console-pty"
-    port = _free_port()
-    rig = ConsoleRig(port)
+    command = ["unshare", "--net", "bash", str(script)] if netns_address else ["bash", str(script)]
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TERM": "dumb", "PS1": "vm# ", "HOME": "/root"}
-    rig.procs.append(
-        subprocess.Popen(
-            ["socat", f"PTY,link={link},rawer", f"EXEC:{command},pty,setsid,ctty,stderr,sane"],
-            env=env,
-        )
-    )
-    _wait_for(link.exists, "the pty link")
-    rig.procs.append(
-        subprocess.Popen(
-            [
-                "socat",
-                "-t",
-                "0",
-                f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
-                f"OPEN:{link},rawer",
-            ]
-        )
-    )
-
-    def listening() -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    _wait_for(listening, "the TCP listener")
-    return rig
+    return ConsoleRig(command, env)
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from runbook.console import backends, keymap
 from runbook.errors import ConnectError, InputError
 from runbook.models import Result
 from runbook.secrets import Secret
-from tests.conftest import need
 from tests.console_rig import ConsoleRig, start_console
 
 # Golden tables written from the reference text, not from runbook/console/keymap.py:
@@ -194,7 +192,6 @@ def test_cli_keys_requires_json() -> None:
 
 @pytest.fixture
 def console(tmp_path: Path) -> Iterator[ConsoleRig]:
-    need(shutil.which("socat") is not None, "needs socat")
     rig = start_console(tmp_path)
     yield rig
     rig.stop()
@@ -239,6 +236,7 @@ def test_serial_refuses_untypable_text_before_sending(console: ConsoleRig) -> No
 
 def test_serial_wait_times_out_with_the_console_tail(console: ConsoleRig) -> None:
     b = backends.SerialBackend(port=console.port)
+    b.run("vm", "echo ready-''mark", "ready-mark", timeout=30)  # the shell is up (slow under load)
     with pytest.raises(backends.CommandError, match=r"no match within 3 s.*nothing-here"):
         b.run("vm", "echo nothing-here", "never-printed", timeout=3)
 

@@ -315,7 +315,7 @@ def test_target_from_params() -> None:
 def test_console_callback_from_a_real_console_in_its_own_netns(tmp_path: Path) -> None:
     """The VM prints its address on its console: a real bash in a network namespace of ours."""
     need(os.geteuid() == 0, "needs root for a network namespace")
-    need(shutil.which("socat") is not None and shutil.which("unshare") is not None, "needs socat")
+    need(shutil.which("unshare") is not None, "needs unshare (util-linux)")
     rig = start_console(tmp_path, netns_address="10.77.0.5/24")
     try:
         console = discover.serial_callback(backends.SerialBackend(port=rig.port), "lab-vm")

@@ -376,24 +376,46 @@ class SerialBackend:
     def __init__(self, host: str = "127.0.0.1", port: int = 4444, timeout: float = 10.0) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.last_transcript = ""
+        self._session: SerialConsole | None = None
 
     def connect(self) -> SerialConsole:
         """An open console to read and write (use it as a context manager)."""
         return SerialConsole(self.host, self.port, self.timeout)
 
+    def _console(self) -> SerialConsole:
+        # One connection for the backend's life: a TCP serial port may serve one client
+        # only, and a reader left over from a closed connection could take the output.
+        if self._session is None:
+            self._session = self.connect()
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
     def type_text(self, vm: str, text: str | Secret) -> None:
-        with self.connect() as console:
+        try:
+            console = self._console()
             console.send(text)
-            self.last_transcript = console.transcript + console.drain(0.2)
+            console.drain(0.2)
+            self.last_transcript = console.transcript
+        except (OSError, ConnectError):
+            self.close()
+            raise
         logger.info("typed %d characters into %s over serial", len(_reveal(text)), vm)
 
     def run(self, vm: str, command: str, done: str, timeout: float = 30.0) -> str:
         """Type `command` + Enter and return the console text up to the regex `done`."""
-        with self.connect() as console:
+        try:
+            console = self._console()
             console.drain(0.2)
             console.send(command + "\n")
             match = console.read_until(done, timeout)
             self.last_transcript = console.transcript
+        except (OSError, ConnectError):
+            self.close()
+            raise
         logger.info("ran a command on %s's serial console", vm)
         return match.string[: match.end()]
 
