@@ -53,7 +53,7 @@ On a machine without the checkout or UTM (a Linux box), those checks say *unchec
             ("## Lesson 1: nixpkgs' attic, not the attic flake", "ctx.run(s.attic_flake(ctx))"),
             (
                 "## Lesson 3: build every toplevel here before any switch",
-                "for vm in ctx.dep.vms:\n    ctx.run(s.toplevel_build(ctx, vm))",
+                "ctx.run_parallel([s.toplevel_build(ctx, vm) for vm in ctx.dep.vms])",
             ),
         ],
     ),
@@ -66,10 +66,11 @@ On a machine without the checkout or UTM (a Linux box), those checks say *unchec
 Create each VM in UTM with a **bridged** network and the NixOS ISO attached, then start it.
 UTM is scripted through AppleScript (`make new virtual machine`) and `utmctl`; a VM created by
 AppleScript has no display unless one is given, and the console typing of notebook 02 needs it.
-Until the UTM helper lands these steps render their commands only (*plan-only*).""",
+In the lab (params with `lab:`), UTM is played by the lab's stand-ins and each VM's serial port
+is its host's console.""",
         [
-            ("## Create", "for vm in ctx.dep.vms:\n    ctx.run(s.create(ctx, vm))"),
-            ("## Start from the ISO", "for vm in ctx.dep.vms:\n    ctx.run(s.start(ctx, vm))"),
+            ("## Create", "ctx.run_parallel([s.create(ctx, vm) for vm in ctx.dep.vms])"),
+            ("## Start from the ISO", "ctx.run_parallel([s.start(ctx, vm) for vm in ctx.dep.vms])"),
         ],
     ),
     (
@@ -82,18 +83,19 @@ Until the UTM helper lands these steps render their commands only (*plan-only*).
 
 The live ISO has no root password, so `make vm/bootstrap0` cannot log in until one is set on the
 graphical console (`sudo su`, `passwd`). The SPICE window only takes raw key events (lesson 4):
-the runbook types through UTM's `input keystroke`. The password is read from the secret store by
-name and shown masked. The address is looked up on every run, never remembered (lesson 8):
+the runbook types with the params' console backend, waits for each prompt where the serial
+console can be read, and proves a fresh root login over SSH. The password is read from the secret
+store by name and shown masked. The address is looked up on every run, never remembered (lesson 8):
 mDNS, ARP by the VM's MAC, `utmctl ip-address`, or the console.""",
         [
             ("## The live root password, in the secret store", "ctx.run(s.password_stored(ctx))"),
             (
                 "## Type it on each console (lesson 4)",
-                "for vm in ctx.dep.vms:\n    ctx.run(s.set_root_password(ctx, vm))",
+                "ctx.run_parallel([s.set_root_password(ctx, vm) for vm in ctx.dep.vms])",
             ),
             (
                 "## Find each address (lesson 8)",
-                "for vm in ctx.dep.vms:\n    ctx.run(s.find_address(ctx, vm))",
+                "ctx.run_parallel([s.find_address(ctx, vm) for vm in ctx.dep.vms])",
             ),
         ],
     ),
@@ -110,11 +112,11 @@ VirtIO disk is `/dev/vda` (`runbook doctor --fix` patches it). Then the ISO is r
         [
             (
                 "## bootstrap0 (dangerous)",
-                "for vm in ctx.dep.vms:\n    ctx.run(s.bootstrap0(ctx, vm))",
+                "ctx.run_parallel([s.bootstrap0(ctx, vm) for vm in ctx.dep.vms])",
             ),
             (
                 "## Remove the ISO, boot from disk",
-                "for vm in ctx.dep.vms:\n    ctx.run(s.remove_iso(ctx, vm))",
+                "ctx.run_parallel([s.remove_iso(ctx, vm) for vm in ctx.dep.vms])",
             ),
         ],
     ),
@@ -134,16 +136,16 @@ their key are used, with passwordless sudo.""",
         [
             (
                 "## Lesson 3: build first",
-                "for vm in ctx.dep.vms:\n    ctx.run(s.s00_preflight.toplevel_build(ctx, vm))",
+                "ctx.run_parallel([s.s00_preflight.toplevel_build(ctx, vm) for vm in ctx.dep.vms])",
             ),
-            ("## vm/copy as root", "for vm in ctx.dep.vms:\n    ctx.run(s.copy(ctx, vm))"),
+            ("## vm/copy as root", "ctx.run_parallel([s.copy(ctx, vm) for vm in ctx.dep.vms])"),
             (
                 "## vm/switch as root, a session kept open",
-                "for vm in ctx.dep.vms:\n    ctx.run(s.switch(ctx, vm))",
+                "ctx.run_parallel([s.switch(ctx, vm) for vm in ctx.dep.vms])",
             ),
             (
                 "## Lesson 7: the user logs in now",
-                "for vm in ctx.dep.vms:\n    ctx.run(s.user_login(ctx, vm))",
+                "ctx.run_parallel([s.user_login(ctx, vm) for vm in ctx.dep.vms])",
             ),
         ],
     ),
@@ -217,7 +219,7 @@ pushed to the cache.""",
             ),
             (
                 "## Copy and switch the workers, in parallel",
-                'ctx.run_each([], none="no worker VMs to switch") if not ctx.dep.workers else ctx.run_parallel([s.deploy_worker(ctx, vm) for vm in s.switched_vms(ctx)])',
+                'ctx.run_parallel([s.deploy_worker(ctx, vm) for vm in s.switched_vms(ctx)], none="no worker VMs to switch")',
             ),
             (
                 "## The cache VM's new system goes to the cache too",
@@ -237,7 +239,7 @@ key; and have each worker really substitute a path from it (Nix checks the signa
             ("## The cache answers and signs", "ctx.run(s.verify(ctx))"),
             (
                 "## A real substitution on each worker",
-                'ctx.run_each([s.substitute(ctx, w) for w in ctx.dep.workers], none="no worker VMs to substitute on")',
+                'ctx.run_parallel([s.substitute(ctx, w) for w in ctx.dep.workers], none="no worker VMs to substitute on")',
             ),
         ],
     ),
@@ -253,7 +255,10 @@ Each VM's toplevel is built here first (lesson 3). A VM that already runs this c
         [
             (
                 "## Build, copy, switch",
-                "for vm in ctx.dep.vms:\n    ctx.run(s.s00_preflight.toplevel_build(ctx, vm))\n    ctx.run(s.update(ctx, vm))",
+                (
+                    "ctx.run_parallel([s.s00_preflight.toplevel_build(ctx, vm) for vm in ctx.dep.vms])\n"
+                    "ctx.run_parallel([s.update(ctx, vm) for vm in ctx.dep.vms])"
+                ),
             ),
         ],
     ),
@@ -265,7 +270,12 @@ Each VM's toplevel is built here first (lesson 3). A VM that already runs this c
 
 A last resort when a half-finished switch left sshd without host keys: log in on the console and
 regenerate them. Each step first tries a fresh SSH login; only when that fails is the console used.""",
-        [("## Recover, VM by VM", "for vm in ctx.dep.vms:\n    ctx.run(s.recover(ctx, vm))")],
+        [
+            (
+                "## Recover, every VM at once",
+                "ctx.run_parallel([s.recover(ctx, vm) for vm in ctx.dep.vms])",
+            )
+        ],
     ),
 ]
 

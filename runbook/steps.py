@@ -17,6 +17,8 @@ Plan mode never connects anywhere: a step whose check needs its host says
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypedDict
 
+from runbook import step_output
 from runbook.errors import CommandError, InputError, RunbookError, tail
 from runbook.params import VM, Deployment, Loaded, load
 from runbook.secrets import Secret, SecretStore, mask
@@ -118,7 +121,7 @@ class Step:
     readonly: bool = False
     plan_only: str = ""
     note: str = ""
-    # lines a step run in parallel collects instead of printing (see Context.run_parallel)
+    # what a step run in parallel prints, kept to print in order (see Context.run_parallel)
     output: list[str] = field(default_factory=list, compare=False)
 
     def plan(self) -> list[str]:
@@ -160,6 +163,8 @@ class Context:
     records: list[StepRecord] = field(default_factory=list)
     changed: set[str] = field(default_factory=set)
     _connections: dict[tuple[str, bool], Connection] = field(default_factory=dict)
+    _connecting: dict[tuple[str, bool], threading.Lock] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def dep(self) -> Deployment:
@@ -191,28 +196,32 @@ class Context:
         from runbook.remote import Connection
 
         key = (vm.name, installed)
-        if key not in self._connections:
-            password = None
-            if not installed:
-                b = self.dep.bootstrap
-                password = self.secret(b.password_secret, b.password_env)
-            self._connections[key] = Connection(
-                self.dep.host(vm, installed=installed), password=password
-            )
-        return self._connections[key]
+        with self._lock:
+            if key not in self._connections:
+                password = None
+                if not installed:
+                    b = self.dep.bootstrap
+                    password = self.secret(b.password_secret, b.password_env)
+                self._connections[key] = Connection(
+                    self.dep.host(vm, installed=installed), password=password
+                )
+                self._connecting[key] = threading.Lock()
+            conn, connecting = self._connections[key], self._connecting[key]
+        with connecting:  # steps run in parallel may share it: one connects, the others reuse
+            conn.connect()
+        return conn
 
     def close(self) -> None:
-        for conn in self._connections.values():
-            conn.close()
-        self._connections.clear()
+        with self._lock:
+            for conn in self._connections.values():
+                conn.close()
+            self._connections.clear()
+            self._connecting.clear()
 
     def run(self, step: Step) -> Outcome:
         """Plan, check and (in deploy mode) apply `step`; print and publish its outcome."""
         start = time.monotonic()
-        print(f"\n── {step.name}  @ {step.host}" + (f"  ({step.note})" if step.note else ""))
-        commands = step.plan()
-        for cmd in commands:
-            print(f"    $ {cmd}")
+        commands = self._header(step)
         try:
             _inject_failure(self.notebook, step.name)
             outcome, reason = (self._plan if self.planning else self._deploy)(step)
@@ -229,46 +238,56 @@ class Context:
             self.skip(none.split(":")[0], LOCALHOST, none)
         return [self.run(step) for step in steps]
 
-    def run_parallel(self, steps: Sequence[Step]) -> list[Outcome]:
+    def run_parallel(self, steps: Sequence[Step], *, none: str = "") -> list[Outcome]:
         """Run independent steps (one per host) at the same time; outcomes print in order.
 
-        Plan mode, or a single step, is the same as `run_each`. The first failure is raised
-        after every step has finished, so no host is left half-done by an early stop.
+        Each step is checked and, when needed, applied in its own thread, exactly as `run`
+        does; what it prints is kept and printed after its header, in the steps' order. Plan
+        mode, or a single step, is the same as `run_each`. Failures are raised after every
+        step has finished, so no host is left half-done by an early stop: the first one, naming
+        the other steps that failed too.
         """
         if self.planning or len(steps) < 2:
-            return self.run_each(steps)
+            return self.run_each(steps, none=none)
         from concurrent.futures import ThreadPoolExecutor
 
         def attempt(step: Step) -> tuple[float, tuple[Outcome, str] | Exception]:
             start = time.monotonic()
-            try:
-                _inject_failure(self.notebook, step.name)
-                return start, self._deploy(step)
-            except Exception as exc:  # noqa: BLE001 - reported below, in order
-                return start, exc
+            step.output.clear()
+            with step_output.capture(step.output):
+                try:
+                    _inject_failure(self.notebook, step.name)
+                    return start, self._deploy(step)
+                except Exception as exc:  # noqa: BLE001 - reported below, in order
+                    return start, exc
 
-        with ThreadPoolExecutor(max_workers=len(steps)) as pool:
+        with step_output.routed_stdout(), ThreadPoolExecutor(max_workers=len(steps)) as pool:
             results = list(pool.map(attempt, steps))
         outcomes: list[Outcome] = []
-        failure: StepFailed | None = None
+        failures: list[StepFailed] = []
         for step, (start, result) in zip(steps, results, strict=True):
-            print(f"\n── {step.name}  @ {step.host}" + (f"  ({step.note})" if step.note else ""))
-            commands = step.plan()
-            for cmd in commands:
-                print(f"    $ {cmd}")
-            for line in step.output:
-                print(line)
+            commands = self._header(step)
+            sys.stdout.write("".join(step.output))
             if isinstance(result, Exception):
                 failed = _as_failure(result, self.notebook, step)
                 self._emit(step, Outcome.FAILED, failed.error, start, commands)
-                failure = failure or failed
+                failures.append(failed)
                 outcomes.append(Outcome.FAILED)
                 continue
             self._emit(step, result[0], result[1], start, commands)
             outcomes.append(result[0])
-        if failure is not None:
-            raise failure
+        if failures:
+            raise _first_of(failures)
         return outcomes
+
+    @staticmethod
+    def _header(step: Step) -> list[str]:
+        """Print the step's name, host and planned commands; return the commands."""
+        print(f"\n── {step.name}  @ {step.host}" + (f"  ({step.note})" if step.note else ""))
+        commands = step.plan()
+        for cmd in commands:
+            print(f"    $ {cmd}")
+        return commands
 
     def skip(self, name: str, host: str, reason: str) -> Outcome:
         print(f"\n── {name}  @ {host}")
@@ -347,6 +366,22 @@ def _inject_failure(notebook: str, step: str) -> None:
     target = os.environ.get(FAIL_STEP_ENV, "")
     if target and target in (f"{notebook}:{step}", f"{notebook.split('-')[0]}:{step}"):
         raise RunbookError(f"injected failure ({FAIL_STEP_ENV}={target})")
+
+
+def _first_of(failures: list[StepFailed]) -> StepFailed:
+    """The first failure; when steps run in parallel failed too, it names them (each has
+    its own `[failed: ...]` line above)."""
+    first = failures[0]
+    if len(failures) == 1:
+        return first
+    others = "; ".join(f"{f.step!r} on {f.host}" for f in failures[1:])
+    return StepFailed(
+        notebook=first.notebook,
+        step=first.step,
+        host=first.host,
+        error=f"{first.error} (also failed: {others})",
+        command=first.command,
+    )
 
 
 def _as_failure(exc: Exception, notebook: str, step: Step) -> StepFailed:

@@ -13,6 +13,7 @@ from runbook import local
 from runbook.models import Elevate
 from runbook.params import VM
 from runbook.secrets import Secret, write_private
+from runbook.step_output import line_printer
 from runbook.steps import DONE, TODO, Check, Context, unchecked
 
 # The nixos-config Makefile's variables (utm-makefile-keys.md §1): NIXADDR, NIXPORT, NIXUSER, NIXNAME.
@@ -99,8 +100,10 @@ def askpass_env(password: Secret | None) -> Iterator[dict[str, str]]:
 
 
 def run_make(argv: list[str], password: Secret | None) -> str:
+    # the lines arrive on local.run's reader threads: bound to this step's output here
+    echo = line_printer()
     with askpass_env(password) as env:
-        result = local.run(argv, env=env, on_line=lambda _s, line: print(f"      {line}"))
+        result = local.run(argv, env=env, on_line=lambda _s, line: echo(f"      {line}"))
     return f"{argv[3]} finished in {result.duration:.1f}s"
 
 
@@ -162,13 +165,6 @@ def user_password(ctx: Context) -> Secret | None:
     if lab is not None and ctx.dep.user in lab.passwords:
         return Secret(lab.passwords[ctx.dep.user], f"lab password of {ctx.dep.user}")
     return ctx.secret(f"{ctx.dep.user}-password")
-
-
-def run_make_quiet(argv: list[str], password: Secret | None, lines: list[str]) -> str:
-    """run_make for hosts done in parallel: output collected in `lines`, printed afterwards."""
-    with askpass_env(password) as env:
-        result = local.run(argv, env=env, on_line=lambda _s, line: lines.append(f"      {line}"))
-    return f"{argv[3]} finished in {result.duration:.1f}s"
 
 
 def config_files(root: Path) -> dict[str, str]:

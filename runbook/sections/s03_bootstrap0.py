@@ -89,7 +89,9 @@ def remove_iso(ctx: Context, vm: VM) -> Step:
         ],
         probe=installed_probe(ctx, vm),
         remote=True,
-        plan_only="the UTM helper lands in a later issue",
+        # runbook.utm.remove_iso can do it, but this check (installed?) cannot tell whether the
+        # ISO is still attached, so a rerun could not say "already done": by hand until it can
+        plan_only="its check cannot see UTM's drives yet (runbook.utm.remove_iso does the removal)",
     )
 
 

@@ -19,7 +19,7 @@ from runbook.sections.common import (
     make_argv,
     mark_switched,
     render,
-    run_make_quiet,
+    run_make,
     switched_probe,
     user_password,
 )
@@ -81,21 +81,22 @@ def deploy_worker(ctx: Context, vm: VM) -> Step:
     switched with the workers (it then substitutes from itself, as the handbook's VMs do)."""
     copy = make_argv(ctx, "vm/copy", vm, user=ctx.dep.user, name=False)
     switch = make_argv(ctx, "vm/switch", vm, user=ctx.dep.user)
-    step = Step(
-        f"copy + switch {vm.name} as {ctx.dep.user} (lesson 7)",
-        host_label(ctx, vm),
-        [render(copy), render(switch)],
-        remote=True,
-    )
 
     def apply() -> str:
         # several VMs at once (Context.run_parallel): output kept per VM, printed in order
-        run_make_quiet(copy, user_password(ctx), step.output)
-        detail = run_make_quiet(switch, user_password(ctx), step.output)
+        run_make(copy, user_password(ctx))
+        detail = run_make(switch, user_password(ctx))
         mark_switched(ctx, vm)
         return detail
 
-    return replace(step, probe=lambda: switched_probe(ctx, vm), action=apply)
+    return Step(
+        f"copy + switch {vm.name} as {ctx.dep.user} (lesson 7)",
+        host_label(ctx, vm),
+        [render(copy), render(switch)],
+        probe=lambda: switched_probe(ctx, vm),
+        action=apply,
+        remote=True,
+    )
 
 
 def switched_vms(ctx: Context) -> list[VM]:

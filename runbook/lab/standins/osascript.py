@@ -102,7 +102,9 @@ def run(script: str, argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
     if not argv or argv[0] != "-":
         return _fail("the lab's osascript stand-in reads scripts from stdin only (osascript -)")
-    return run(sys.stdin.read(), argv[1:])
+    script = sys.stdin.read()
+    with utm_state.serialized():
+        return run(script, argv[1:])
 
 
 if __name__ == "__main__":

@@ -10,10 +10,13 @@ characters there, so a lab console answers whichever backend typed.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import uuid as uuidlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -80,6 +83,18 @@ def load() -> dict[str, Any]:
         return {"vms": [], "version": "4.7.2"}
     data: dict[str, Any] = json.loads(path.read_text())
     return data
+
+
+@contextmanager
+def serialized() -> Iterator[None]:
+    """One request at a time, as UTM handles its Apple Events and utmctl calls: the runbook
+    may create and start several VMs at once, and each stand-in reads, edits and saves the
+    whole state file, so an unserialized pair would lose one VM's change."""
+    path = state_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_name(path.name + ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def save(state: dict[str, Any]) -> None:

@@ -80,6 +80,11 @@ def _run(args: argparse.Namespace, state: dict[str, Any], vm: dict[str, Any]) ->
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    with utm_state.serialized():
+        return _answer(args)
+
+
+def _answer(args: argparse.Namespace) -> int:
     state = utm_state.load()
     if args.cmd == "version":
         print(state.get("version", "4.7.2"))
