@@ -1,32 +1,26 @@
 """Runs the handbook's notebooks with papermill, in-process, into a record folder.
 
-One kernel (the venv's python: `sys.executable -m ipykernel_launcher`) is started per run
-and handed to papermill for every notebook (`km=`, an nbclient traitlet), so the kernel
-starts once instead of once per notebook. Each notebook runs in a worker thread: the main
-thread stays free to take Ctrl-C, interrupt the kernel, and mark the record interrupted.
-
-Papermill writes each notebook to a hidden `.partial` file while it runs; only a complete
-read of it is written (atomically) as `NN-name.ipynb`, so a record never holds a half-written
-notebook. Cell output is streamed, masked, to the terminal and `run.log`.
+Decides what runs (selection, `--resume`), keeps the record's manifest, and drives each
+notebook on the run's one kernel (runbook.kernel_thread) while the main thread waits, so
+Ctrl-C interrupts the kernel and marks the record interrupted. One notebook's execution and
+streaming is runbook.notebook_run; its HTML export runbook.html_export.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import queue
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Final
 
 from runbook import __version__
 from runbook.errors import EXIT_FAILED, EXIT_OK, InputError, RunbookError, tail
+from runbook.html_export import Exports
+from runbook.kernel_thread import KernelThread
+from runbook.notebook_run import NotebookRun, Stream, finish
 from runbook.params import Loaded, load, require_paths
 from runbook.records import (
     RUN_LOG,
@@ -36,12 +30,11 @@ from runbook.records import (
     new_record_dir,
     read_manifest,
     step_entries,
-    step_records,
     utc_now,
     write_manifest,
 )
 from runbook.secrets import SecretStore, mask
-from runbook.steps import STEP_MIMETYPE, Mode, Outcome, StepRecord, register_lab_passwords
+from runbook.steps import Mode, Outcome, StepRecord, register_lab_passwords
 
 logger: Final = logging.getLogger(__name__)
 
@@ -94,252 +87,6 @@ def select(notebooks: Sequence[Path], from_: str | None, only: Sequence[str]) ->
         return [notebooks[i] for i in keep]
     start = _match(notebooks, from_, "--from") if from_ is not None else 0
     return list(notebooks[start:])
-
-
-# -- the kernel ----------------------------------------------------------------------------
-
-
-def _kernel_manager(socket_dir: Path) -> Any:
-    from jupyter_client.kernelspec import KernelSpec
-    from jupyter_client.manager import AsyncKernelManager
-
-    class VenvKernelManager(AsyncKernelManager):
-        """Always this interpreter's ipykernel, whatever kernelspecs are installed."""
-
-        @property
-        def kernel_spec(self) -> KernelSpec:
-            return KernelSpec(
-                argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                display_name="Python 3 (runbook)",
-                language="python",
-            )
-
-    # IPC sockets at an absolute path: no TCP port, and the kernel's cwd does not matter.
-    return VenvKernelManager(kernel_name="python3", transport="ipc", ip=str(socket_dir / "kernel"))
-
-
-class KernelThread:
-    """One kernel, owned by one worker thread that runs every notebook on it.
-
-    The kernel manager's asyncio/zmq objects live in that thread's event loop; the main
-    thread only submits notebooks, waits (so Ctrl-C reaches it) and signals the kernel.
-    """
-
-    def __init__(self, cwd: Path) -> None:
-        self.cwd = cwd
-        self.km: Any = None
-        self.error: BaseException | None = None
-        self._sockets: tempfile.TemporaryDirectory[str] | None = None
-        self._jobs: queue.Queue[tuple[NotebookRun, Stream] | None] = queue.Queue()
-        self._ready = threading.Event()
-        self._idle = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="runbook-kernel", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        while not self._ready.wait(0.25):
-            pass
-        if self.error is not None:
-            raise self.error
-
-    def _main(self) -> None:
-        from jupyter_core.utils import run_sync
-
-        try:
-            self._sockets = tempfile.TemporaryDirectory(prefix="runbook-kernel-")
-            self.km = _kernel_manager(Path(self._sockets.name))
-            env = dict(os.environ)
-            paths = (str(PACKAGE_ROOT), env.get("PYTHONPATH"))
-            env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-            run_sync(self.km.start_kernel)(env=env, cwd=str(self.cwd))
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            self.error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            while (job := self._jobs.get()) is not None:
-                execute(self.km, *job)
-                self._idle.set()
-        finally:
-            with contextlib.suppress(Exception):
-                run_sync(self.km.shutdown_kernel)(now=True)
-            with contextlib.suppress(Exception):
-                self.km.cleanup_connection_file()
-            if self._sockets is not None:
-                self._sockets.cleanup()
-
-    def submit(self, run: NotebookRun, stream: Stream) -> None:
-        self._idle.clear()
-        self._jobs.put((run, stream))
-
-    def wait(self, timeout: float) -> bool:
-        """True once the submitted notebook is done."""
-        return self._idle.wait(timeout)
-
-    def interrupt(self) -> None:
-        if self.km is not None:
-            interrupt(self.km)
-
-    def kill(self) -> None:
-        """The kernel did not stop on SIGINT: kill it, so the notebook's cell fails."""
-        import signal
-
-        pid = getattr(getattr(self.km, "provisioner", None), "pid", None)
-        if pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout)
-
-
-def interrupt(km: Any) -> None:
-    """SIGINT to the kernel: the running cell raises KeyboardInterrupt (ipykernel)."""
-    import signal
-
-    pid = getattr(getattr(km, "provisioner", None), "pid", None)
-    if pid:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-
-
-# -- streaming -----------------------------------------------------------------------------
-
-
-class Stream:
-    """Where cell output goes: masked, to the terminal and run.log; remembers the last step."""
-
-    def __init__(self, out: IO[str], log: IO[str]) -> None:
-        self.out = out
-        self.log = log
-        self.current_step = ""
-        self.step_started = time.monotonic()
-        self._lock = threading.Lock()
-
-    def write(self, text: str) -> int:
-        masked = mask(text)
-        with self._lock:
-            for line in masked.splitlines():
-                if line.startswith("── "):
-                    self.current_step = line[3:].split("  @ ")[0]
-                    self.step_started = time.monotonic()
-            self.out.write(masked)
-            self.log.write(masked)
-            self.out.flush()
-            self.log.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        self.out.flush()
-        self.log.flush()
-
-    def say(self, line: str) -> None:
-        self.write(line + "\n")
-
-
-# -- one notebook --------------------------------------------------------------------------
-
-
-@dataclass
-class NotebookRun:
-    source: Path
-    output: Path
-    parameters: dict[str, Any]
-    error: BaseException | None = None
-    steps: list[StepRecord] = field(default_factory=list)
-
-    @property
-    def partial(self) -> Path:
-        return self.output.with_name(f".{self.output.stem}.partial.ipynb")
-
-
-def execute(km: Any, run: NotebookRun, stream: Stream) -> None:
-    """papermill.execute_notebook on the shared kernel; errors are kept on `run`."""
-    import papermill
-
-    try:
-        papermill.execute_notebook(
-            str(run.source),
-            str(run.partial),
-            parameters=run.parameters,
-            kernel_name="python3",
-            progress_bar=False,
-            stdout_file=stream,
-            stderr_file=stream,
-            km=km,
-            # saved when done (and every 30 s of a long cell), not after every cell: cheaper
-            request_save_on_cell_execute=False,
-        )
-    except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-        run.error = exc
-
-
-def finish(run: NotebookRun, exports: Exports | None = None) -> None:
-    """Move the partial notebook into place whole (or drop it if unreadable); export HTML."""
-    import nbformat
-
-    try:
-        nb = nbformat.read(run.partial, as_version=4)  # type: ignore[no-untyped-call]
-    except (OSError, ValueError) as exc:
-        logger.warning("%s: dropping the unreadable partial notebook (%s)", run.output.name, exc)
-        run.partial.unlink(missing_ok=True)
-        return
-    run.steps = step_records(nb)
-    tmp = run.output.with_name(f".{run.output.name}.tmp")
-    nbformat.write(nb, tmp)  # type: ignore[no-untyped-call]
-    os.replace(tmp, run.output)
-    run.partial.unlink(missing_ok=True)
-    if exports is None:
-        export_html(nb, run.output.with_suffix(".html"))
-    else:
-        exports.submit(nb, run.output.with_suffix(".html"))
-
-
-class Exports:
-    """HTML exports on a background thread, overlapping the next notebook's execution."""
-
-    def __init__(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runbook-html")
-        self._pool.submit(_warm_nbconvert)  # its import and templates cost ~0.5 s: overlap them
-        self._pending: list[Any] = []
-
-    def submit(self, nb: Any, path: Path) -> None:
-        self._pending.append(self._pool.submit(export_html, nb, path))
-
-    def wait(self) -> None:
-        """Every export written (a failed export is logged, not fatal: the .ipynb is there)."""
-        for future in self._pending:
-            try:
-                future.result()
-            except Exception as exc:  # noqa: BLE001 - the record stays usable without HTML
-                logger.warning("HTML export failed: %s", mask(str(exc)))
-        self._pool.shutdown()
-
-
-def _warm_nbconvert() -> None:
-    from nbconvert import HTMLExporter
-
-    HTMLExporter()  # type: ignore[no-untyped-call]
-
-
-def export_html(nb: Any, path: Path) -> None:
-    """The notebook as HTML; step records are dropped (their lines are printed anyway)."""
-    import copy
-
-    from nbconvert import HTMLExporter
-
-    shown = copy.deepcopy(nb)
-    for cell in shown.cells:
-        if "outputs" in cell:
-            cell.outputs = [o for o in cell.outputs if STEP_MIMETYPE not in o.get("data", {})]
-    body, _ = HTMLExporter().from_notebook_node(shown)  # type: ignore[no-untyped-call]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(mask(body))
-    os.replace(tmp, path)
 
 
 # -- the run -------------------------------------------------------------------------------

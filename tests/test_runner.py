@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from runbook import cli, runner
+from runbook import cli, kernel_thread, runner
 from runbook.secrets import SecretStore
 from runbook.steps import FAIL_STEP_ENV, Mode
 from tests.run_rig import PARAMS, REPO, runbook, scan, write_params
@@ -352,7 +352,7 @@ def test_a_kernel_that_cannot_start_fails_in_one_line(
     def broken(_dir: Path) -> None:
         raise OSError("No module named ipykernel_launcher")
 
-    monkeypatch.setattr(runner, "_kernel_manager", broken)
+    monkeypatch.setattr(kernel_thread, "kernel_manager", broken)
     root = tmp_path / "records"
     assert cli.execute(["plan", str(PARAMS / "cache.yaml"), "--records", str(root)]) == 1
     err = capsys.readouterr().err
