@@ -56,17 +56,22 @@ def _script_command(spec: utm.NewVm) -> str:
     return f"{args} <<'APPLESCRIPT'\n{utm.create_vm_script(spec)}APPLESCRIPT"
 
 
-def vm_status(mac: MacSide, vm: VM) -> Check:
-    """`utmctl list`/`status`: the VM's state, TODO when UTM does not have it."""
+def listed(mac: MacSide, vm: VM) -> utm.VmEntry | Check:
+    """The VM's row in `utmctl list` (its status column is `utmctl status`, §2), or the
+    check that says why there is none: TODO when UTM does not have it."""
     if not utm.runs_here():
         return unchecked(f"UTM is not on this machine (utmctl {mac.utmctl})")
     if not Path(mac.utmctl).exists():
         hint = "; is the lab up? `sudo runbook lab up --params ...`" if mac.lab else ""
         return unchecked(f"utmctl not found at {mac.utmctl}{hint}")
     found = utm.find_vm(vm.name, utmctl=mac.utmctl)
-    if found is None:
-        return TODO
-    return Check(True, f"utmctl status: {found.status}")
+    return TODO if found is None else found
+
+
+def vm_status(mac: MacSide, vm: VM) -> Check:
+    """`utmctl list`: the VM's state, TODO when UTM does not have it."""
+    found = listed(mac, vm)
+    return found if isinstance(found, Check) else Check(True, f"utmctl status: {found.status}")
 
 
 def create(ctx: Context, vm: VM) -> Step:
@@ -101,11 +106,11 @@ def start(ctx: Context, vm: VM) -> Step:
     mac = mac_side(ctx)
 
     def probe() -> Check:
-        known = vm_status(mac, vm)
-        if not known.done:
-            return known
-        now = utm.status(vm.name, utmctl=mac.utmctl)
-        return DONE if now is utm.VmStatus.STARTED else Check(False, f"utmctl status: {now}")
+        found = listed(mac, vm)  # one utmctl call: list has the status column
+        if isinstance(found, Check):
+            return found
+        started = found.status is utm.VmStatus.STARTED
+        return DONE if started else Check(False, f"utmctl status: {found.status}")
 
     def action() -> str:
         utm.start(vm.name, utmctl=mac.utmctl)
