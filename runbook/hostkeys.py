@@ -92,6 +92,17 @@ class KnownHosts:
         while keys.lookup(name) is not None:
             del keys[name]
 
+    def pin(self, name: str, keys: list[tuple[str, str]]) -> None:
+        """Make `name`'s entry exactly `keys` ((type, base64) pairs read over a trusted
+        channel, such as the VM's console), replacing whatever was known."""
+        with _lock:
+            known = self._load()
+            self._remove(known, name)
+            for kind, blob in keys:
+                known.add(name, kind, paramiko.PKey.from_type_string(kind, base64.b64decode(blob)))
+            self._save(known)
+            logger.info("pinned %d host key(s) for %s in %s", len(keys), name, self.path)
+
     def forget(self, name: str) -> None:
         with _lock:
             keys = self._load()

@@ -75,7 +75,7 @@ def host_tools(ctx: Context) -> Step:
 
 
 def doctor_report(ctx: Context) -> Step:
-    cmd = render(["runbook", "doctor", str(ctx.dep.nixos_config), "--cache-url", ctx.dep.cache.url])
+    cmd = render(["runbook", "doctor", str(ctx.loaded.path)])
 
     def probe() -> Check:
         if (missing := config_present(ctx)) is not None:
@@ -116,7 +116,8 @@ def attic_flake(ctx: Context) -> Step:
         return "flake.nix and lib/mksystem.nix use nixpkgs' attic; lock refreshed"
 
     cmds = [
-        f"runbook doctor {config} --fix   # removes attic.url and inputs.attic.nixosModules.atticd",
+        render(["runbook", "doctor", str(ctx.loaded.path), "--fix"])
+        + "   # removes attic.url and inputs.attic.nixosModules.atticd",
         f"cd {config} && nix flake lock",
     ]
     return Step("use nixpkgs' attic, not the attic flake (lesson 1)", "localhost", cmds, probe, fix)

@@ -15,14 +15,13 @@ import logging
 from typing import Final
 
 from runbook.errors import ConnectError, HostKeyChangedError, RunbookError
-from runbook.hostkeys import entry_name
+from runbook.hostkeys import KnownHosts, entry_name
 from runbook.params import VM
 from runbook.remote import Connection
 from runbook.sections.vm_console import (
     MacSide,
     VmConsole,
     exit_status,
-    forget_all,
     key_fingerprint,
     mac_side,
     open_console,
@@ -78,7 +77,7 @@ def recover_on_console(ctx: Context, con: VmConsole, address: str) -> str:
         prints = ", ".join(f"{kind} {key_fingerprint(blob)}" for kind, blob in keys)
         return f"new host keys read on the console and pinned: {prints}"
     # Without a readable console the new key can only be learned on first use: say so.
-    forget_all(ctx.dep.known_hosts_path, entry_name(address, con.vm.port))
+    KnownHosts(ctx.dep.known_hosts_path).forget(entry_name(address, con.vm.port))
     return (
         "the console cannot be read back, so the new host key is learned on first use: "
         f"compare it with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on {con.vm.name}"

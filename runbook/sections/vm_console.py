@@ -43,7 +43,7 @@ from runbook.discover import (
     tcp_probe,
 )
 from runbook.errors import RunbookError
-from runbook.hostkeys import entry_name
+from runbook.hostkeys import KnownHosts, entry_name
 from runbook.lab.config import HostSpec, LabParams
 from runbook.params import VM
 from runbook.secrets import Secret
@@ -305,22 +305,4 @@ def parse_public_keys(text: str) -> list[tuple[str, str]]:
 
 def pin_host_keys(known_hosts: Path, address: str, port: int, keys: list[tuple[str, str]]) -> None:
     """known_hosts for address:port = exactly `keys` (read on the console, a trusted channel)."""
-
-    name = entry_name(address, port)
-    forget_all(known_hosts, name)
-    known_hosts.parent.mkdir(parents=True, exist_ok=True)
-    with known_hosts.open("a") as fh:
-        for kind, blob in keys:
-            fh.write(f"{name} {kind} {blob}\n")
-
-
-def forget_all(known_hosts: Path, name: str) -> None:
-    """Drop every key of `name`: KnownHosts.forget drops one line at a time (paramiko's
-    HostKeys.__delitem__ removes the first matching entry only)."""
-    from runbook.hostkeys import KnownHosts
-
-    kh = KnownHosts(known_hosts)
-    for _ in range(64):
-        if not kh.known_types(name):
-            return
-        kh.forget(name)
+    KnownHosts(known_hosts).pin(entry_name(address, port), keys)
