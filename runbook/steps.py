@@ -162,8 +162,8 @@ class Context:
     sink: Sink = _display_sink
     records: list[StepRecord] = field(default_factory=list)
     changed: set[str] = field(default_factory=set)
-    _connections: dict[tuple[str, bool], Connection] = field(default_factory=dict)
-    _connecting: dict[tuple[str, bool], threading.Lock] = field(default_factory=dict)
+    _connections: dict[tuple[str, bool, str], Connection] = field(default_factory=dict)
+    _connecting: dict[tuple[str, bool, str], threading.Lock] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -189,17 +189,20 @@ class Context:
             value = Secret(root, name) if root else None
         return value
 
-    def connection(self, vm: VM, *, installed: bool = True) -> Connection:
-        """The SSH connection to `vm` (user + key once installed, root + password before)."""
+    def connection(
+        self, vm: VM, *, installed: bool = True, password: Secret | None = None
+    ) -> Connection:
+        """The SSH connection to `vm` (lesson 7): the user + key once installed; before, root
+        with `password`, by default the live ISO's (after bootstrap0 root has the Makefile's
+        initialPassword instead: notebook 04 passes that one)."""
         if self.planning:
             raise RunbookError("plan mode never connects to a host")
         from runbook.remote import Connection
 
-        key = (vm.name, installed)
+        key = (vm.name, installed, password.name if password is not None else "")
         with self._lock:
             if key not in self._connections:
-                password = None
-                if not installed:
+                if not installed and password is None:
                     b = self.dep.bootstrap
                     password = self.secret(b.password_secret, b.password_env)
                 self._connections[key] = Connection(
@@ -418,6 +421,8 @@ def open_context(
     store.load_all()  # register every stored value for masking before anything prints
     loaded = load(params)
     register_lab_passwords(loaded.deployment)
+    if run_mode is Mode.DEPLOY and record_dir:
+        loaded = with_run_addresses(loaded, Path(record_dir))
     ctx = Context(
         notebook=notebook,
         loaded=loaded,
@@ -438,3 +443,70 @@ def register_lab_passwords(dep: Deployment) -> None:
     if dep.lab is not None:
         for user, password in dep.lab.passwords.items():
             Secret(password, f"lab password of {user}")
+
+
+# -- this run's addresses (lesson 8) ----------------------------------------------------------
+
+ADDRESSES_FILE: Final = "addresses.json"  # in the run's record dir: VM name -> address found
+ADDRESS_PROBE_TIMEOUT: Final = 2.0
+_addresses_lock = threading.Lock()
+
+
+def record_address(record_dir: Path | None, vm: str, address: str, method: str) -> None:
+    """Remember where `vm` answers now, for the later notebooks of this run only (02 finds it;
+    03 again after its reboot). Never a secret: a name, an address and how it was found."""
+    if record_dir is None:
+        return
+    import json
+    from datetime import UTC, datetime
+
+    from runbook.secrets import write_private
+
+    path = record_dir / ADDRESSES_FILE
+    with _addresses_lock:
+        found = run_addresses(record_dir)
+        found[vm] = {
+            "address": address,
+            "method": method,
+            "found": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        write_private(path, (json.dumps(found, indent=2, sort_keys=True) + "\n").encode())
+
+
+def run_addresses(record_dir: Path) -> dict[str, dict[str, str]]:
+    import json
+
+    try:
+        data = json.loads((record_dir / ADDRESSES_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): v for k, v in data.items() if isinstance(v, dict) and "address" in v}
+
+
+def with_run_addresses(loaded: Loaded, record_dir: Path) -> Loaded:
+    """The deployment with each VM at the address this run found for it (02, 03), instead of
+    the params' one. An address that no longer answers on the SSH port (a resumed run after a
+    reboot) is dropped, so a stale IP is never used; a cache host given as the cache VM's
+    params address moves with it (lesson 8)."""
+    from runbook.discover import tcp_probe
+
+    dep = loaded.deployment
+    found = run_addresses(record_dir)
+    vms, moved = [], {}
+    for vm in dep.vms:
+        entry = found.get(vm.name)
+        address = str(entry["address"]) if entry else vm.address
+        if entry and address != vm.address:
+            if tcp_probe(vm.port, ADDRESS_PROBE_TIMEOUT)(address):
+                print(f"{vm.name}: {address} (found by {entry.get('method')} in this run)")
+                moved[vm.address] = address
+                vm = vm.model_copy(update={"address": address})
+            else:
+                print(f"{vm.name}: {address} (found earlier in this run) no longer answers")
+        vms.append(vm)
+    if not moved:
+        return loaded
+    update: dict[str, object] = {"vms": tuple(vms)}
+    if dep.cache.host in moved:
+        update["cache"] = dep.cache.model_copy(update={"host": moved[dep.cache.host]})
+    return Loaded(loaded.path, loaded.digest, dep.model_copy(update=update))

@@ -2,7 +2,8 @@
 
 Tests and benchmarks run their own lab beside the one of params/lab.yaml (another state
 dir, subnet and bridge); this writes the matching deployment: the cache VM first, then
-`workers` worker VMs, each VM named for its flake configuration (vm-aarch64-utm, -2, ...).
+`workers` worker VMs, each VM named for its flake configuration (vm-aarch64-utm, -2, ...),
+every host in `phase` (`live`: the NixOS ISO, for the first-install path 01-04).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def deployment(
     workers: int = 1,
     passwords: dict[str, str] | None = None,
     name: str = "labtest",
+    phase: str = "installed",
 ) -> dict[str, Any]:
     if not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"workers: expected 1..{MAX_WORKERS}")
@@ -57,7 +59,7 @@ def deployment(
             "bridge": bridge,
             "passwords": passwords or {"root": "zu8Rk-live-4pq", "jqwang": "jqwang-lab"},
             "hosts": [
-                {"name": h, "nixname": n, "phase": "installed"}
+                {"name": h, "nixname": n, "phase": phase}
                 for h, n in zip(hosts, names, strict=True)
             ],
         },

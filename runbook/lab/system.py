@@ -227,6 +227,13 @@ def apply(root: Path, cfg: SystemConfig) -> None:
     write_sudo(root, cfg)
     write_nix_conf(root, cfg)
     write_state(root, cfg)
+    # an installed NixOS has /etc/NIXOS (the runbook's "installed?" check, notebook 03); the
+    # lab's live ISO has none, so that check can tell the phases apart
+    marker = root / "etc/NIXOS"
+    if cfg.phase == "installed":
+        _write(marker, "")
+    else:
+        marker.unlink(missing_ok=True)
 
 
 def read_phase(root: Path) -> str:

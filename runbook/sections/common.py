@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Final
 
 from runbook import local
-from runbook.models import Elevate
+from runbook.models import Elevate, Result
 from runbook.params import VM
 from runbook.secrets import Secret, write_private
 from runbook.step_output import line_printer
@@ -37,15 +38,22 @@ def ssh_render(
 def make_argv(
     ctx: Context, target: str, vm: VM, *, user: str | None = None, name: bool = True
 ) -> list[str]:
-    """`make -C <nixos-config> <target> NIXADDR=... [NIXPORT=...] [NIXUSER=...] [NIXNAME=...]`."""
-    argv = ["make", "-C", str(ctx.dep.nixos_config), target, f"NIXADDR={vm.address}"]
+    """`[env NIXUSER=...] make -C <nixos-config> <target> NIXADDR=... [NIXPORT=...] [NIXNAME=...]`.
+
+    NIXUSER goes in make's environment, never on its command line: a command-line variable
+    would override the `NIXUSER=root $(MAKE) vm/copy` inside vm/bootstrap (§1).
+    """
+    argv = ["env", f"NIXUSER={user}"] if user else []
+    argv += ["make", "-C", str(ctx.dep.nixos_config), target, f"NIXADDR={vm.address}"]
     if vm.port != 22:
         argv.append(f"NIXPORT={vm.port}")
-    if user:
-        argv.append(f"NIXUSER={user}")
     if name:
         argv.append(f"NIXNAME={vm.name}")
     return argv
+
+
+def make_target(argv: Sequence[str]) -> str:
+    return argv[argv.index("-C") + 2]
 
 
 def render(argv: Sequence[str]) -> str:
@@ -60,12 +68,19 @@ def config_present(ctx: Context) -> Check | None:
 
 
 def remote_probe(
-    ctx: Context, vm: VM, script: str, *, installed: bool = True, sudo: bool = False
+    ctx: Context,
+    vm: VM,
+    script: str,
+    *,
+    installed: bool = True,
+    sudo: bool = False,
+    password: Secret | None = None,
 ) -> Callable[[], Check]:
-    """Done when `script` exits 0 on `vm`."""
+    """Done when `script` exits 0 on `vm` (as root with `password` when given, see
+    Context.connection)."""
 
     def probe() -> Check:
-        conn = ctx.connection(vm, installed=installed)
+        conn = ctx.connection(vm, installed=installed, password=password)
         result = conn.run(script, elevate=Elevate.SUDO if sudo else Elevate.NONE, check=False)
         return DONE if result.ok else TODO
 
@@ -100,11 +115,63 @@ def askpass_env(password: Secret | None) -> Iterator[dict[str, str]]:
 
 
 def run_make(argv: list[str], password: Secret | None) -> str:
+    result = make_result(argv, password, check=True)
+    return f"{make_target(argv)} finished in {result.duration:.1f}s"
+
+
+def make_result(argv: list[str], password: Secret | None, *, check: bool = False) -> Result:
+    """Run a make target, its lines printed as they come; the result, whatever its exit."""
     # the lines arrive on local.run's reader threads: bound to this step's output here
     echo = line_printer()
     with askpass_env(password) as env:
-        result = local.run(argv, env=env, on_line=lambda _s, line: echo(f"      {line}"))
-    return f"{argv[3]} finished in {result.duration:.1f}s"
+        return local.run(argv, env=env, check=check, on_line=lambda _s, line: echo(f"      {line}"))
+
+
+_MAKE_ERROR: Final = re.compile(r"^make(?:\[\d+\])?: \*\*\* \[[^\]]*\] Error (\d+)$", re.MULTILINE)
+
+
+def recipe_exit(result: Result) -> int | None:
+    """The exit code of the recipe command that failed (GNU make's `*** [...] Error N`)."""
+    found = _MAKE_ERROR.findall(result.stdout + "\n" + result.stderr)
+    return int(found[-1]) if found else None
+
+
+# vm/bootstrap0 installs `users.users.root.initialPassword = "root"` (utm-makefile-keys.md §1):
+# from then until the switch, root logs in with that password, not the live ISO's (lesson 7).
+_INITIAL_ROOT: Final = re.compile(r'users\.users\.root\.initialPassword\s*=\s*\\?"([^"\\]*)\\?"')
+UPSTREAM_INITIAL_ROOT: Final = "root"
+
+
+def installed_root_password(ctx: Context) -> Secret:
+    """root's password on the system bootstrap0 installed: the one the checkout's Makefile
+    writes into configuration.nix (read from its vm/bootstrap0 recipe), else upstream's."""
+    from runbook.makefile import Makefile
+
+    value = UPSTREAM_INITIAL_ROOT
+    path = ctx.dep.nixos_config / "Makefile"
+    if path.is_file():
+        recipe = "\n".join(line for _, line in Makefile.read(path).recipes.get("vm/bootstrap0", ()))
+        if (found := _INITIAL_ROOT.search(recipe)) is not None:
+            value = found[1]
+    return Secret(value, "bootstrap0 root password")
+
+
+def known_fingerprints(known_hosts: Path, name: str) -> list[str]:
+    """`type SHA256:...` of each key known_hosts holds for `name` (plain, unhashed entries)."""
+    import base64
+    import hashlib
+
+    found = []
+    try:
+        lines = known_hosts.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 3 and name in fields[0].split(","):
+            digest = hashlib.sha256(base64.b64decode(fields[2])).digest()
+            found.append(f"{fields[1]} SHA256:{base64.b64encode(digest).decode().rstrip('=')}")
+    return found
 
 
 def utmctl(ctx: Context) -> str:

@@ -6,7 +6,8 @@ RUNBOOK_ROOT_PASSWORD and never shown: plans print `*****`, `passwd` does not ec
 serial console each prompt is waited for so nothing is typed ahead of it. The address is
 resolved now (lesson 8: mDNS, `utmctl ip-address`, ARP by MAC, the console call-back, then the
 params' address), and the step passes only when a fresh SSH login as root with that password
-works there.
+works there. The address found is kept in the run's record (`addresses.json`) for notebooks
+03-09 of the same run, instead of the params' one; a later run finds it again.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from runbook.sections.vm_console import (
     type_line,
     watching,
 )
-from runbook.steps import DONE, TODO, Check, Context, Step
+from runbook.steps import DONE, TODO, Check, Context, Step, record_address
 
 NOTEBOOK: Final = "02-console-ip"
 # shadow's passwd prompts (the NixOS ISO and Debian ship the same shadow-utils wording).
@@ -156,6 +157,8 @@ def find_address(ctx: Context, vm: VM) -> Step:
             con = None
         found = resolve(mac, vm, con)
         moved = "" if found.address == vm.address else f" (params say {vm.address})"
+        # 03-09 of this run use it (runbook.steps.with_run_addresses); never a later run
+        record_address(ctx.record_dir, vm.name, found.address, found.method)
         return f"{found.address}{moved}, found by {found.method}; tried: {'; '.join(found.tried)}"
 
     mac_hint = f"arp -an | grep -i ' {vm.mac.lower()} '" if vm.mac else "# arp: no MAC in params"

@@ -4,22 +4,31 @@ remove the ISO and boot from disk. The wipe is dangerous: a deploy needs --yes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Final
 
-from runbook.errors import RunbookError
+from runbook.discover import AddressNotFoundError
+from runbook.errors import CommandError, HostKeyChangedError, RunbookError
+from runbook.hostkeys import entry_name
 from runbook.params import VM
+from runbook.remote import Connection
+from runbook.secrets import Secret
 from runbook.sections.common import (
     host_label,
+    installed_root_password,
+    known_fingerprints,
     login_works,
     make_argv,
+    make_result,
     osascript,
+    recipe_exit,
     remote_probe,
     render,
-    run_make,
     utmctl,
 )
-from runbook.steps import Check, Context, Step
+from runbook.sections.vm_console import VmConsole, mac_side, open_console, resolve
+from runbook.steps import Check, Context, Step, record_address
 
 NOTEBOOK: Final = "03-bootstrap0"
 MAKEFILE_DISK: Final = (
@@ -27,19 +36,29 @@ MAKEFILE_DISK: Final = (
 )
 # Installed, not the live ISO: the ISO has /iso mounted; an installed NixOS has /etc/NIXOS. [infer]
 INSTALLED_SCRIPT: Final = "test -e /etc/NIXOS && ! test -e /iso"
+SSH_DROPPED: Final = 255  # ssh's exit when the reboot closes the session under it
+REBOOT_TIMEOUT: Final = 120.0
 
 
 def installed_probe(ctx: Context, vm: VM) -> Callable[[], Check]:
-    """Installed already? First as the installed user + key (after vm/bootstrap root cannot
-    log in any more, lesson 7), then as root on the live ISO."""
+    """Installed already? As the installed user + key (after vm/bootstrap root cannot log in
+    any more, lesson 7), then as root with bootstrap0's password (installed, not switched
+    yet), then as root on the live ISO. A changed host key is never taken here: it fails."""
+    after_bootstrap0 = remote_probe(
+        ctx, vm, INSTALLED_SCRIPT, installed=False, password=installed_root_password(ctx)
+    )
     live = remote_probe(ctx, vm, INSTALLED_SCRIPT, installed=False)
 
     def probe() -> Check:
-        try:
-            if (check := login_works(ctx, vm)).done:
-                return Check(True, f"installed: {check.reason}")
-        except RunbookError:
-            pass  # no user yet: the live ISO (or nothing) answers
+        checks: list[Callable[[], Check]] = [lambda: login_works(ctx, vm), after_bootstrap0]
+        for check in checks:
+            try:
+                if (found := check()).done:
+                    return Check(True, f"installed: {found.reason or 'bootstrap0 ran'}")
+            except HostKeyChangedError:
+                raise
+            except RunbookError:
+                pass  # not this identity yet: the next one
         return live()
 
     return probe
@@ -56,17 +75,72 @@ def bootstrap0(ctx: Context, vm: VM) -> Step:
             f"# the Makefile partitions {MAKEFILE_DISK}; this VM's disk is {disk}: "
             f"runbook doctor {ctx.dep.nixos_config} --fix first",
         )
+    cmds += [
+        f"# it ends in reboot; then, once sshd answers again: ssh root@{vm.address}",
+        "#   (bootstrap0's root password; the reinstall made new host keys: this step alone",
+        "#   replaces the known key, logging the old and new fingerprints)",
+    ]
     b = ctx.dep.bootstrap
     return Step(
         f"bootstrap0 {vm.name}",
         host_label(ctx, vm, installed=False),
         cmds,
         probe=installed_probe(ctx, vm),
-        action=lambda: run_make(argv, ctx.secret(b.password_secret, b.password_env)),
+        action=lambda: install(ctx, vm, argv, ctx.secret(b.password_secret, b.password_env)),
         remote=True,
         dangerous=True,
         note=note,
     )
+
+
+def install(ctx: Context, vm: VM, argv: list[str], live_password: Secret | None) -> str:
+    """vm/bootstrap0, then the installed system's identity: new host keys, expected here."""
+    # the live ISO's key, checked strictly before anything is wiped
+    ctx.connection(vm, installed=False).run("true")
+    name = entry_name(vm.address, vm.port)
+    known = ctx.dep.known_hosts_path
+    before = known_fingerprints(known, name)
+    result = make_result(argv, live_password)
+    code = recipe_exit(result)
+    # `nixos-install ... && reboot` drops the session: ssh may report 255 for it
+    if result.exit_code != 0 and code != SSH_DROPPED:
+        raise CommandError(
+            host=vm.name, command=render(argv), exit_code=code or result.exit_code,
+            stderr=result.stderr or result.stdout,
+        )  # fmt: skip
+    address = back_after_reboot(ctx, vm)
+    host = ctx.dep.host(vm, installed=False, address=address)
+    # the one place a changed host key is accepted: this step reinstalled the VM
+    with Connection(host, password=installed_root_password(ctx), replace_host_key=True) as conn:
+        conn.run(INSTALLED_SCRIPT)
+    after = known_fingerprints(known, entry_name(address, vm.port))
+    old, new = ", ".join(before) or "none known", ", ".join(after)
+    print(f"      host key of {name}: was {old}; now {new} (reinstalled: replaced as expected)")
+    return (
+        f"installed in {result.duration:.1f}s; back at {address}; host key {old} -> {new}; "
+        f"root now logs in with bootstrap0's password (lesson 7)"
+    )
+
+
+def back_after_reboot(ctx: Context, vm: VM) -> str:
+    """The VM's address once it is back from the reboot: found again (lesson 8), kept for
+    the rest of this run."""
+    mac = mac_side(ctx)
+    try:
+        con: VmConsole | None = open_console(ctx, mac, vm)
+    except RunbookError:
+        con = None
+    deadline = time.monotonic() + REBOOT_TIMEOUT
+    while True:
+        try:
+            found = resolve(mac, vm, con)
+            break
+        except AddressNotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    record_address(ctx.record_dir, vm.name, found.address, found.method)
+    return found.address
 
 
 def remove_iso(ctx: Context, vm: VM) -> Step:
