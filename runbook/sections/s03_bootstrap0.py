@@ -8,8 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from runbook.discover import AddressNotFoundError
-from runbook.errors import CommandError, HostKeyChangedError, RunbookError
+from runbook.errors import CommandError, ConnectError, HostKeyChangedError, RunbookError
 from runbook.hostkeys import entry_name
 from runbook.params import VM
 from runbook.remote import Connection
@@ -27,7 +26,7 @@ from runbook.sections.common import (
     render,
     utmctl,
 )
-from runbook.sections.vm_console import VmConsole, mac_side, open_console, resolve
+from runbook.sections.vm_console import MacSide, VmConsole, mac_side, open_console, resolve
 from runbook.steps import Check, Context, Step, record_address
 
 NOTEBOOK: Final = "03-bootstrap0"
@@ -37,7 +36,10 @@ MAKEFILE_DISK: Final = (
 # Installed, not the live ISO: the ISO has /iso mounted; an installed NixOS has /etc/NIXOS. [infer]
 INSTALLED_SCRIPT: Final = "test -e /etc/NIXOS && ! test -e /iso"
 SSH_DROPPED: Final = 255  # ssh's exit when the reboot closes the session under it
-REBOOT_TIMEOUT: Final = 120.0
+REBOOT_TIMEOUT: Final = 180.0
+SAME_ADDRESS_WAIT: Final = 30.0  # then the address is looked up again (lesson 8)
+LOGIN_TIMEOUT: Final = 5.0
+INSTALL_FINISHED: Final = "installation finished!"  # nixos-install's last line
 
 
 def installed_probe(ctx: Context, vm: VM) -> Callable[[], Check]:
@@ -102,17 +104,15 @@ def install(ctx: Context, vm: VM, argv: list[str], live_password: Secret | None)
     before = known_fingerprints(known, name)
     result = make_result(argv, live_password)
     code = recipe_exit(result)
-    # `nixos-install ... && reboot` drops the session: ssh may report 255 for it
-    if result.exit_code != 0 and code != SSH_DROPPED:
+    # `nixos-install ... && reboot` drops the session: ssh may report 255 for it, but only
+    # after nixos-install said it finished
+    finished = INSTALL_FINISHED in result.stdout + result.stderr
+    if result.exit_code != 0 and not (code == SSH_DROPPED and finished):
         raise CommandError(
             host=vm.name, command=render(argv), exit_code=code or result.exit_code,
             stderr=result.stderr or result.stdout,
         )  # fmt: skip
     address = back_after_reboot(ctx, vm)
-    host = ctx.dep.host(vm, installed=False, address=address)
-    # the one place a changed host key is accepted: this step reinstalled the VM
-    with Connection(host, password=installed_root_password(ctx), replace_host_key=True) as conn:
-        conn.run(INSTALLED_SCRIPT)
     after = known_fingerprints(known, entry_name(address, vm.port))
     old, new = ", ".join(before) or "none known", ", ".join(after)
     print(f"      host key of {name}: was {old}; now {new} (reinstalled: replaced as expected)")
@@ -122,25 +122,50 @@ def install(ctx: Context, vm: VM, argv: list[str], live_password: Secret | None)
     )
 
 
-def back_after_reboot(ctx: Context, vm: VM) -> str:
-    """The VM's address once it is back from the reboot: found again (lesson 8), kept for
-    the rest of this run."""
-    mac = mac_side(ctx)
+def reinstalled_login(ctx: Context, vm: VM, address: str) -> bool:
+    """root logs in at `address` with bootstrap0's password and the system is installed.
+    The one place a changed host key is accepted: this step has just reinstalled the VM."""
+    host = ctx.dep.host(vm, installed=False, address=address)
+    password = installed_root_password(ctx)
     try:
-        con: VmConsole | None = open_console(ctx, mac, vm)
+        with Connection(
+            host, password=password, replace_host_key=True, connect_timeout=LOGIN_TIMEOUT
+        ) as conn:
+            return conn.run(INSTALLED_SCRIPT, check=False).ok
+    except (ConnectError, CommandError):
+        return False  # still rebooting (or still the live ISO's sshd): again
+
+
+def back_after_reboot(ctx: Context, vm: VM) -> str:
+    """Where the VM answers once back from bootstrap0's reboot: this run's address, else, if
+    it stays silent, wherever it is found now (lesson 8: a reboot may change it); kept for
+    the rest of the run."""
+    start = time.monotonic()
+    address = vm.address
+    while not reinstalled_login(ctx, vm, address):
+        waited = time.monotonic() - start
+        if waited > REBOOT_TIMEOUT:
+            raise RunbookError(
+                f"{vm.name} did not come back from bootstrap0's reboot within {REBOOT_TIMEOUT:g}s "
+                f"(root with bootstrap0's password at {address}): check its console"
+            )
+        if waited > SAME_ADDRESS_WAIT and address == vm.address:
+            try:
+                mac = mac_side(ctx)
+                found = resolve(mac, vm, _console(ctx, mac, vm))
+            except RunbookError:
+                continue
+            address = found.address
+            record_address(ctx.record_dir, vm.name, address, found.method)
+        time.sleep(0.3)
+    return address
+
+
+def _console(ctx: Context, mac: MacSide, vm: VM) -> VmConsole | None:
+    try:
+        return open_console(ctx, mac, vm)
     except RunbookError:
-        con = None
-    deadline = time.monotonic() + REBOOT_TIMEOUT
-    while True:
-        try:
-            found = resolve(mac, vm, con)
-            break
-        except AddressNotFoundError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    record_address(ctx.record_dir, vm.name, found.address, found.method)
-    return found.address
+        return None
 
 
 def remove_iso(ctx: Context, vm: VM) -> Step:
