@@ -70,18 +70,17 @@ def bootstrap0(ctx: Context, vm: VM) -> Step:
     argv = make_argv(ctx, "vm/bootstrap0", vm)
     disk = vm.disk_interface.device
     note = f"wipes {disk} on {vm.name}"
-    cmds = [render(argv)]
+    cmds = [
+        "# it ends in reboot; afterwards root logs in with bootstrap0's password, and the new",
+        "# host keys of the reinstall replace the known ones here only (old and new logged):",
+        render(argv),
+    ]
     if disk != MAKEFILE_DISK:
         cmds.insert(
             0,
             f"# the Makefile partitions {MAKEFILE_DISK}; this VM's disk is {disk}: "
             f"runbook doctor {ctx.dep.nixos_config} --fix first",
         )
-    cmds += [
-        f"# it ends in reboot; then, once sshd answers again: ssh root@{vm.address}",
-        "#   (bootstrap0's root password; the reinstall made new host keys: this step alone",
-        "#   replaces the known key, logging the old and new fingerprints)",
-    ]
     b = ctx.dep.bootstrap
     return Step(
         f"bootstrap0 {vm.name}",
