@@ -2,7 +2,8 @@
 """Writes the notebooks (no outputs). Run: .venv/bin/python notebooks/_generate.py
 
 The notebooks are thin: the handbook's text, a `parameters` cell, then one cell per step
-calling `runbook.sections.<module>`. Edit the text here, not in the .ipynb files.
+calling `runbook.sections.<module>`, a summary, and an optional step panel for JupyterLab
+(`runbook.widgets.interactive_panel`). Edit the text here, not in the .ipynb files.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ secrets_dir = ""  # the secret store; empty: $RUNBOOK_SECRETS or ~/.local/state/
 record_dir = ""  # this run's record folder, set by `runbook deploy`/`plan`
 """
 
-WIDGETS = (
-    "*Interactive use:* `from runbook.widgets import panel; panel(ctx, s.steps(ctx))` shows a "
-    "panel with a Plan / Check / Apply button per step."
-)
+WIDGETS = """## Step by step (optional, in JupyterLab)
+
+One row per step with **Plan** (its commands), **Check** (already done?) and **Apply** (a deploy
+of that one step: check, then apply; a dangerous step needs the *confirm* box). A batch run
+(`runbook deploy`/`plan`) shows no panel and keeps no widget in its record."""
+
+PANEL = "from runbook.widgets import interactive_panel\n\ninteractive_panel(ctx, s.steps)"
 
 # (module, title markdown, [(step markdown, step code), ...])
 NOTEBOOKS: list[tuple[str, str, list[tuple[str, str]]]] = [
@@ -311,6 +315,13 @@ def _notebook(cells: list[nbformat.NotebookNode]) -> nbformat.NotebookNode:
     return nb
 
 
+def _quiet(code: str) -> str:
+    """The step cell with its last call's value kept (`_ = ...`): the outcome line already
+    says it, so JupyterLab shows no `<Outcome.PLAN: 'plan'>` under it."""
+    *head, last = code.split("\n")
+    return "\n".join([*head, last if last.startswith("_ = ") else f"_ = {last}"])
+
+
 def section(module: str, title: str, steps: list[tuple[str, str]]) -> nbformat.NotebookNode:
     cells = [
         _md(title),
@@ -320,11 +331,10 @@ def section(module: str, title: str, steps: list[tuple[str, str]]) -> nbformat.N
             "from runbook.steps import open_context\n\n"
             "ctx = open_context(s.NOTEBOOK, params, mode, confirm, secrets_dir, record_dir)"
         ),
-        _md(WIDGETS),
     ]
     for md, code in steps:
-        cells += [_md(md), _code(code)]
-    cells += [_md("## Summary"), _code("_ = ctx.summary()")]
+        cells += [_md(md), _code(_quiet(code))]
+    cells += [_md("## Summary"), _code("_ = ctx.summary()"), _md(WIDGETS), _code(PANEL)]
     return _notebook(cells)
 
 
