@@ -211,6 +211,34 @@ def test_the_worker_substitutes_from_the_cache(rig: Rig) -> None:
     assert "copying path '/nix/store/" in sub["reason"]
 
 
+def test_04_repairs_lost_host_keys_over_the_kept_session(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lesson 3 for real: sshd loses its host keys under a session kept open; 04's fresh-login
+    check fails, repairs over that session (ssh-keygen -A, sshd restart, new keys pinned from
+    it), and passes only once a fresh connection works."""
+    from runbook.lab import exec_in
+    from runbook.sections import s04_bootstrap
+    from runbook.steps import open_context
+
+    monkeypatch.chdir(rig.params.parent)
+    ctx = open_context(s04_bootstrap.NOTEBOOK, str(rig.params), "deploy", False, str(rig.secrets))
+    vm = ctx.dep.cache_vm
+    keeper = ctx.connection(vm)  # the session held open across the "switch"
+    old = _host_key(CACHE)
+    broken = exec_in(HOSTS[0], ["sh", "-c", "rm -f /etc/ssh/ssh_host_* && systemctl restart sshd"])
+    assert broken.exit_code != 0  # sshd: no hostkeys available -- exiting
+    assert "Connection refused" in _ssh("jqwang", CACHE).stderr
+    try:
+        detail = s04_bootstrap.fresh_login(ctx, vm, keeper)
+    finally:
+        ctx.close()
+    assert "repaired over the kept session" in detail, detail
+    assert _host_key(CACHE) != old  # ssh-keygen -A made new keys, pinned from the session
+    user = _ssh("jqwang", CACHE)  # OpenSSH, strict, with the pinned key
+    assert user.stdout.split() == ["/usr/bin/fish", "root"], user.stderr
+
+
 def test_an_unexpected_host_key_change_is_still_refused(rig: Rig) -> None:
     from runbook.lab import exec_in
 

@@ -27,10 +27,12 @@ from runbook.sections.common import (
     run_make,
     ssh_render,
 )
+from runbook.sections.vm_console import key_fingerprint, parse_public_keys, pin_host_keys
 from runbook.steps import Check, Context, Step
 
 NOTEBOOK: Final = "04-bootstrap"
 REPAIR_SSHD: Final = "ssh-keygen -A && systemctl restart sshd"
+HOST_KEYS_PUB: Final = "/etc/ssh/ssh_host_*_key.pub"
 # switch-to-configuration's exit when the new system is active but a unit failed to start
 UNIT_FAILED: Final = 4
 _FAILED_UNITS: Final = re.compile(r"the following units failed: ([^\n]*)")
@@ -126,13 +128,29 @@ def fresh_login(ctx: Context, vm: VM, keeper: Connection) -> str:
                 f"fresh SSH to {vm.name} fails after the switch and the kept root session is "
                 "gone: recover through the console (notebook 90)"
             ) from None
-        keeper.run(REPAIR_SSHD)
+        repair_over(ctx, vm, keeper)
         check = login_works(ctx, vm)  # raises again if the repair did not help
         if check.done:
-            return f"fresh SSH failed after the switch; sshd repaired over the kept session, {check.reason}"
+            return (
+                f"fresh SSH failed after the switch; repaired over the kept session: {check.reason}"
+            )
     if not check.done:
         raise RunbookError("sudo -n failed for the user: check wheelNeedsPassword = false")
     return f"fresh SSH login: {check.reason}"
+
+
+def repair_over(ctx: Context, vm: VM, keeper: Connection) -> None:
+    """`ssh-keygen -A` + sshd restart over the kept session; the keys it made are read back
+    over that same session (authenticated with the key known before) and pinned, as 90 pins
+    the ones read on the console: a fresh connection then checks them strictly."""
+    keeper.run(REPAIR_SSHD, elevate=Elevate.SUDO)
+    listed = keeper.run(f"cat {HOST_KEYS_PUB}", elevate=Elevate.SUDO).stdout
+    keys = parse_public_keys(listed)
+    if not keys:
+        raise RunbookError(f"no host keys in {HOST_KEYS_PUB} on {vm.name} after ssh-keygen -A")
+    pin_host_keys(ctx.dep.known_hosts_path, vm.address, vm.port, keys)
+    shown = ", ".join(f"{kind} {key_fingerprint(blob)}" for kind, blob in keys)
+    print(f"      host keys now (read over the kept session, pinned): {shown}")
 
 
 def atticd_pending(ctx: Context, vm: VM, argv: list[str], result: Result) -> str:
