@@ -85,13 +85,16 @@ def _wait_ready(lab: Lab, proc: subprocess.Popen[bytes]) -> None:
     )
 
 
-def _wait_kernel_idle(lab: Lab) -> None:
+def _wait_kernel_idle(lab: Lab, notebook: str) -> None:
     """The notebook's kernel is started and idle (the server's sessions API)."""
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     while time.monotonic() < deadline:
         with urllib.request.urlopen(f"{lab.url}/api/sessions?token={lab.token}", timeout=5) as r:
             sessions = json.load(r)
-        if any(s["kernel"]["execution_state"] == "idle" for s in sessions):
+        if any(
+            s["path"].endswith(f"{notebook}.ipynb") and s["kernel"]["execution_state"] == "idle"
+            for s in sessions
+        ):
             return
         time.sleep(0.2)
     pytest.fail(f"no idle kernel in {SERVER_START_TIMEOUT}s: {lab.log.read_text()[-2000:]}")
@@ -172,6 +175,14 @@ def _page_has_kernel(page: Any) -> None:
         time.sleep(0.1)
 
 
+def _open_and_run_all(lab: Lab, page: Any, notebook: str) -> None:
+    page.goto(f"{lab.url}/lab/tree/notebooks/{notebook}.ipynb?token={lab.token}")
+    page.wait_for_selector(".jp-Notebook")
+    _wait_kernel_idle(lab, notebook)
+    _page_has_kernel(page)
+    _run_all(page)
+
+
 def _run_all(page: Any) -> None:
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
@@ -183,11 +194,7 @@ def _output(page: Any, text: str) -> Any:
 
 def _plan_and_use_the_panel(lab: Lab, page: Any) -> Any:
     """Run the notebook top to bottom, use its panel; the first step's row."""
-    page.goto(f"{lab.url}/lab/tree/notebooks/{NOTEBOOK}.ipynb?token={lab.token}")
-    page.wait_for_selector(".jp-Notebook")
-    _wait_kernel_idle(lab)
-    _page_has_kernel(page)
-    _run_all(page)
+    _open_and_run_all(lab, page, NOTEBOOK)
 
     # top to bottom in plan mode: the step outcome lines and the summary
     summary = _output(page, f"{NOTEBOOK}: 4 step(s)")
@@ -240,3 +247,21 @@ def test_notebook_runs_in_plan_mode_and_the_step_panel_answers(
     assert not lab.sockets_log.exists(), lab.sockets_log.read_text()  # plan mode: loopback only
     elapsed = time.monotonic() - started
     print(f"browser: {NOTEBOOK} planned and panel used in {elapsed:.1f}s; screenshot {shot}")
+
+
+@pytest.mark.slow
+def test_preflight_notebook_runs_in_plan_mode_with_its_panel(
+    lab: Lab, page: Any, tmp_path: Path
+) -> None:
+    notebook = "00-architecture-preflight"
+    _open_and_run_all(lab, page, notebook)
+    _output(page, f"{notebook}: ").wait_for()  # the summary line: every cell ran
+    for noise in ("Traceback", "<Outcome.", "[failed"):
+        assert page.locator(".jp-OutputArea-output", has_text=noise).count() == 0, noise
+    row = page.locator(".widget-vbox", has=page.locator(".widget-button", has_text="Plan")).last
+    row.wait_for()  # the last step's row: a toplevel build, planned without building
+    row.locator(".widget-button", has_text="Plan").click()
+    row.locator(".widget-output", has_text="$ ").wait_for()
+    row.scroll_into_view_if_needed()
+    page.screenshot(path=str(tmp_path / "preflight.png"))
+    assert not lab.sockets_log.exists(), lab.sockets_log.read_text()
