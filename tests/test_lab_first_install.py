@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import need
 
 STATE = Path("/var/lib/runbook-lab-firstinstall")
 SUBNET, BRIDGE = "10.231.13.0/24", "rblabf"
 CACHE, WORKER = "10.231.13.11", "10.231.13.12"
+STALE = "10.231.13.99"  # the worker's address in the params: nothing answers there
 HOSTS = ("nixos-utm-cache", "nixos-utm-worker1")
 USER_PASSWORD = "jqwang-lab"  # = the lab nixos-config's hashedPassword for jqwang
 LIVE_ROOT = "Typed-Live-Root-93!"  # chosen by the user, typed on the consoles by 02
@@ -99,6 +101,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     os.close(fd)
     records = tmp / "records"
     records.mkdir()
+    # the worker's params address is stale: only 02's console call-back finds it (lesson 8),
+    # and 03-09 of the run must use what 02 found
+    data = yaml.safe_load(params.read_text())
+    data["vms"][1]["address"] = STALE
+    params.write_text(yaml.safe_dump(data, sort_keys=False))
     lab.down(params)
     lab.up(params)
     try:
@@ -157,8 +164,15 @@ def test_first_install_deploy_goes_through_01_to_08(rig: Rig) -> None:
     assert "exit 4" not in worker_switch
     # 02's addresses are this run's, handed to 03-09 in the record
     addresses = json.loads((d.record / "addresses.json").read_text())
-    assert {v["address"] for v in addresses.values()} == {CACHE, WORKER}
+    assert {k: v["address"] for k, v in addresses.items()} == {
+        "vm-aarch64-utm-cache": CACHE, "vm-aarch64-utm": WORKER,
+    }  # fmt: skip
+    assert addresses["vm-aarch64-utm"]["method"] == "console"
     assert (d.record / "addresses.json").stat().st_mode & 0o777 == 0o600
+    log = (d.record / "run.log").read_text()
+    assert f"{WORKER} (params say {STALE}), found by console" in log
+    assert f"vm-aarch64-utm: {WORKER} (found by console in this run)" in log
+    assert f"NIXADDR={WORKER}" in log and f"NIXADDR={STALE}" not in log
     print(f"first-install lab deploy: {d.seconds:.1f} s (goal < {DEPLOY_GOAL_S:g} s)")
     assert d.seconds < DEPLOY_GOAL_S * 1.5, d.seconds
 
@@ -199,6 +213,9 @@ def test_a_second_deploy_changes_nothing(rig: Rig) -> None:
         if s["outcome"] == "done" and s["notebook"][:2] in {"03", "04", "05", "06", "07", "09"}
     ]
     assert changed == [], changed
+    # its own addresses, found again by its own 02: nothing carried over from the first run
+    assert json.loads((again.record / "addresses.json").read_text())["vm-aarch64-utm"]["found"]
+    assert f"{WORKER} (params say {STALE}), found by console" in again.out
     assert "replacing host key" not in again.out and "was ssh-ed25519" not in again.out
 
 
@@ -246,7 +263,7 @@ def test_an_unexpected_host_key_change_is_still_refused(rig: Rig) -> None:
     r = exec_in(HOSTS[1], ["sh", "-c", rekey])
     assert r.exit_code == 0, r.stderr
     kh_before = (STATE / "known_hosts").read_text()
-    refused = rig.deploy("--only", "04")
+    refused = rig.deploy("--only", "02,04")  # 02: this run's address for 04
     assert refused.rc == 1, refused.out[-3000:]
     assert "host key for" in refused.out and "changed" in refused.out
     assert (STATE / "known_hosts").read_text() == kh_before  # nothing accepted it
@@ -264,3 +281,21 @@ def test_no_password_or_secret_in_the_records(rig: Rig) -> None:
         text = path.read_bytes().decode(errors="replace")
         for what, value in values.items():
             assert value not in text, f"{what} found in {path}"
+
+
+def test_an_address_that_no_longer_answers_is_not_used(tmp_path: Path) -> None:
+    """A resumed run's recorded address that stopped answering falls back to the params."""
+    from runbook.lab import deployment
+    from runbook.params import load
+    from runbook.steps import record_address, with_run_addresses
+
+    params = deployment.write(
+        tmp_path / "p.yaml", state_dir=tmp_path, subnet="127.0.0.0/24", bridge="rbx"
+    )
+    data = yaml.safe_load(params.read_text())
+    for vm in data["vms"]:
+        vm["port"] = 9  # discard: nothing listens on loopback here
+    params.write_text(yaml.safe_dump(data))
+    record_address(tmp_path, "vm-aarch64-utm", "127.0.0.77", "console")
+    loaded = with_run_addresses(load(params), tmp_path)
+    assert loaded.deployment.vm("vm-aarch64-utm").address == "127.0.0.12"

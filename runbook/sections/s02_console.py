@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Final
 
 from runbook.discover import CALLBACK_COMMAND
-from runbook.errors import ConnectError, RunbookError
+from runbook.errors import ConnectError, HostKeyChangedError, RunbookError
 from runbook.params import VM
 from runbook.remote import Connection
 from runbook.secrets import Secret
@@ -74,6 +74,8 @@ def root_login(ctx: Context, vm: VM, address: str, password: Secret) -> tuple[bo
     try:
         with Connection(host, password=password) as conn:
             result = conn.run("id -u", check=False)
+    except HostKeyChangedError:
+        raise  # never read as "no password yet": only bootstrap0 (03) replaces a key
     except ConnectError as exc:
         return False, str(exc)
     ok = result.ok and result.stdout.strip() == "0"
@@ -85,6 +87,8 @@ def installed_login(ctx: Context, vm: VM, address: str) -> bool:
     try:
         with Connection(ctx.dep.host(vm, installed=True, address=address)) as conn:
             return conn.run("true", check=False).ok
+    except HostKeyChangedError:
+        raise
     except (ConnectError, OSError):
         return False
 
