@@ -266,6 +266,24 @@ def test_an_unexpected_host_key_change_is_still_refused(rig: Rig) -> None:
     refused = rig.deploy("--only", "02,04")  # 02: this run's address for 04
     assert refused.rc == 1, refused.out[-3000:]
     assert "host key for" in refused.out and "changed" in refused.out
+    assert "set root's password on vm-aarch64-utm" in refused.out  # 02 refused it, typed nothing
+    # 03 and 04's steps refuse it too (their checks never read it as "not installed yet")
+    from runbook.sections import s03_bootstrap0, s04_bootstrap
+    from runbook.steps import StepFailed, open_context
+
+    for module, make_step in [(s03_bootstrap0, "bootstrap0"), (s04_bootstrap, "copy")]:
+        ctx = open_context(
+            module.NOTEBOOK,
+            str(rig.params),
+            "deploy",
+            True,
+            str(rig.secrets),
+            str(rig.first.record),
+        )
+        step = getattr(module, make_step)(ctx, ctx.dep.vm("vm-aarch64-utm"))
+        with pytest.raises(StepFailed, match=r"host key for 10\.231\.13\.12 changed"):
+            ctx.run(step)
+        ctx.close()
     assert (STATE / "known_hosts").read_text() == kh_before  # nothing accepted it
     blocked = _ssh("jqwang", WORKER)
     assert blocked.returncode == 255 and "HOST IDENTIFICATION HAS CHANGED" in blocked.stderr
