@@ -59,8 +59,7 @@ def deployment(
             "bridge": bridge,
             "passwords": passwords or {"root": "zu8Rk-live-4pq", "jqwang": "jqwang-lab"},
             "hosts": [
-                {"name": h, "nixname": n, "phase": phase}
-                for h, n in zip(hosts, names, strict=True)
+                {"name": h, "nixname": n, "phase": phase} for h, n in zip(hosts, names, strict=True)
             ],
         },
     }
