@@ -137,10 +137,14 @@ def test_put_mode_owner_and_never_readable_in_between(fish_host: Host) -> None:
     finally:
         stop.set()
         t.join()
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+        written = Path(path).read_bytes()
+    finally:
+        subprocess.run(["rm", "-rf", directory], check=True)
     assert stat.S_IMODE(st.st_mode) == 0o600
     assert pwd.getpwuid(st.st_uid).pw_name == FISH_USER
-    assert Path(path).read_bytes() == content
+    assert written == content
     assert seen, "the watcher saw no file at all"
     assert all(stat.S_IMODE(m) & 0o077 == 0 for m in seen)
     assert "XXXX" not in r.command and "mode 0600" in r.command
