@@ -112,7 +112,10 @@ mDNS, ARP by the VM's MAC, `utmctl ip-address`, or the console.""",
 `vm/bootstrap0` logs in as root with the live password, partitions the disk, installs a base
 NixOS and reboots. **It wipes the disk**: in a deploy this step needs `--yes` (`confirm=True`);
 without it the step fails and says how to confirm. The Makefile partitions `/dev/sda`, while UTM's
-VirtIO disk is `/dev/vda` (`runbook doctor --fix` patches it). Then the ISO is removed in UTM.""",
+VirtIO disk is `/dev/vda` (`runbook doctor` reports it). The reinstalled system has new SSH host
+keys: this is the one step that declares the change expected, and it logs the old and the new
+fingerprints; from here root logs in with the Makefile's password (`initialPassword = "root"`),
+not the live one (lesson 7). Then the ISO is removed in UTM.""",
         [
             (
                 "## bootstrap0 (dangerous)",
@@ -136,7 +139,9 @@ VirtIO disk is `/dev/vda` (`runbook doctor --fix` patches it). Then the ISO is r
 locally first, and keep a root session open across the switch so a lost host key can be repaired
 (`ssh-keygen -A`). Lesson 5: every remote command is bash fed on stdin, so the user's fish login
 shell never parses it. Lesson 7: after the switch root cannot log in; from now on the user and
-their key are used, with passwordless sudo.""",
+their key are used, with passwordless sudo. On the cache VM the first switch may exit 4 because
+atticd has no environment file yet (notebook 05 installs it): only that case is accepted, and the
+step says so.""",
         [
             (
                 "## Lesson 3: build first",
