@@ -7,6 +7,7 @@ import shlex
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -280,3 +281,30 @@ def switched_probe(ctx: Context, vm: VM) -> Check:
 def mark_switched(ctx: Context, vm: VM) -> None:
     digest = config_digest(config_files(ctx.dep.nixos_config))
     ctx.connection(vm).put(CONFIG_MARKER, digest + "\n", mode=0o644, owner="root")
+
+
+@dataclass(frozen=True)
+class UserSwitch:
+    """The handbook's routine update as the user (lesson 7): `make vm/copy` + `vm/switch`."""
+
+    copy: list[str]
+    switch: list[str]
+
+    @property
+    def commands(self) -> list[str]:
+        return [render(self.copy), render(self.switch)]
+
+
+def user_switch(ctx: Context, vm: VM) -> UserSwitch:
+    return UserSwitch(
+        make_argv(ctx, "vm/copy", vm, user=ctx.dep.user, name=False),
+        make_argv(ctx, "vm/switch", vm, user=ctx.dep.user),
+    )
+
+
+def copy_and_switch(ctx: Context, vm: VM, how: UserSwitch) -> str:
+    """Run both targets with the user's password for askpass, then mark the VM switched."""
+    run_make(how.copy, user_password(ctx))
+    detail = run_make(how.switch, user_password(ctx))
+    mark_switched(ctx, vm)
+    return detail

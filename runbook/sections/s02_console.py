@@ -20,7 +20,7 @@ from runbook.params import VM
 from runbook.remote import Connection
 from runbook.secrets import Secret
 from runbook.sections.vm_console import (
-    MacSide,
+    LazyConsole,
     VmConsole,
     mac_side,
     open_console,
@@ -107,13 +107,7 @@ def type_password(con: VmConsole, password: Secret) -> None:
 
 
 def set_root_password(ctx: Context, vm: VM) -> Step:
-    state: dict[str, MacSide | VmConsole] = {}
-
-    def console() -> tuple[MacSide, VmConsole]:
-        if not state:
-            mac = mac_side(ctx)
-            state["mac"], state["con"] = mac, open_console(ctx, mac, vm)
-        return state["mac"], state["con"]  # type: ignore[return-value]
+    console = LazyConsole(ctx, vm)
 
     def address() -> str:
         mac, con = console()

@@ -23,13 +23,10 @@ from runbook.params import VM
 from runbook.secrets import Secret
 from runbook.sections.common import (
     ATTICD_ENV,
+    copy_and_switch,
     host_label,
-    make_argv,
-    mark_switched,
-    render,
-    run_make,
     ssh_render,
-    user_password,
+    user_switch,
 )
 from runbook.steps import TODO, Check, Context, Step
 
@@ -105,26 +102,19 @@ def install_env(ctx: Context, vm: VM) -> Step:
 def atticd_system(ctx: Context, vm: VM) -> Step:
     """After vm/bootstrap the cache VM runs its configuration already (atticd failed there
     for want of the env file); a VM that runs another one is switched to it, as the user."""
-    copy = make_argv(ctx, "vm/copy", vm, user=ctx.dep.user, name=False)
-    switch = make_argv(ctx, "vm/switch", vm, user=ctx.dep.user)
+    how = user_switch(ctx, vm)
 
     def probe() -> Check:
         out = ctx.connection(vm).run(["systemctl", "status", "atticd"], check=False).stdout
         enabled = "; enabled;" in out
         return Check(True, "atticd.service is part of the system") if enabled else TODO
 
-    def apply() -> str:
-        run_make(copy, user_password(ctx))
-        detail = run_make(switch, user_password(ctx))
-        mark_switched(ctx, vm)
-        return detail
-
     return Step(
         SYSTEM,
         host_label(ctx, vm),
-        [ssh_render(ctx, vm, "systemctl status atticd"), render(copy), render(switch)],
+        [ssh_render(ctx, vm, "systemctl status atticd"), *how.commands],
         probe,
-        apply,
+        lambda: copy_and_switch(ctx, vm, how),
         remote=True,
     )
 

@@ -15,13 +15,10 @@ from runbook.params import VM
 from runbook.sections import s06_cache
 from runbook.sections.common import (
     config_present,
+    copy_and_switch,
     host_label,
-    make_argv,
-    mark_switched,
-    render,
-    run_make,
     switched_probe,
-    user_password,
+    user_switch,
 )
 from runbook.sections.s06_cache import public_key_file
 from runbook.steps import TODO, Check, Context, Step, unchecked
@@ -79,22 +76,14 @@ def configure(ctx: Context) -> Step:
 def deploy_worker(ctx: Context, vm: VM) -> Step:
     """vm/copy + vm/switch as the user. The cache VM imports the shared module too, so it is
     switched with the workers (it then substitutes from itself, as the handbook's VMs do)."""
-    copy = make_argv(ctx, "vm/copy", vm, user=ctx.dep.user, name=False)
-    switch = make_argv(ctx, "vm/switch", vm, user=ctx.dep.user)
-
-    def apply() -> str:
-        # several VMs at once (Context.run_parallel): output kept per VM, printed in order
-        run_make(copy, user_password(ctx))
-        detail = run_make(switch, user_password(ctx))
-        mark_switched(ctx, vm)
-        return detail
-
+    how = user_switch(ctx, vm)
     return Step(
         f"copy + switch {vm.name} as {ctx.dep.user} (lesson 7)",
         host_label(ctx, vm),
-        [render(copy), render(switch)],
+        how.commands,
         probe=lambda: switched_probe(ctx, vm),
-        action=apply,
+        # several VMs at once (Context.run_parallel): output kept per VM, printed in order
+        action=lambda: copy_and_switch(ctx, vm, how),
         remote=True,
     )
 

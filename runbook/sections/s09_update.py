@@ -12,13 +12,10 @@ from typing import Final
 from runbook.params import VM
 from runbook.sections import s00_preflight
 from runbook.sections.common import (
+    copy_and_switch,
     host_label,
-    make_argv,
-    mark_switched,
-    render,
-    run_make,
     switched_probe,
-    user_password,
+    user_switch,
 )
 from runbook.steps import Context, Step
 
@@ -26,21 +23,13 @@ NOTEBOOK: Final = "09-update"
 
 
 def update(ctx: Context, vm: VM) -> Step:
-    copy = make_argv(ctx, "vm/copy", vm, user=ctx.dep.user, name=False)
-    switch = make_argv(ctx, "vm/switch", vm, user=ctx.dep.user)
-
-    def apply() -> str:
-        run_make(copy, user_password(ctx))
-        detail = run_make(switch, user_password(ctx))
-        mark_switched(ctx, vm)
-        return detail
-
+    how = user_switch(ctx, vm)
     return Step(
         f"update {vm.name} (vm/copy + vm/switch as {ctx.dep.user})",
         host_label(ctx, vm),
-        [render(copy), render(switch)],
+        how.commands,
         probe=lambda: switched_probe(ctx, vm),
-        action=apply,
+        action=lambda: copy_and_switch(ctx, vm, how),
         remote=True,
     )
 

@@ -19,12 +19,10 @@ from runbook.hostkeys import KnownHosts, entry_name
 from runbook.params import VM
 from runbook.remote import Connection
 from runbook.sections.vm_console import (
-    MacSide,
+    LazyConsole,
     VmConsole,
     exit_status,
     key_fingerprint,
-    mac_side,
-    open_console,
     parse_public_keys,
     pin_host_keys,
     plan_typing,
@@ -85,13 +83,8 @@ def recover_on_console(ctx: Context, con: VmConsole, address: str) -> str:
 
 
 def recover(ctx: Context, vm: VM) -> Step:
-    state: dict[str, object] = {}
-
-    def console() -> tuple[MacSide, VmConsole]:
-        if not state:
-            mac = mac_side(ctx)
-            state["mac"], state["con"] = mac, open_console(ctx, mac, vm)
-        return state["mac"], state["con"]  # type: ignore[return-value]
+    console = LazyConsole(ctx, vm)
+    state: dict[str, str] = {}  # the address the probe found, for the action
 
     def address() -> str:
         mac, con = console()
@@ -104,7 +97,7 @@ def recover(ctx: Context, vm: VM) -> Step:
 
     def action() -> str:
         _, con = console()
-        where = str(state.get("address") or address())
+        where = state.get("address") or address()
         banner = sshd_banner(where, vm.port)
         if banner is not None:
             why = fresh_login(ctx, vm, where).reason

@@ -145,6 +145,20 @@ def open_console(ctx: Context, mac: MacSide, vm: VM) -> VmConsole:
     return VmConsole(vm, make_backend(name), reader)
 
 
+class LazyConsole:
+    """The Mac side and one VM's console, opened on first use (a plan never opens them)."""
+
+    def __init__(self, ctx: Context, vm: VM) -> None:
+        self._ctx, self._vm = ctx, vm
+        self._opened: tuple[MacSide, VmConsole] | None = None
+
+    def __call__(self) -> tuple[MacSide, VmConsole]:
+        if self._opened is None:
+            mac = mac_side(self._ctx)
+            self._opened = mac, open_console(self._ctx, mac, self._vm)
+        return self._opened
+
+
 def plan_typing(ctx: Context, vm: VM, lines: list[str]) -> list[str]:
     """How typed lines show in a plan, secrets as *****: for utm-input UTM's readable
     `input keystroke` form (the codes sent would spell the password), else `[console] LINE ⏎`."""
