@@ -135,8 +135,8 @@ def _ssh(user: str, address: str, password: str | None = None) -> subprocess.Com
         pw.write_text(password)
         pw.chmod(0o600)
         env.update(
-            SSH_ASKPASS=str(REPO / "runbook" / "lab" / "askpass"), SSH_ASKPASS_REQUIRE="force",
-            DISPLAY=":0", RUNBOOK_LAB_PASSWORD_FILE=str(pw),
+            SSH_ASKPASS=str(REPO / "runbook" / "askpass"), SSH_ASKPASS_REQUIRE="force",
+            DISPLAY=":0", RUNBOOK_ASKPASS_FILE=str(pw),
         )  # fmt: skip
     argv = ["ssh", *opts, f"{user}@{address}", "echo $SHELL; sudo -n id -un"]
     return subprocess.run(

@@ -256,12 +256,12 @@ def askpass_env(
     SSH_ASKPASS: the password of `user`, or with no user the one named in each prompt."""
     lab = _coerce(params)
     env = {
-        "SSH_ASKPASS": str(Path(__file__).resolve().parent / "askpass"),
+        "SSH_ASKPASS": str(Path(__file__).resolve().parent.parent / "askpass"),
         "SSH_ASKPASS_REQUIRE": "force",
         "DISPLAY": os.environ.get("DISPLAY", ":0"),
     }
     if user is None:
-        env["RUNBOOK_LAB_PASSWORD_DIR"] = str(lab.state_dir / "passwords")
+        env["RUNBOOK_ASKPASS_DIR"] = str(lab.state_dir / "passwords")
     else:
-        env["RUNBOOK_LAB_PASSWORD_FILE"] = str(lab.state_dir / "passwords" / user)
+        env["RUNBOOK_ASKPASS_FILE"] = str(lab.state_dir / "passwords" / user)
     return env

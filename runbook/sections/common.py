@@ -103,14 +103,14 @@ def askpass_env(password: Secret | None) -> Iterator[dict[str, str]]:
     if password is None:
         yield {}
         return
-    askpass = Path(__file__).resolve().parent.parent / "lab" / "askpass"
+    askpass = Path(__file__).resolve().parent.parent / "askpass"
     with tempfile.TemporaryDirectory(prefix="runbook-askpass-") as tmp:
         secret_file = Path(tmp) / "password"
         write_private(secret_file, password.reveal().encode())
         yield {
             "SSH_ASKPASS": str(askpass),
             "SSH_ASKPASS_REQUIRE": "force",
-            "RUNBOOK_LAB_PASSWORD_FILE": str(secret_file),
+            "RUNBOOK_ASKPASS_FILE": str(secret_file),
             "DISPLAY": ":0",
         }
 
