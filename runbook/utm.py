@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import os
 import re
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -399,6 +400,86 @@ REMOVE_ISO_SCRIPT: Final = """on run argv
   end tell
 end run
 """
+
+
+# Reading a drive: UTM serializes an existing QEMU drive as {id, removable, interface, host size}
+# (Scripting/UTMScriptingConfigImpl.swift `serializeQemuDriveExisting`, read through the code
+# index; §3 lists `source` among the drive record's keys, but a read does not return it). So
+# `source` is tried and may stay empty; `host size` (MiB of the drive's image, 0 without one)
+# still tells an ISO in a removable drive from an empty one. One line per drive:
+# `<id> TAB <removable: true|false> TAB <host size> TAB <source POSIX path or empty>`.
+DRIVES_SCRIPT: Final = """on run argv
+  tell application "UTM"
+    set vm to virtual machine named (item 1 of argv)
+    set rows to {}
+    repeat with d in drives of (configuration of vm)
+      set src to ""
+      try
+        set src to POSIX path of (source of d)
+      end try
+      set mib to 0
+      try
+        set mib to host size of d
+      end try
+      set end of rows to (id of d as text) & tab & (removable of d as text) & tab & (mib as text) & tab & src
+    end repeat
+    set AppleScript's text item delimiters to linefeed
+    return rows as text
+  end tell
+end run
+"""
+
+
+@dataclass(frozen=True)
+class Drive:
+    """One drive of a VM's configuration, as DRIVES_SCRIPT lists it."""
+
+    id: str
+    removable: bool
+    host_size_mib: int
+    source: str | None  # the image's POSIX path; None when UTM does not say (see DRIVES_SCRIPT)
+
+    @property
+    def holds_image(self) -> bool:
+        """A removable drive with an image in it (the ISO): a source, or a non-zero size."""
+        return self.removable and (bool(self.source) or self.host_size_mib > 0)
+
+
+def parse_drives(stdout: str) -> list[Drive]:
+    """Parse DRIVES_SCRIPT's output: `id<TAB>true|false<TAB>MiB<TAB>source` per drive."""
+    drives: list[Drive] = []
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split("\t", 3)
+        if len(fields) == 3:  # run_applescript strips the output: a last empty source's tab
+            fields.append("")
+        if len(fields) != 4 or fields[1] not in ("true", "false") or not fields[2].isdigit():
+            raise CommandError(
+                host="localhost",
+                command="osascript - (drives)",
+                exit_code=0,
+                reason=f"printed an unexpected drive line {line!r}",
+            )
+        drive_id, removable, mib, source = fields
+        drives.append(Drive(drive_id, removable == "true", int(mib), source or None))
+    return drives
+
+
+def drives(vm: str) -> list[Drive]:
+    """The drives of `vm`'s configuration (read-only: nothing in UTM changes)."""
+    out = run_applescript(DRIVES_SCRIPT, vm, what=f"reading the drives of {vm!r}")
+    return parse_drives(out)
+
+
+def attached_isos(vm: str) -> list[Drive]:
+    """`vm`'s removable drives that hold an image; empty once the ISO is removed."""
+    return [d for d in drives(vm) if d.holds_image]
+
+
+def osascript_shown(script: str, *args: str) -> str:
+    """How an AppleScript run shows in a plan: `osascript - ARG... <<'APPLESCRIPT'` + script."""
+    return f"{shlex.join(osascript_argv(*args))} <<'APPLESCRIPT'\n{script}APPLESCRIPT"
 
 
 def remove_iso(vm: str, *, utmctl: str | Path = DEFAULT_UTMCTL) -> int:

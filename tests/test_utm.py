@@ -271,6 +271,68 @@ def test_remove_iso_refuses_a_running_vm(run: mock.MagicMock) -> None:
     assert run.call_count == 1
 
 
+# DRIVES_SCRIPT's lines. A read of UTM 5.0.3 gives no source (its drive record is id, removable,
+# interface, host size), so the ISO shows by its size; a UTM that did report it is read too.
+DRIVES_READ = (
+    "8A3F6C1E-5B2D-4E7A-9C10-2F4B6D8E0A11\ttrue\t1013\t\n"
+    "0D9E8F7A-6B5C-4D3E-8F21-3A4B5C6D7E8F\tfalse\t2048\t\n"
+)
+DRIVES_WITH_SOURCE = (
+    "ISO-0\ttrue\t0\t/Users/j/Downloads/nixos minimal\taarch64.iso\n"
+    "DISK-1\tfalse\t65536\t/Users/j/Library/Containers/com.utmapp.UTM/Data/Documents/v.utm/Data/d.qcow2\n"
+)
+
+
+def test_parse_drives_golden() -> None:
+    assert utm.parse_drives(DRIVES_READ) == [
+        utm.Drive("8A3F6C1E-5B2D-4E7A-9C10-2F4B6D8E0A11", True, 1013, None),
+        utm.Drive("0D9E8F7A-6B5C-4D3E-8F21-3A4B5C6D7E8F", False, 2048, None),
+    ]
+    iso, disk = utm.parse_drives(DRIVES_WITH_SOURCE)
+    assert iso == utm.Drive("ISO-0", True, 0, "/Users/j/Downloads/nixos minimal\taarch64.iso")
+    assert disk.source is not None and disk.source.endswith("/d.qcow2") and not disk.removable
+    assert utm.parse_drives("") == [] and utm.parse_drives("\n") == []
+
+
+@pytest.mark.parametrize(
+    ("drive", "holds"),
+    [
+        (utm.Drive("a", True, 1013, None), True),  # the ISO, known by its size
+        (utm.Drive("a", True, 0, "/x.iso"), True),  # the ISO, known by its source
+        (utm.Drive("a", True, 0, None), False),  # an empty CD drive: ejected by hand
+        (utm.Drive("a", False, 65536, "/d.qcow2"), False),  # the disk
+    ],
+)
+def test_drive_holds_image(drive: utm.Drive, holds: bool) -> None:
+    assert drive.holds_image is holds
+
+
+@pytest.mark.parametrize(
+    "line", ["ISO-0\tyes\t0\t", "ISO-0\ttrue\t\t", "ISO-0 true 0", "missing value"]
+)
+def test_parse_drives_rejects_garbage(line: str) -> None:
+    with pytest.raises(CommandError, match="unexpected drive line"):
+        utm.parse_drives(line + "\n")
+
+
+def test_drives_argv_and_script(run: mock.MagicMock) -> None:
+    run.return_value = res(DRIVES_READ)
+    assert [d.id[:4] for d in utm.attached_isos("my vm")] == ["8A3F"]
+    run.assert_called_once_with(
+        ["osascript", "-", "my vm"], stdin=utm.DRIVES_SCRIPT, timeout=utm.OSASCRIPT_TIMEOUT
+    )
+    script = utm.DRIVES_SCRIPT
+    assert "my vm" not in script and "update configuration" not in script  # argv; read-only
+    assert "repeat with d in drives of (configuration of vm)" in script
+    assert "try\n        set src to POSIX path of (source of d)\n      end try" in script
+    assert "(removable of d as text) & tab & (mib as text) & tab & src" in script
+
+
+def test_osascript_shown_is_a_heredoc() -> None:
+    shown = utm.osascript_shown(utm.DRIVES_SCRIPT, "a b")
+    assert shown == f"osascript - 'a b' <<'APPLESCRIPT'\n{utm.DRIVES_SCRIPT}APPLESCRIPT"
+
+
 def test_mac_address_and_serial_endpoint(run: mock.MagicMock) -> None:
     run.return_value = res("5A:94:EF:E4:0C:EE\n")
     assert utm.mac_address("NixOS") == "5A:94:EF:E4:0C:EE"
@@ -320,7 +382,13 @@ def test_vm_lifecycle_through_the_standins(standins: Path) -> None:
     with pytest.raises(utm.RunbookError, match="stop it before removing the ISO"):
         utm.remove_iso("vm-aarch64-utm-cache", utmctl="utmctl")
     utm.stop("vm-aarch64-utm-cache", mode=utm.StopMode.REQUEST, utmctl="utmctl")
+    iso, disk = utm.drives("vm-aarch64-utm-cache")
+    # as UTM reads them: no source; the ISO (a name in the lab's state) by its size
+    assert (iso.removable, iso.source, iso.holds_image) == (True, None, True)
+    assert (disk.removable, disk.holds_image) == (False, False)
+    assert utm.attached_isos("vm-aarch64-utm-cache") == [iso]
     assert utm.remove_iso("vm-aarch64-utm-cache", utmctl="utmctl") == 1
+    assert utm.drives("vm-aarch64-utm-cache") == [disk] and not utm.attached_isos(uuid)
     assert utm.remove_iso("vm-aarch64-utm-cache", utmctl="utmctl") == 0  # already done
     with pytest.raises(CommandError, match="Virtual machine not found"):
         utm.status("nope", utmctl="utmctl")

@@ -3,7 +3,8 @@
 `osascript - ARG...` reads the script from stdin and gives it ARG... as `argv` (the form
 packer-plugin-utm uses, reference/utm-peers.md §1). Scripts are recognised by their UTM
 commands (reference/utm-makefile-keys.md §3): `make new virtual machine`, `update
-configuration` with the removable drives dropped, `address of item 1 of network interfaces`,
+configuration` with the removable drives dropped, the drives listed (id, removable, host
+size; no source, as UTM reads them), `address of item 1 of network interfaces`,
 `... of first serial port`, `version of application "UTM"`, and the Input Automation Suite:
 `input scan code of vm codes {...}` is decoded as set-1 make/break codes with a US keymap and
 `input keystroke of vm text "..."` typed as is (UTM maps `\\n` to Enter), both onto the VM's
@@ -86,6 +87,9 @@ def run(script: str, argv: list[str]) -> int:
         vm["drives"] = [d for d in vm["drives"] if not d["removable"]]
         utm_state.save(state)
         print(len(gone))
+        return 0
+    if "host size of d" in script:  # runbook.utm.DRIVES_SCRIPT: read-only
+        print("\n".join(utm_state.drive_rows(vm)))
         return 0
     if "address of item 1 of network interfaces" in script:
         print(vm["mac"])

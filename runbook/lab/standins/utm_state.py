@@ -2,7 +2,8 @@
 
 A JSON file (`$RUNBOOK_UTM_STATE`, default /run/runbook-lab/utm.json) lists VMs as
 `{"uuid", "name", "status", "addresses": [...], "guest_agent": bool, "mac",
-"serial": {"host", "port"} | null, "drives": [{"id", "removable", "source"}...]}`.
+"serial": {"host", "port"} | null, "drives": [{"id", "removable", "source"}...]}`; the
+runbook's `update configuration` that drops the removable drives edits `drives` only.
 A VM's console is its TCP serial port: typing stand-ins decode key events *independently* of
 runbook/console/keymap.py (tables built here from the reference's text) and write the
 characters there, so a lab console answers whichever backend typed.
@@ -128,6 +129,33 @@ def new_vm(name: str) -> dict[str, Any]:
         "serial": None,
         "drives": [],
     }
+
+
+# The lab's ISO is a name in this state, not a file; UTM would report the real image's size
+# (a NixOS minimal ISO is about 1 GiB), so a named image that is not a file counts as this.
+NAMED_IMAGE_MIB: Final = 1024
+MIB: Final = 1048576
+
+
+def host_size_mib(drive: dict[str, Any]) -> int:
+    """A drive's `host size` as UTM reads it: its image's size in MiB, 0 without an image
+    (reference/utm-makefile-keys.md §3 drive record)."""
+    source = drive.get("source")
+    if not source:
+        return 0
+    path = Path(source)
+    return path.stat().st_size // MIB if path.is_file() else NAMED_IMAGE_MIB
+
+
+def drive_rows(vm: dict[str, Any]) -> list[str]:
+    """The drives of `vm` as runbook.utm.DRIVES_SCRIPT prints them: `id TAB removable TAB MiB
+    TAB source`. Like UTM, a read gives no `source` (only id, removable, interface and host
+    size: UTM's Scripting/UTMScriptingConfigImpl.swift), so the script's `try` leaves it empty."""
+    drives: list[dict[str, Any]] = vm.get("drives", [])
+    return [
+        f"{d['id']}\t{'true' if d['removable'] else 'false'}\t{host_size_mib(d)}\t"
+        for d in drives
+    ]
 
 
 def type_on_console(vm: dict[str, Any], text: str) -> None:
