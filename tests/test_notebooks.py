@@ -103,7 +103,11 @@ def test_plan_shows_the_handbook_commands(planned: dict[str, object]) -> None:
         "attic login local http://localhost:8080 '*****'" in out
         or "http://localhost:8080 *****" in out
     )
-    assert "[plan-only for now" in out or "plan-only for now" in out
+    # 03 removes the ISO through UTM: the exact utmctl and osascript commands are planned
+    utmctl = "/Applications/UTM.app/Contents/MacOS/utmctl"
+    assert f"{utmctl} stop vm-aarch64-utm-cache --request" in out
+    assert "osascript - vm-aarch64-utm-cache <<'APPLESCRIPT'" in out
+    assert "if removable of d then" in out and f"{utmctl} start vm-aarch64-utm-cache" in out
 
 
 def test_plan_opens_no_network_socket_and_kernel_is_the_venv_python(

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from runbook import utm
 from runbook.errors import CommandError, ConnectError, HostKeyChangedError, RunbookError
 from runbook.hostkeys import entry_name
 from runbook.params import VM
@@ -20,12 +21,11 @@ from runbook.sections.common import (
     login_works,
     make_argv,
     make_result,
-    osascript,
     recipe_exit,
     remote_probe,
     render,
-    utmctl,
 )
+from runbook.sections.s01_create_vm import listed
 from runbook.sections.vm_console import MacSide, VmConsole, mac_side, open_console, resolve
 from runbook.steps import Check, Context, Step, record_address
 
@@ -40,6 +40,11 @@ REBOOT_TIMEOUT: Final = 180.0
 SAME_ADDRESS_WAIT: Final = 30.0  # then the address is looked up again (lesson 8)
 LOGIN_TIMEOUT: Final = 5.0
 INSTALL_FINISHED: Final = "installation finished!"  # nixos-install's last line
+STOP_TIMEOUT: Final = 60.0  # a guest asked to power down gets this long, then it is forced
+LAB_ISO_NOTE: Final = (
+    "the lab: the ISO is in the UTM stand-ins' state only; stop/start change that state, "
+    "the lab host keeps running (it has no disk to boot from)"
+)
 
 
 def installed_probe(ctx: Context, vm: VM) -> Callable[[], Check]:
@@ -135,18 +140,25 @@ def reinstalled_login(ctx: Context, vm: VM, address: str) -> bool:
         return False  # still rebooting (or still the live ISO's sshd): again
 
 
-def back_after_reboot(ctx: Context, vm: VM) -> str:
-    """Where the VM answers once back from bootstrap0's reboot: this run's address, else, if
-    it stays silent, wherever it is found now (lesson 8: a reboot may change it); kept for
+def back_after_reboot(
+    ctx: Context,
+    vm: VM,
+    *,
+    login: Callable[[Context, VM, str], bool] = reinstalled_login,
+    who: str = "root with bootstrap0's password",
+    after: str = "bootstrap0's reboot",
+) -> str:
+    """Where the VM answers (`login` works) once back from a reboot: this run's address, else,
+    if it stays silent, wherever it is found now (lesson 8: a reboot may change it); kept for
     the rest of the run."""
     start = time.monotonic()
     address = vm.address
-    while not reinstalled_login(ctx, vm, address):
+    while not login(ctx, vm, address):
         waited = time.monotonic() - start
         if waited > REBOOT_TIMEOUT:
             raise RunbookError(
-                f"{vm.name} did not come back from bootstrap0's reboot within {REBOOT_TIMEOUT:g}s "
-                f"(root with bootstrap0's password at {address}): check its console"
+                f"{vm.name} did not come back from {after} within {REBOOT_TIMEOUT:g}s "
+                f"({who} at {address}): check its console"
             )
         if waited > SAME_ADDRESS_WAIT and address == vm.address:
             try:
@@ -167,30 +179,107 @@ def _console(ctx: Context, mac: MacSide, vm: VM) -> VmConsole | None:
         return None
 
 
+def installed_login(ctx: Context, vm: VM, address: str) -> bool:
+    """The installed system answers at `address`: the user with the key (after 04), else root
+    with bootstrap0's password (before 04; lesson 7). Host keys are checked strictly: removing
+    the ISO changes no key, so a changed one fails the step instead of being taken."""
+    for installed, password in ((True, None), (False, installed_root_password(ctx))):
+        host = ctx.dep.host(vm, installed=installed, address=address)
+        try:
+            with Connection(host, password=password, connect_timeout=LOGIN_TIMEOUT) as conn:
+                if conn.run(INSTALLED_SCRIPT, check=False).ok:
+                    return True
+        except HostKeyChangedError:
+            raise
+        except (ConnectError, CommandError):
+            continue  # not this identity (or not up yet)
+    return False
+
+
 def remove_iso(ctx: Context, vm: VM) -> Step:
-    # update configuration needs a stopped VM and drops every drive left out (§3).
-    script = [
-        'tell application "UTM"',
-        f'set vm to virtual machine named "{vm.name}"',
-        "set config to configuration of vm",
-        "set drives of config to (items 2 thru -1 of drives of config)",
-        "update configuration of vm with config",
-        "end tell",
+    """部署流程速查 4: the ISO out of the VM's removable drive in UTM, then boot from disk.
+
+    Already done when no removable drive holds an image (`utm.attached_isos`, read-only).
+    Otherwise: stop the VM if it runs (UTM changes a configuration only while it is stopped,
+    utm-makefile-keys.md §3), drop its removable drives (`utm.remove_iso`), start it, and wait
+    until the installed system answers on SSH at this run's address (as bootstrap0 waits).
+    In the lab the "ISO" exists only in the stand-ins' UTM state (01 registers it there), and
+    `utmctl stop`/`start` change only that state: the lab host keeps running throughout (it
+    has no disk to boot from), and the step says so instead of claiming a reboot.
+    """
+    mac = mac_side(ctx)
+    wait = (
+        f"# then an SSH login at {vm.address}: {ctx.dep.user} with the key, else root with "
+        "bootstrap0's password"
+    )
+    cmds = [
+        "# already done when no removable drive holds an image (read-only):",
+        utm.osascript_shown(utm.DRIVES_SCRIPT, vm.name),
+        "# UTM changes a configuration only while the VM is stopped (§3); if it runs:",
+        render([mac.utmctl, "stop", vm.name, "--request"])
+        + f"   # --force if it still runs after {STOP_TIMEOUT:g}s",
+        utm.osascript_shown(utm.REMOVE_ISO_SCRIPT, vm.name),
+        render([mac.utmctl, "start", vm.name]),
+        wait,
     ]
+    if mac.lab is not None:
+        cmds.insert(0, f"# {LAB_ISO_NOTE}")
+
+    def probe() -> Check:
+        found = listed(mac, vm)  # unchecked without UTM, TODO when UTM has no such VM
+        if isinstance(found, Check):
+            return found
+        isos = utm.attached_isos(vm.name)
+        if isos:
+            return Check(False, f"{len(isos)} removable drive(s) hold an image")
+        return Check(True, f"no ISO attached to {vm.name} in {mac.where}")
+
     return Step(
         f"remove the ISO from {vm.name} and boot from disk",
         "localhost (UTM)",
-        [
-            render([utmctl(ctx), "stop", vm.name]),
-            osascript(script),
-            render([utmctl(ctx), "start", vm.name]),
-        ],
-        probe=installed_probe(ctx, vm),
-        remote=True,
-        # runbook.utm.remove_iso can do it, but this check (installed?) cannot tell whether the
-        # ISO is still attached, so a rerun could not say "already done": by hand until it can
-        plan_only="its check cannot see UTM's drives yet (runbook.utm.remove_iso does the removal)",
+        cmds,
+        probe=probe,
+        action=lambda: boot_from_disk(ctx, mac, vm),
     )
+
+
+def boot_from_disk(ctx: Context, mac: MacSide, vm: VM) -> str:
+    """Stop (if running), remove the ISO, start; then wait for the installed system's login."""
+    now = utm.status(vm.name, utmctl=mac.utmctl)
+    if now is not utm.VmStatus.STOPPED:
+        # without the installed system answering, the ISO is all the VM could boot
+        if not installed_login(ctx, vm, vm.address):
+            raise RunbookError(
+                f"{vm.name} does not answer as an installed system at {vm.address}: run "
+                "bootstrap0 first (without the ISO it would have nothing to boot)"
+            )
+        _stop(mac, vm)
+    removed = utm.remove_iso(vm.name, utmctl=mac.utmctl)
+    utm.start(vm.name, utmctl=mac.utmctl)
+    who = f"{ctx.dep.user} with the key, or root with bootstrap0's password"
+    address = back_after_reboot(ctx, vm, login=installed_login, who=who, after="the restart")
+    if mac.lab is not None:
+        return (
+            f"removed {removed} removable drive(s) from {vm.name} in the lab's UTM state only; "
+            f"the lab host kept running (not rebooted: it has no disk to boot from) and "
+            f"answers at {address}"
+        )
+    return (
+        f"removed {removed} removable drive(s) from {vm.name} in UTM; started from disk "
+        f"(was {now}); answers at {address}"
+    )
+
+
+def _stop(mac: MacSide, vm: VM) -> None:
+    """`utmctl stop --request` (the guest shuts down cleanly), `--force` if it lingers."""
+    for mode in (utm.StopMode.REQUEST, utm.StopMode.FORCE):
+        utm.stop(vm.name, mode=mode, utmctl=mac.utmctl)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            if utm.status(vm.name, utmctl=mac.utmctl) is utm.VmStatus.STOPPED:
+                return
+            time.sleep(1.0)
+    raise RunbookError(f"{vm.name} is still not stopped after `utmctl stop {vm.name} --force`")
 
 
 def steps(ctx: Context) -> list[Step]:
