@@ -29,6 +29,7 @@ SUBNET, BRIDGE = "10.231.13.0/24", "rblabf"
 CACHE, WORKER = "10.231.13.11", "10.231.13.12"
 STALE = "10.231.13.99"  # the worker's address in the params: nothing answers there
 HOSTS = ("nixos-utm-cache", "nixos-utm-worker1")
+DEPLOY_VMS = ("vm-aarch64-utm-cache", "vm-aarch64-utm")  # 01 creates them, with the ISO
 USER_PASSWORD = "jqwang-lab"  # = the lab nixos-config's hashedPassword for jqwang
 LIVE_ROOT = "Typed-Live-Root-93!"  # chosen by the user, typed on the consoles by 02
 BOOTSTRAP0_ROOT = "root"  # the Makefile's users.users.root.initialPassword (§1)
@@ -122,6 +123,16 @@ def _steps(record: Path) -> list[dict[str, str]]:
     return [{**s, "notebook": nb["notebook"]} for nb in manifest["notebooks"] for s in nb["steps"]]
 
 
+def _utm_drives() -> dict[str, list[tuple[bool, str | None]]]:
+    """(removable, image) of each drive of the deployment's VMs in the stand-ins' UTM state."""
+    state = json.loads((STATE / "mac" / "utm.json").read_text())
+    return {
+        vm["name"]: [(d["removable"], d["source"]) for d in vm["drives"]]
+        for vm in state["vms"]
+        if vm["name"] in DEPLOY_VMS
+    }
+
+
 def _ssh(user: str, address: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
     """OpenSSH with the lab's known_hosts, as a user would after the deploy."""
     opts = ["-o", f"UserKnownHostsFile={STATE / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
@@ -173,6 +184,12 @@ def test_first_install_deploy_goes_through_01_to_08(rig: Rig) -> None:
     assert f"{WORKER} (params say {STALE}), found by console" in log
     assert f"vm-aarch64-utm: {WORKER} (found by console in this run)" in log
     assert f"NIXADDR={WORKER}" in log and f"NIXADDR={STALE}" not in log
+    # 03 removes the ISO 01 attached; in the lab only the stand-ins' UTM state changes
+    removed = [s for s in steps if s["step"].startswith("remove the ISO from ")]
+    assert [s["outcome"] for s in removed] == ["done", "done"], removed
+    assert all("lab's UTM state only" in s["reason"] for s in removed), removed
+    assert all("not rebooted" in s["reason"] for s in removed), removed
+    assert _utm_drives() == {vm: [(False, None)] for vm in DEPLOY_VMS}
     print(f"first-install lab deploy: {d.seconds:.1f} s (goal < {DEPLOY_GOAL_S:g} s)")
     assert d.seconds < DEPLOY_GOAL_S * 1.5, d.seconds
 
@@ -213,6 +230,9 @@ def test_a_second_deploy_changes_nothing(rig: Rig) -> None:
         if s["outcome"] == "done" and s["notebook"][:2] in {"03", "04", "05", "06", "07", "09"}
     ]
     assert changed == [], changed
+    removed = [s for s in _steps(again.record) if s["step"].startswith("remove the ISO from ")]
+    assert [s["outcome"] for s in removed] == ["already done", "already done"], removed
+    assert _utm_drives() == {vm: [(False, None)] for vm in DEPLOY_VMS}
     # its own addresses, found again by its own 02: nothing carried over from the first run
     assert json.loads((again.record / "addresses.json").read_text())["vm-aarch64-utm"]["found"]
     assert f"{WORKER} (params say {STALE}), found by console" in again.out

@@ -198,6 +198,7 @@ def test_off_macos_is_unchecked_and_runs_nothing(monkeypatch: pytest.MonkeyPatch
             lambda: utm.list_vms(),
             lambda: utm.start("x"),
             lambda: utm.remove_iso("x"),
+            lambda: utm.attached_isos("x"),
             lambda: utm.mac_address("x"),
             lambda: utm.create_vm(utm.NewVm("x", Path("/x.iso"))),
         ):

@@ -153,8 +153,7 @@ def drive_rows(vm: dict[str, Any]) -> list[str]:
     size: UTM's Scripting/UTMScriptingConfigImpl.swift), so the script's `try` leaves it empty."""
     drives: list[dict[str, Any]] = vm.get("drives", [])
     return [
-        f"{d['id']}\t{'true' if d['removable'] else 'false'}\t{host_size_mib(d)}\t"
-        for d in drives
+        f"{d['id']}\t{'true' if d['removable'] else 'false'}\t{host_size_mib(d)}\t" for d in drives
     ]
 
 
