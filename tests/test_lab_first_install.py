@@ -239,6 +239,31 @@ def test_a_second_deploy_changes_nothing(rig: Rig) -> None:
     assert "replacing host key" not in again.out and "was ssh-ed25519" not in again.out
 
 
+def test_remove_iso_starts_a_vm_left_stopped(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ISO but the VM stopped (a run that failed after the removal): not done; the rerun
+    starts it and waits for the installed login, then it is already done."""
+    from runbook import utm
+    from runbook.lab import console
+    from runbook.sections import s03_bootstrap0
+    from runbook.steps import Outcome, open_context
+
+    monkeypatch.chdir(rig.params.parent)
+    ctx = open_context(s03_bootstrap0.NOTEBOOK, str(rig.params), "deploy", False, str(rig.secrets))
+    assert ctx.dep.lab is not None
+    for key, value in console.mac_env(ctx.dep.lab).items():  # restored after the test
+        monkeypatch.setenv(key, value)
+    utmctl = str(console.mac_dir(ctx.dep.lab) / "bin" / "utmctl")
+    vm = ctx.dep.cache_vm
+    utm.stop(vm.name, utmctl=utmctl)
+    try:
+        assert ctx.run(s03_bootstrap0.remove_iso(ctx, vm)) is Outcome.DONE
+        assert utm.status(vm.name, utmctl=utmctl) is utm.VmStatus.STARTED
+        assert ctx.run(s03_bootstrap0.remove_iso(ctx, vm)) is Outcome.ALREADY
+    finally:
+        ctx.close()
+    assert "removed 0 removable drive(s)" in ctx.records[0]["reason"]
+
+
 def test_the_worker_substitutes_from_the_cache(rig: Rig) -> None:
     (sub,) = [
         s for s in _steps(rig.first.record) if s["step"].startswith("substitute the cache VM's")

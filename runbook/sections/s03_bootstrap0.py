@@ -199,7 +199,8 @@ def installed_login(ctx: Context, vm: VM, address: str) -> bool:
 def remove_iso(ctx: Context, vm: VM) -> Step:
     """部署流程速查 4: the ISO out of the VM's removable drive in UTM, then boot from disk.
 
-    Already done when no removable drive holds an image (`utm.attached_isos`, read-only).
+    Already done when no removable drive holds an image (`utm.attached_isos`, read-only) and
+    the VM is not left stopped (a run that failed after the removal starts it on the rerun).
     Otherwise: stop the VM if it runs (UTM changes a configuration only while it is stopped,
     utm-makefile-keys.md §3), drop its removable drives (`utm.remove_iso`), start it, and wait
     until the installed system answers on SSH at this run's address (as bootstrap0 waits).
@@ -232,6 +233,8 @@ def remove_iso(ctx: Context, vm: VM) -> Step:
         isos = utm.attached_isos(vm.name)
         if isos:
             return Check(False, f"{len(isos)} removable drive(s) hold an image")
+        if found.status is utm.VmStatus.STOPPED:  # e.g. a run that failed after the removal
+            return Check(False, "no ISO, but the VM is stopped: it still has to boot from disk")
         return Check(True, f"no ISO attached to {vm.name} in {mac.where}")
 
     return Step(
