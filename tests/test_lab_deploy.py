@@ -12,8 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,20 +19,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need
+from tests.deploy_rig import Deploy, run_deploy
 
 STATE = Path("/var/lib/runbook-lab-deploytest")
 SUBNET, BRIDGE = "10.231.10.0/24", "rblabd"
 CACHE_HOST = "nixos-utm-cache"
 PASSWORDS = {"root": "Qm4-live-iso-x7", "jqwang": "jqwang-lab"}
 DEPLOY_GOAL_S = 90.0
-
-
-@dataclass
-class Deploy:
-    rc: int
-    out: str
-    seconds: float
-    record: Path
 
 
 @dataclass
@@ -50,19 +41,8 @@ class Rig:
 
 
 def _deploy(params: Path, secrets: Path, records: Path, logs: Path, *extra: str) -> Deploy:
-    before = set(records.iterdir()) if records.exists() else set()
-    start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "runbook", "deploy", str(params), "--yes",
-         "--secrets", str(secrets), "--records", str(records), *extra],
-        capture_output=True, text=True, check=False, timeout=600,
-    )  # fmt: skip
-    seconds = time.monotonic() - start
-    out = proc.stdout + proc.stderr
-    n = len(list(logs.glob("*.log")))
-    (logs / f"deploy-{n}.log").write_text(out)
-    (new,) = set(records.iterdir()) - before
-    return Deploy(proc.returncode, out, seconds, new)
+    log = logs / f"deploy-{len(list(logs.glob('*.log')))}.log"
+    return run_deploy(params, secrets, records, log, *extra)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import need
+from tests.deploy_rig import Deploy, run_deploy
 
 STATE = Path("/var/lib/runbook-lab-firstinstall")
 SUBNET, BRIDGE = "10.231.13.0/24", "rblabf"
@@ -38,14 +38,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
-class Deploy:
-    rc: int
-    out: str
-    seconds: float
-    record: Path
-
-
-@dataclass
 class Rig:
     params: Path
     secrets: Path
@@ -54,17 +46,10 @@ class Rig:
     keys_before: dict[str, str]
 
     def deploy(self, *extra: str) -> Deploy:
-        before = set(self.records.iterdir())
-        start = time.monotonic()
-        proc = subprocess.run(
-            [sys.executable, "-m", "runbook", "deploy", str(self.params), "--yes",
-             "--secrets", str(self.secrets), "--records", str(self.records), *extra],
-            capture_output=True, text=True, check=False, timeout=600,
-        )  # fmt: skip
-        (new,) = set(self.records.iterdir()) - before
-        out = proc.stdout + proc.stderr
-        (new.parent / f"{new.name}.out").write_text(out)  # the console output, scanned too
-        return Deploy(proc.returncode, out, time.monotonic() - start, new)
+        n = len(list(self.records.glob("*.out")))
+        return run_deploy(
+            self.params, self.secrets, self.records, self.records / f"deploy-{n}.out", *extra
+        )
 
 
 def _host_key(address: str) -> str:
