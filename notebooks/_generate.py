@@ -115,7 +115,8 @@ without it the step fails and says how to confirm. The Makefile partitions `/dev
 VirtIO disk is `/dev/vda` (`runbook doctor` reports it). The reinstalled system has new SSH host
 keys: this is the one step that declares the change expected, and it logs the old and the new
 fingerprints; from here root logs in with the Makefile's password (`initialPassword = "root"`),
-not the live one (lesson 7). Then the ISO is removed in UTM.""",
+not the live one (lesson 7). Then the runbook stops the VM, removes the ISO in UTM (its removable
+drive that holds an image), starts it from disk and waits for an SSH login.""",
         [
             (
                 "## bootstrap0 (dangerous)",
