@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages the lab and the tests need (idempotent).
-# Real programs, not stand-ins: OpenSSH sshd, fish, sudo, rsync, Nix, iproute2, socat, and
+# Real programs, not stand-ins: OpenSSH sshd, fish, sudo, rsync, Nix, iproute2, chromium. and
 # Debian's chromium for the JupyterLab browser test (driven by the playwright package).
 set -euo pipefail
 
@@ -8,7 +8,7 @@ if [[ "$(uname -s)" != Linux ]]; then
   echo "install-system-deps: not Linux ($(uname -s)); nothing to install here"
   exit 0
 fi
-packages=(python3-venv openssh-server openssh-client fish sudo rsync nix-bin iproute2 socat procps util-linux make git chromium)
+packages=(python3-venv openssh-server openssh-client fish sudo rsync nix-bin iproute2 procps util-linux make git chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
