@@ -473,6 +473,10 @@ def test_push_counts_with_and_without_upstream_filter(lab, pushed):
 
 
 def test_real_nix_substitutes_from_the_standin(lab, pushed):
+    def realise(trusted: str) -> list[str]:
+        return ["nix-store", "-r", built, "--option", "substituters", f"{lab.url}/main",
+                "--option", "trusted-public-keys", trusted]  # fmt: skip
+
     built = str(pushed["built"])
     key = json.loads(http(f"{lab.url}/main/attic-cache-info")[2])["public_key"]
     narinfo = http(f"{lab.url}/main/{Path(built).name[:32]}.narinfo")[2].decode()
@@ -482,53 +486,16 @@ def test_real_nix_substitutes_from_the_standin(lab, pushed):
     before = lab.in_store(["cat", built], check=True).stdout
     lab.in_store(["nix-store", "--delete", built], check=True)
     assert lab.in_store(["test", "-e", built]).returncode != 0
-    proc = lab.in_store(
-        [
-            "nix-store",
-            "-r",
-            built,
-            "--option",
-            "substituters",
-            f"{lab.url}/main",
-            "--option",
-            "trusted-public-keys",
-            key,
-        ]
-    )
+    proc = lab.in_store(realise(key))
     assert proc.returncode == 0, proc.stderr
     assert f"copying path '{built}' from '{lab.url}/main'" in proc.stderr
     assert lab.in_store(["cat", built], check=True).stdout == before
     # with a key Nix does not trust, substitution is refused
     lab.in_store(["nix-store", "--delete", built], check=True)
     wrong = "main:" + base64.b64encode(os.urandom(32)).decode()
-    refused = lab.in_store(
-        [
-            "nix-store",
-            "-r",
-            built,
-            "--option",
-            "substituters",
-            f"{lab.url}/main",
-            "--option",
-            "trusted-public-keys",
-            wrong,
-        ]
-    )
+    refused = lab.in_store(realise(wrong))
     assert refused.returncode != 0
-    lab.in_store(
-        [
-            "nix-store",
-            "-r",
-            built,
-            "--option",
-            "substituters",
-            f"{lab.url}/main",
-            "--option",
-            "trusted-public-keys",
-            key,
-        ],
-        check=True,
-    )  # restore for later tests
+    lab.in_store(realise(key), check=True)  # restore for later tests
 
 
 # ------------------------------------------------------------------ verify_cache
