@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from runbook.models import Host
 from tests.sshd_rig import FISH_USER, PASS_USER, PASS_WORD, Sshd, start_sshd, stop_sshd
 
 IN_CI = bool(os.environ.get("CI"))
+# The lab's NixOS stand-ins (runbook/lab/bin) run under the project's interpreter; inside a lab
+# host the host's init names it, and tests that run them directly name it here.
+os.environ.setdefault("RUNBOOK_LAB_PYTHON", sys.executable)
 __all__ = ["FISH_USER", "IN_CI", "PASS_USER", "PASS_WORD", "Sshd", "need"]
 
 

@@ -103,7 +103,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
     port = _free_port()
     env = {**os.environ, "ATTICD_STANDIN_STATE_DIR": str(root / "state")}
     proc = subprocess.Popen(
-        [sys.executable, str(ATTICD), "-l", f"127.0.0.1:{port}", "--env-file", str(root / "env")],
+        [str(ATTICD), "-l", f"127.0.0.1:{port}", "--env-file", str(root / "env")],
         env=env,
         stderr=subprocess.DEVNULL,
     )

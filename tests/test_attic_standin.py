@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -103,12 +102,11 @@ class Lab:
         )
 
     def attic(self, *args: str, home: str = "home", stdin: str | None = None):
-        return self.in_store([sys.executable, str(BIN / "attic"), *args], home=home, stdin=stdin)
+        return self.in_store([str(BIN / "attic"), *args], home=home, stdin=stdin)
 
     def make_token(self, *flags: str, sub: str = "admin", validity: str = "10y") -> str:
         proc = subprocess.run(
             [
-                sys.executable,
                 str(BIN / "atticd-atticadm"),
                 "make-token",
                 "--sub",
@@ -130,7 +128,6 @@ class Lab:
 def start_atticd(lab: Lab) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [
-            sys.executable,
             str(BIN / "atticd"),
             "-l",
             f"127.0.0.1:{lab.port}",
@@ -240,7 +237,6 @@ def test_atticd_refuses_bad_secret_like_atticd(lab, tmp_path, payload, expected)
         env_file.write_text(f"{keys.TOKEN_SECRET_VAR}={value}\n")
     proc = subprocess.run(
         [
-            sys.executable,
             str(BIN / "atticd"),
             "-l",
             f"127.0.0.1:{free_port()}",
@@ -268,7 +264,7 @@ def test_root_is_a_health_probe(lab):
 
 def test_check_config_mode(lab):
     proc = subprocess.run(
-        [sys.executable, str(BIN / "atticd"), "--mode", "check-config"],
+        [str(BIN / "atticd"), "--mode", "check-config"],
         env=lab.env(),
         capture_output=True,
         text=True,
@@ -293,7 +289,6 @@ def test_make_token_claims_and_cr_output(lab):
     }
     dump = subprocess.run(
         [
-            sys.executable,
             str(BIN / "atticd-atticadm"),
             "make-token",
             "--sub",

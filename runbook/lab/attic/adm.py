@@ -79,3 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(out + "\r\n")
     sys.stdout.flush()
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

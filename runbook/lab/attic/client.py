@@ -393,3 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     except ClientError as exc:
         print(f"Error: {exc.name}: {exc.message}", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -417,3 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.pid_file:
             Path(args.pid_file).unlink(missing_ok=True)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
