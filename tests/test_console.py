@@ -397,7 +397,16 @@ def test_quartz_posts_keycode_events_with_shift_flags(monkeypatch: pytest.Monkey
     monkeypatch.setitem(sys.modules, "AppKit", appkit)
     monkeypatch.setattr(sys, "platform", "darwin")
     monkeypatch.setattr(backends.time, "sleep", lambda s: None)
-    backends.QuartzBackend().type_text("vm", "a:")
+    # UTM's windows are faked here; the window decisions are tested in test_console_mac.py
+    windows = mock.Mock(titles=mock.Mock(return_value=["vm"]))
+    windows.focus.return_value = backends.UtmFocus(True, "vm")
+    windows.activate.side_effect = lambda: calls.append(("activate", None))
+    quartz_backend = backends.QuartzBackend(
+        running_vms=lambda: ["vm"], windows=lambda app, appkit: windows
+    )
+    quartz_backend.type_text("vm", "a:")
+    windows.raise_window.assert_called_once_with(0)
+    assert calls[0] == ("activate", None)
     posts = [c[1] for c in calls if c[0] == "post"]
     assert {p[0] for p in posts} == {4242}
     assert [(e["c"], e["d"], e["f"]) for _, e in posts] == [

@@ -26,16 +26,17 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Final, Protocol, Self
+from typing import Any, Final, Protocol, Self
 
 from runbook import local
 from runbook.console import keymap
 from runbook.errors import CommandError, ConnectError, InputError, RunbookError
 from runbook.secrets import Secret, mask, write_private
-from runbook.utm import MacOnlyError, require_macos, run_applescript
+from runbook.utm import MacOnlyError, VmStatus, list_vms, require_macos, run_applescript
 
 logger: Final = logging.getLogger(__name__)
 
@@ -186,13 +187,20 @@ def hammerspoon_lua(vm: str, events: Sequence[keymap.KeyEvent], delay: float = 0
 
 
 def hammerspoon_screenshot_lua(vm: str, path: Path) -> str:
-    """Lua that saves the VM window's snapshot (needs Screen Recording permission, §5)."""
+    """Lua that saves the VM window's snapshot (needs Screen Recording permission, §5).
+
+    `hs.image:saveToFile(path[, scale][, filetype])`: with both optional arguments, `scale` must
+    be a boolean (Hammerspoon/hammerspoon `extensions/image/libimage.m`, `saveToFile`: four
+    values on the stack are checked as image, string, boolean, string), so a number there raises
+    "incorrect type 'number' for argument 3 (expected boolean)". `false` keeps the size in
+    points, the documented default.
+    """
     return "\n".join(
         [
             *_lua_window(vm),
             "local img = win:snapshot()",
             'if not img then error("snapshot failed: grant Hammerspoon Screen Recording") end',
-            f'if not img:saveToFile({lua_string(str(path))}, 1, "PNG") then',
+            f'if not img:saveToFile({lua_string(str(path))}, false, "PNG") then',
             '  error("could not save the snapshot") end',
             f"print({lua_string(str(path))})",
         ]
@@ -247,36 +255,275 @@ def _import_macos(module: str) -> ModuleType:
         ) from None
 
 
+# UTM titles a VM's display window with the VM's name: `window!.title = defaultTitle` with
+# `defaultTitle = vmQemuConfig.information.name` in enterLive (utmapp/UTM
+# Platform/macOS/Display/VMDisplayQemuDisplayController.swift); secondary windows are
+# "NAME (Display N)" (VMDisplayQemuMetalWindowController.swift) or "NAME (Terminal N)"
+# (VMDisplayQemuTerminalWindowController.swift), and until the VM is live the window keeps the
+# xib's title "UTM" (Base.lproj/VMDisplayWindow.xib), like the main window.
+QUARTZ_FOCUS_TIMEOUT: Final = 2.0
+# Key events between two checks that UTM's key window is still the VM's (taken only where
+# Shift is up, so a stop never leaves it pressed).
+QUARTZ_RECHECK_EVERY: Final = 32
+
+
+class WindowFocusError(RunbookError):
+    """The VM's window is not UTM's key window, and keys posted to UTM could reach another VM."""
+
+
+class WindowsUnreadableError(RunbookError):
+    """UTM's windows cannot be read or raised (e.g. no Accessibility permission)."""
+
+
+@dataclass(frozen=True)
+class UtmFocus:
+    """Where keys posted to UTM's process land: is UTM frontmost, and its key window's title.
+
+    `readable=False`: the Accessibility API could not say (then both are None).
+    """
+
+    frontmost: bool | None
+    window: str | None
+    readable: bool = True
+
+
+UNREADABLE_FOCUS: Final = UtmFocus(None, None, readable=False)
+
+
+class UtmWindows(Protocol):
+    """The macOS side of QuartzBackend besides posting: UTM's windows (faked in tests)."""
+
+    def titles(self) -> list[str]:
+        """UTM's window titles, in the order `raise_window` indexes; WindowsUnreadableError if not."""
+        ...
+
+    def raise_window(self, index: int) -> None: ...
+
+    def activate(self) -> None: ...
+
+    def focus(self) -> UtmFocus: ...
+
+
+def _running_text(running: Sequence[str] | None) -> str:
+    if running is None:
+        return "an unknown number of VMs run (utmctl list failed)"
+    names = ", ".join(repr(n) for n in running) or "none"
+    return f"{len(running)} VMs run ({names})"
+
+
+def _only_this_runs(vm: str, running: Sequence[str] | None) -> bool:
+    return running is not None and list(running) == [vm]
+
+
+def choose_vm_window(
+    vm: str, titles: Sequence[str] | None, running: Sequence[str] | None, why: str = ""
+) -> int | None:
+    """Which of UTM's windows to raise before posting keys for `vm` (pure decision code).
+
+    `titles`: UTM's window titles, or None when they cannot be read (`why`); `running`: the
+    names of UTM's VMs that are not stopped, or None when unknown. Returns the index of the one
+    window titled `vm`, or None when the titles cannot be read but `vm` is the only VM running
+    (then UTM is only activated, as before). Raises WindowFocusError when the keys could reach
+    another VM's window or no window of `vm` is there to take them.
+    """
+    if running is not None and vm not in running:
+        raise WindowFocusError(f"{vm!r} is not running in UTM; {_running_text(running)}")
+    if titles is None:
+        if _only_this_runs(vm, running):
+            return None
+        raise WindowFocusError(
+            f"cannot raise {vm!r}'s window ({why or 'its windows cannot be read'}) and "
+            f"{_running_text(running)}: keys posted to UTM go to its key window, whichever VM "
+            "that is; grant this process the Accessibility permission, or use the utm-input "
+            "backend"
+        )
+    matches = [i for i, title in enumerate(titles) if title == vm]
+    if len(matches) == 1:
+        return matches[0]
+    shown = ", ".join(repr(t) for t in titles) or "none"
+    if matches:
+        raise WindowFocusError(
+            f"{len(matches)} UTM windows are titled {vm!r}, so the VM's own cannot be told "
+            f"apart; give the VMs distinct names ({_running_text(running)})"
+        )
+    raise WindowFocusError(
+        f"no UTM window titled {vm!r} (UTM's windows: {shown}); open the VM's display window "
+        "(UTM titles it with the VM's name) on the current Space"
+    )
+
+
+def focus_problem(vm: str, focus: UtmFocus, running: Sequence[str] | None) -> str | None:
+    """Why keys posted now could miss `vm`'s window, or None when they reach it (pure)."""
+    if not focus.readable:
+        if _only_this_runs(vm, running):
+            return None
+        return f"UTM's key window cannot be read and {_running_text(running)}"
+    if focus.frontmost is False:
+        return "UTM is not the frontmost application (its key window would get no keys)"
+    if focus.window != vm:
+        shown = "none" if focus.window is None else repr(focus.window)
+        return f"UTM's key window is {shown}, not {vm!r}'s"
+    return None
+
+
+def _started_vms() -> list[str] | None:
+    """The names of UTM's VMs that are not stopped (`utmctl list`), or None if it fails."""
+    try:
+        return [e.name for e in list_vms() if e.status is not VmStatus.STOPPED]
+    except RunbookError as exc:
+        logger.warning("quartz: cannot list UTM's VMs: %s", exc)
+        return None
+
+
+class AxUtmWindows:
+    """UTM's windows through the Accessibility API (pyobjc ApplicationServices, macOS only).
+
+    Needs the Accessibility permission, as posting key events does (§6.2). Unverified off a
+    Mac: written from Apple's AXUIElement API (AXUIElementCopyAttributeValue returns
+    `(error, value)` in pyobjc).
+    """
+
+    def __init__(self, app: Any, appkit: ModuleType, ax: ModuleType) -> None:
+        self._app, self._appkit, self._ax = app, appkit, ax
+        self._element = ax.AXUIElementCreateApplication(app.processIdentifier())
+        self._windows: list[Any] = []
+
+    def _get(self, element: Any, attribute: str) -> Any:
+        err, value = self._ax.AXUIElementCopyAttributeValue(element, attribute, None)
+        if err == self._ax.kAXErrorNoValue:
+            return None
+        if err != self._ax.kAXErrorSuccess:
+            raise WindowsUnreadableError(f"Accessibility error {err} reading UTM's {attribute}")
+        return value
+
+    def titles(self) -> list[str]:
+        if not self._ax.AXIsProcessTrusted():
+            raise WindowsUnreadableError(
+                "this process has no Accessibility permission (System Settings > Privacy & "
+                "Security > Accessibility: add the app that runs the runbook)"
+            )
+        self._windows = list(self._get(self._element, self._ax.kAXWindowsAttribute) or [])
+        return [str(self._get(w, self._ax.kAXTitleAttribute) or "") for w in self._windows]
+
+    def raise_window(self, index: int) -> None:
+        ax, window = self._ax, self._windows[index]
+        ax.AXUIElementSetAttributeValue(window, ax.kAXMinimizedAttribute, False)
+        ax.AXUIElementSetAttributeValue(window, ax.kAXMainAttribute, True)
+        err = ax.AXUIElementPerformAction(window, ax.kAXRaiseAction)
+        if err != ax.kAXErrorSuccess:
+            raise WindowsUnreadableError(f"Accessibility error {err} raising UTM window {index}")
+
+    def activate(self) -> None:
+        # From macOS 14 activateWithOptions_ may be refused to a background process, so UTM is
+        # also made frontmost through its AX element.
+        self._ax.AXUIElementSetAttributeValue(self._element, self._ax.kAXFrontmostAttribute, True)
+        self._app.activateWithOptions_(self._appkit.NSApplicationActivateIgnoringOtherApps)
+
+    def focus(self) -> UtmFocus:
+        # Read through AX, not NSRunningApplication.isActive: that one is refreshed only by a
+        # main run loop, which a notebook kernel does not run.
+        try:
+            front = self._get(self._element, self._ax.kAXFrontmostAttribute)
+            window = self._get(self._element, self._ax.kAXFocusedWindowAttribute)
+            title = None if window is None else self._get(window, self._ax.kAXTitleAttribute)
+        except WindowsUnreadableError:
+            return UNREADABLE_FOCUS
+        return UtmFocus(
+            None if front is None else bool(front), None if title is None else str(title)
+        )
+
+
+def _ax_windows(app: Any, appkit: ModuleType) -> UtmWindows:
+    return AxUtmWindows(app, appkit, _import_macos("ApplicationServices"))
+
+
 class QuartzBackend:
     """pyobjc Quartz events posted to UTM's process; UTM types into its key window.
 
-    The posting process (Terminal or Jupyter) needs the Accessibility permission (§6.2).
+    `CGEventPostToPid` reaches UTM's key window, whichever VM that is (reference, Corrections),
+    so the VM's own window is raised first (by its title, the VM's name) and UTM's key window is
+    checked before typing and every QUARTZ_RECHECK_EVERY events; when the window cannot be
+    raised or read, typing goes ahead only if this VM is the only one running. The posting
+    process (Terminal or Jupyter) needs the Accessibility permission (§6.2). `running_vms` and
+    `windows` are the seams tests fake.
     """
 
     name = "quartz"
 
-    def __init__(self, delay: float = 0.01) -> None:
+    def __init__(
+        self,
+        delay: float = 0.01,
+        *,
+        running_vms: Callable[[], Sequence[str] | None] = _started_vms,
+        windows: Callable[[Any, ModuleType], UtmWindows] = _ax_windows,
+        focus_timeout: float = QUARTZ_FOCUS_TIMEOUT,
+    ) -> None:
         self.delay = delay
+        self.running_vms = running_vms
+        self.windows = windows
+        self.focus_timeout = focus_timeout
 
-    def _utm_app(self, appkit: ModuleType) -> object:
+    def _utm_app(self, appkit: ModuleType) -> Any:
         for app in appkit.NSWorkspace.sharedWorkspace().runningApplications():
             if app.bundleIdentifier() == UTM_BUNDLE_ID:
                 return app
         raise RunbookError("UTM is not running (no process with bundle id com.utmapp.UTM)")
 
+    def focus_vm(self, vm: str, ui: UtmWindows, running: Sequence[str] | None) -> UtmFocus:
+        """Raise `vm`'s window and activate UTM; wait (bounded) until keys would reach it."""
+        try:
+            titles: list[str] | None = ui.titles()
+            why = ""
+        except WindowsUnreadableError as exc:
+            titles, why = None, str(exc)
+        index = choose_vm_window(vm, titles, running, why)
+        if index is None:
+            logger.warning(
+                "quartz: cannot read UTM's windows (%s); %r is the only VM running", why, vm
+            )
+        else:
+            try:
+                ui.raise_window(index)
+            except WindowsUnreadableError as exc:  # the focus check below decides
+                logger.warning("quartz: %s", exc)
+        ui.activate()
+        deadline = time.monotonic() + self.focus_timeout
+        while True:
+            focus = ui.focus() if titles is not None else UNREADABLE_FOCUS
+            problem = focus_problem(vm, focus, running)
+            if problem is None:
+                return focus
+            if time.monotonic() >= deadline:
+                raise WindowFocusError(
+                    f"nothing typed into {vm!r}: after raising its window, {problem} "
+                    f"(waited {self.focus_timeout:g} s)"
+                )
+            time.sleep(0.1)
+
     def type_text(self, vm: str, text: str | Secret) -> None:
         events = keymap.mac_events(_reveal(text))  # InputError before touching macOS
         quartz, appkit = _import_macos("Quartz"), _import_macos("AppKit")
         app = self._utm_app(appkit)
-        app.activateWithOptions_(appkit.NSApplicationActivateIgnoringOtherApps)  # type: ignore[attr-defined]
-        time.sleep(0.2)
-        pid = app.processIdentifier()  # type: ignore[attr-defined]
-        for e in events:
+        ui = self.windows(app, appkit)
+        running = self.running_vms()
+        focus = self.focus_vm(vm, ui, running)
+        pid = app.processIdentifier()
+        checked = 0
+        for i, e in enumerate(events):
+            shift_up = i == 0 or not events[i - 1].flags & keymap.FLAG_SHIFT
+            if focus.readable and shift_up and i - checked >= QUARTZ_RECHECK_EVERY:
+                checked = i
+                problem = focus_problem(vm, ui.focus(), running)
+                if problem is not None:
+                    raise WindowFocusError(
+                        f"stopped typing into {vm!r} after {i} of {len(events)} key events: "
+                        f"{problem}"
+                    )
             ev = quartz.CGEventCreateKeyboardEvent(None, e.key_code, e.is_down)
             quartz.CGEventSetFlags(ev, e.flags)
             quartz.CGEventPostToPid(pid, ev)
             time.sleep(self.delay)
-        logger.info("typed %d key events into UTM (%s) with %s", len(events), vm, self.name)
+        logger.info("typed %d key events into %s's window with %s", len(events), vm, self.name)
 
     def screenshot(self, vm: str, path: Path) -> Path:
         raise UnsupportedError(

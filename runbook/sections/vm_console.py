@@ -46,7 +46,7 @@ from runbook.errors import RunbookError
 from runbook.hostkeys import KnownHosts, entry_name
 from runbook.lab.config import HostSpec, LabParams
 from runbook.params import VM
-from runbook.secrets import Secret
+from runbook.secrets import Secret, mask
 from runbook.steps import Context
 
 logger: Final = logging.getLogger(__name__)
@@ -224,15 +224,28 @@ def exit_status(marked: str, tag: str) -> int | None:
 
 
 def save_screen(ctx: Context, con: VmConsole, label: str) -> Path | None:
-    """The console's picture in the record (lesson 4): text over serial, masked, 0600."""
+    """The console's picture in the record (lesson 4): text over serial, masked, 0600.
+
+    The picture is evidence, never a result: it is taken in a `finally` after typing, so any
+    failure here (no Screen Recording permission, a Lua error, a full disk) is logged as a
+    warning and the step goes on; raising would fail a step whose typing worked, or hide the
+    error that typing raised."""
     if ctx.record_dir is None:
         return None
-    path = ctx.record_dir / "console" / f"{con.vm.name}-{label}.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if con.reader is not None and con.reader.last_transcript:
-        return con.reader.screenshot(con.vm.name, path)
-    if con.backend.name == "hammerspoon":
-        return con.backend.screenshot(con.vm.name, path.with_suffix(".png"))
+    try:
+        path = ctx.record_dir / "console" / f"{con.vm.name}-{label}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if con.reader is not None and con.reader.last_transcript:
+            return con.reader.screenshot(con.vm.name, path)
+        if con.backend.name == "hammerspoon":
+            return con.backend.screenshot(con.vm.name, path.with_suffix(".png"))
+    except Exception as exc:  # noqa: BLE001 - a picture must never fail the step
+        logger.warning(
+            "no console picture of %s (%s) in the record: %s",
+            con.vm.name,
+            label,
+            mask(f"{type(exc).__name__}: {exc}"),
+        )
     return None
 
 
