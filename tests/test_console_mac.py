@@ -344,6 +344,16 @@ def test_quartz_stops_when_focus_moves_while_typing(macos: list[tuple[str, Any]]
     assert len(macos) == backends.QUARTZ_RECHECK_EVERY
 
 
+def test_quartz_stop_never_leaves_shift_or_a_key_pressed(macos: list[tuple[str, Any]]) -> None:
+    ui = FakeUtm(["other", VM])
+    ui.steal_after = 1
+    # 30 events of "a", then Shift held over "BBBBB": the check waits for Shift's release
+    with pytest.raises(backends.WindowFocusError, match=r"after 42 of"):
+        _quartz(ui, ["other", VM]).type_text(VM, "a" * 15 + "B" * 5 + "c" * 20)
+    last = macos[-1][1][1]
+    assert (last["c"], last["d"], last["f"]) == (56, False, 0)  # Shift released, nothing down
+
+
 def test_quartz_unreadable_running_list_and_windows_refuses(macos: list[tuple[str, Any]]) -> None:
     with pytest.raises(backends.WindowFocusError, match="unknown number of VMs"):
         _quartz(FakeUtm(None), None).type_text(VM, "x")

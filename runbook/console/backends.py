@@ -262,8 +262,8 @@ def _import_macos(module: str) -> ModuleType:
 # (VMDisplayQemuTerminalWindowController.swift), and until the VM is live the window keeps the
 # xib's title "UTM" (Base.lproj/VMDisplayWindow.xib), like the main window.
 QUARTZ_FOCUS_TIMEOUT: Final = 2.0
-# Key events between two checks that UTM's key window is still the VM's (taken only where
-# Shift is up, so a stop never leaves it pressed).
+# Key events between two checks that UTM's key window is still the VM's (taken only between
+# whole key presses, so a stop never leaves a key or Shift pressed).
 QUARTZ_RECHECK_EVERY: Final = 32
 
 
@@ -495,8 +495,7 @@ class QuartzBackend:
                 return focus
             if time.monotonic() >= deadline:
                 raise WindowFocusError(
-                    f"nothing typed into {vm!r}: after raising its window, {problem} "
-                    f"(waited {self.focus_timeout:g} s)"
+                    f"nothing typed into {vm!r}: {problem} (waited {self.focus_timeout:g} s)"
                 )
             time.sleep(0.1)
 
@@ -510,8 +509,9 @@ class QuartzBackend:
         pid = app.processIdentifier()
         checked = 0
         for i, e in enumerate(events):
-            shift_up = i == 0 or not events[i - 1].flags & keymap.FLAG_SHIFT
-            if focus.readable and shift_up and i - checked >= QUARTZ_RECHECK_EVERY:
+            # between whole key presses only: no key down, Shift released
+            idle = i == 0 or not (events[i - 1].is_down or events[i - 1].flags & keymap.FLAG_SHIFT)
+            if focus.readable and idle and i - checked >= QUARTZ_RECHECK_EVERY:
                 checked = i
                 problem = focus_problem(vm, ui.focus(), running)
                 if problem is not None:
