@@ -184,64 +184,199 @@ def push_argv(
     return argv
 
 
+# How `attic push` reports each path (zhaofengli/attic `client/src/push.rs`, `upload_path`):
+# `✅ <hash>-<name> (<speed>/s[, N% deduplicated])` or `✅ <hash>-<name> (deduplicated)` once a
+# path is uploaded, `❌ <hash>-<name>: <error>` when it fails. The store path is printed as
+# its base name (`StorePath::as_os_str`); a /nix/store/ prefix is accepted too.
+_BASE_NAME: Final = r"(?:/nix/store/)?([0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+)"
+_PUSHED_RE: Final = re.compile(r"^\s*\u2705 " + _BASE_NAME + r" \((.*)\)\s*$", re.MULTILINE)
+_FAILED_RE: Final = re.compile(r"^\s*\u274c " + _BASE_NAME + r": (.*?)\s*$", re.MULTILINE)
+
+
 @dataclass(frozen=True)
-class PushReport:
-    """Counts read from `attic push` output (attic.md §4)."""
+class PushLines:
+    """The per-path result lines of `attic push` (stderr). With `--stdin` these are all it
+    prints: no `Pushing N paths` and no `All done` line, and nothing at all when nothing
+    needed uploading (`client/src/command/push.rs`, `push_stdin`)."""
 
-    planned: int
+    pushed: tuple[str, ...]  # base names
+    failed: tuple[tuple[str, str], ...]  # (base name, error)
+
+
+def parse_push_lines(output: str) -> PushLines:
+    text = output.replace("\r", "\n")
+    return PushLines(
+        tuple(m.group(1) for m in _PUSHED_RE.finditer(text)),
+        tuple((m.group(1), m.group(2)) for m in _FAILED_RE.finditer(text)),
+    )
+
+
+@dataclass(frozen=True)
+class StorePathSigs:
+    """One line of `nix path-info --all --sigs`: a store path and its signatures' key names."""
+
+    path: str
+    signers: frozenset[str]
+
+
+def parse_path_info_sigs(stdout: str) -> list[StorePathSigs]:
+    """`/nix/store/… sig1 sig2` per line; derivations left out (workers substitute outputs)."""
+    found: list[StorePathSigs] = []
+    for line in stdout.splitlines():
+        cols = line.split()
+        if not cols or not keys.is_store_path(cols[0]) or cols[0].endswith(".drv"):
+            continue
+        found.append(StorePathSigs(cols[0], frozenset(s.split(":", 1)[0] for s in cols[1:])))
+    return found
+
+
+def split_upstream(
+    paths: Sequence[StorePathSigs], upstream_key_names: Sequence[str], *, ignore_filter: bool
+) -> tuple[list[str], list[str]]:
+    """(eligible, skipped as in upstream), as attic's push plan filters: a path signed by one
+    of the cache's `upstream_cache_key_names` is not uploaded (`PushPlan::plan`)."""
+    upstream = set() if ignore_filter else set(upstream_key_names)
+    eligible = [p.path for p in paths if not p.signers & upstream]
+    skipped = [p.path for p in paths if p.signers & upstream]
+    return eligible, skipped
+
+
+class PushFailedError(RunbookError):
+    """`attic push` failed, or left eligible paths out of the cache."""
+
+
+@dataclass(frozen=True)
+class PushVerdict:
+    cache: str
+    eligible: int
     pushed: int
-    already_cached: int
-    in_upstream: int
-    failed: int
-
-    @property
-    def nothing_pushed(self) -> bool:
-        return self.pushed == 0
-
-    def problem(self) -> str | None:
-        """Why this push should not pass silently, or None: failures, or nothing in the cache."""
-        if self.failed:
-            return f"{self.failed} paths failed to push"
-        if self.pushed == 0 and self.already_cached == 0:
-            return "nothing was pushed and nothing was already cached: " + self.summary()
-        return None
+    upstream: int
+    upstream_keys: tuple[str, ...]
 
     def summary(self) -> str:
-        text = (
-            f"pushed {self.pushed} of {self.planned} paths; {self.already_cached} already cached, "
-            f"{self.in_upstream} skipped as in upstream"
+        keys_shown = ", ".join(self.upstream_keys) or "none"
+        return (
+            f"pushed {self.pushed} of {self.eligible} paths; "
+            f"{self.eligible - self.pushed} already in {self.cache}, {self.upstream} skipped "
+            f"as in upstream (the cache's upstream keys: {keys_shown})"
         )
-        if self.failed:
-            text += f", {self.failed} failed"
-        if self.pushed == 0 and self.in_upstream and not self.already_cached:
-            text += (
-                " (nothing uploaded: every path is signed by an upstream cache; "
-                "use --ignore-upstream-cache-filter to push them)"
-            )
-        return text
 
 
-_PUSHING_RE: Final = re.compile(
-    r"Pushing (\d+) paths? to .*\((\d+) already cached, (\d+) in upstream\)"
-)
-_DONE_RE: Final = re.compile(r"All done! \((\d+) already cached, (\d+) in upstream\)")
-
-
-def parse_push_output(output: str) -> PushReport:
-    """Counts from `⚙️ Pushing N paths ... (X already cached, Y in upstream)...` and the
-    per-path `✅ <hash-name>` lines, or from `✅ All done! (X already cached, Y in upstream)`."""
-    text = output.replace("\r", "\n")
-    if m := _PUSHING_RE.search(text):
-        planned, cached, upstream = (int(g) for g in m.groups())
-        ok = len(
-            re.findall(r"^\s*\u2705 (?:/nix/store/)?[0-9a-df-np-sv-z]{32}-", text, re.MULTILINE)
+def judge_push(
+    *,
+    cache: str,
+    exit_code: int,
+    output: str,
+    eligible: Sequence[str],
+    upstream: int,
+    upstream_keys: Sequence[str],
+    missing_after: Sequence[str],
+) -> PushVerdict:
+    """A push passes when attic exited 0 with no `❌` line and the server says no eligible
+    path is missing (`POST /_api/v1/get-missing-paths` after the push)."""
+    lines = parse_push_lines(output)
+    if exit_code != 0 or lines.failed:
+        first = f"; first: {lines.failed[0][0]}: {lines.failed[0][1]}" if lines.failed else ""
+        raise PushFailedError(
+            f"attic push exited with {exit_code}: {len(lines.failed)} paths failed, "
+            f"{len(lines.pushed)} pushed{first}"
         )
-        failed = len(re.findall(r"^\s*\u274c ", text, re.MULTILINE))
-        return PushReport(planned, ok, cached, upstream, failed)
-    if m := _DONE_RE.search(text):
-        cached, upstream = (int(g) for g in m.groups())
-        return PushReport(0, 0, cached, upstream, 0)
-    raise AtticOutputError("`attic push` output has neither a 'Pushing' nor an 'All done' line")
+    if not eligible:
+        raise PushFailedError(
+            f"nothing to push: all {upstream} paths are signed by an upstream key of {cache} "
+            f"({', '.join(upstream_keys)}); set cache.upstream_filter: false to push them"
+        )
+    if missing_after:
+        shown = ", ".join(missing_after[:3]) + (" …" if len(missing_after) > 3 else "")
+        raise PushFailedError(
+            f"attic push exited 0 ({len(lines.pushed)} paths pushed) but {len(missing_after)} "
+            f"of {len(eligible)} eligible paths are still missing from {cache}: {shown}"
+        )
+    return PushVerdict(cache, len(eligible), len(lines.pushed), upstream, tuple(upstream_keys))
+
+
+# ---------------------------------------------------------------------------- API
+
+
+class AtticApiError(RunbookError):
+    """A request to atticd's API failed."""
+
+
+def _api(
+    url: str, token: Secret | None, timeout: float, body: object | None = None
+) -> dict[str, object]:
+    headers = {"User-Agent": "runbook", "Accept": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token.reveal()}"
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    method = "POST" if body is not None else "GET"
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            answer = json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace").strip()
+        raise AtticApiError(f"{method} {url}: HTTP {exc.code} {detail[:200]}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise AtticApiError(f"{method} {url}: {getattr(exc, 'reason', exc)}") from None
+    except ValueError:
+        raise AtticApiError(f"{method} {url}: the answer is not JSON") from None
+    if not isinstance(answer, dict):
+        raise AtticApiError(f"{method} {url}: expected a JSON object")
+    return answer
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """`GET /_api/v1/cache-config/{cache}` (zhaofengli/attic `attic/src/api/v1/cache_config.rs`)."""
+
+    api_endpoint: str
+    upstream_cache_key_names: tuple[str, ...]
+    public_key: str
+
+
+def get_cache_config(
+    endpoint: str, cache: str, token: Secret | None, timeout: float = 10.0
+) -> CacheConfig:
+    base = endpoint.rstrip("/") + "/"
+    data = _api(f"{base}_api/v1/cache-config/{cache}", token, timeout)
+    names = data.get("upstream_cache_key_names") or []
+    api_endpoint = data.get("api_endpoint")
+    return CacheConfig(
+        # push uses the endpoint the server returns, if any (`client/src/command/push.rs`)
+        str(api_endpoint) if isinstance(api_endpoint, str) and api_endpoint else base,
+        tuple(str(n) for n in names) if isinstance(names, list) else (),
+        str(data.get("public_key", "")),
+    )
+
+
+def get_missing_paths(
+    api_endpoint: str,
+    cache: str,
+    store_paths: Sequence[str],
+    token: Secret | None,
+    timeout: float = 30.0,
+) -> list[str]:
+    """The store paths whose hashes the cache lacks: `POST /_api/v1/get-missing-paths` with
+    `{"cache", "store_path_hashes"}`, answered `{"missing_paths": [hash, …]}` (attic
+    `server/src/api/v1/get_missing_paths.rs`; needs push permission)."""
+    if not store_paths:
+        return []
+    by_hash = {store_path_hash(p): p for p in store_paths}
+    body = {"cache": cache, "store_path_hashes": list(by_hash)}
+    url = api_endpoint.rstrip("/") + "/_api/v1/get-missing-paths"
+    missing = _api(url, token, timeout, body).get("missing_paths")
+    if not isinstance(missing, list):
+        raise AtticApiError(f"POST {url}: no missing_paths list in the answer")
+    return sorted(by_hash[str(h)] for h in missing if str(h) in by_hash)
+
+
+def store_path_hash(store_path: str) -> str:
+    """The 32-character hash part of a store path."""
+    return store_path.rsplit("/", 1)[-1][:32]
 
 
 # ---------------------------------------------------------------------------- verify

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -183,6 +184,8 @@ def http(
 ) -> tuple[int, dict[str, str], bytes]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     data = json.dumps(body).encode() if body is not None else None
+    if data is not None:
+        headers["Content-Type"] = "application/json"  # what attic's client sends (reqwest .json)
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -433,38 +436,77 @@ def pushed(lab) -> dict[str, object]:
     return {"built": built, "dep": dep, "upstream": upstream}
 
 
-def test_push_counts_with_and_without_upstream_filter(lab, pushed):
-    paths = f"{pushed['built']}\n{pushed['upstream']}\n"
+def _missing(lab, paths: list[str]) -> list[str]:
+    admin = lab.make_token(*ADMIN_FLAGS)
+    return attic.get_missing_paths(lab.url, "main", paths, Secret(admin))
+
+
+def test_push_stdin_prints_only_per_path_lines(lab, pushed):
+    """`push_stdin` (client/src/command/push.rs): no `Pushing`/`All done` line, one
+    `✅ <hash-name> (…)` line per upload (client/src/push.rs), nothing when nothing is left."""
+    built, dep, up = str(pushed["built"]), list(pushed["dep"]), str(pushed["upstream"])  # type: ignore[arg-type]
+    paths = f"{built}\n\n{up}\n"  # an empty line is skipped
     argv = attic.push_argv("main", jobs=2)
+    assert sorted(_missing(lab, [built, *dep])) == sorted([built, *dep])
     first = lab.attic(*argv[1:], stdin=paths)
     assert first.returncode == 0, first.stderr
-    report = attic.parse_push_output(first.stderr)
+    lines = first.stderr.splitlines()
     # closure: built + dep pushed; the cache.nixos.org-1-signed path skipped
-    assert (report.planned, report.pushed, report.already_cached, report.in_upstream) == (
-        2,
-        2,
-        0,
-        1,
+    assert len(lines) == 2 and "Pushing" not in first.stderr and "All done" not in first.stderr
+    assert sorted(attic.parse_push_lines(first.stderr).pushed) == sorted(
+        Path(p).name for p in [built, *dep]
     )
-    assert (
-        '\u2699\ufe0f Pushing 2 paths to "main" on "local" (0 already cached, 1 in upstream)'
-        in first.stderr
-    )
-    again = attic.parse_push_output(lab.attic(*argv[1:], stdin=paths).stderr)
-    assert again.nothing_pushed and (again.already_cached, again.in_upstream) == (2, 1)
-    upstream_only = attic.parse_push_output(
-        lab.attic(*argv[1:], stdin=f"{pushed['upstream']}\n").stderr
-    )
-    assert (
-        upstream_only.nothing_pushed and "ignore-upstream-cache-filter" in upstream_only.summary()
-    )
+    assert all(re.fullmatch(r"\u2705 \S+ \(\d+(\.\d\d [KMG]i)? ?B/s\)", ln) for ln in lines), lines
+    assert _missing(lab, [built, *dep]) == []
+    again = lab.attic(*argv[1:], stdin=paths)
+    assert (again.returncode, again.stderr) == (0, "")
+    upstream_only = lab.attic(*argv[1:], stdin=f"{up}\n")
+    assert (upstream_only.returncode, upstream_only.stderr) == (0, "")
+    assert _missing(lab, [up]) == [up]
     forced = lab.attic(
         *attic.push_argv("main", jobs=2, ignore_upstream_filter=True)[1:], stdin=paths
     )
-    report = attic.parse_push_output(forced.stderr)
-    assert (report.pushed, report.already_cached, report.in_upstream) == (1, 2, 0)
+    assert attic.parse_push_lines(forced.stderr).pushed == (Path(up).name,)
     zero = lab.attic("push", "main", "--stdin", "-j", "0", stdin=paths)
     assert zero.returncode == 1 and "Error:" in zero.stderr
+
+
+def test_push_with_paths_says_its_plan(lab, pushed):
+    """`push_static`: `⚙️ Pushing N paths …` before the uploads, `✅ All done! (…)` when
+    nothing is left, `🤷 Nothing specified.` without paths."""
+    fresh = add_path(lab, f"static {time.time_ns()}", "static")
+    first = lab.attic("push", "main", fresh, str(pushed["built"]))
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.startswith(
+        '\u2699\ufe0f Pushing 1 paths to "main" on "local" (2 already cached, 0 in upstream)...\n'
+    )
+    assert attic.parse_push_lines(first.stderr).pushed == (Path(fresh).name,)
+    again = lab.attic("push", "main", fresh)
+    assert again.stderr == "\u2705 All done! (1 already cached, 0 in upstream)\n"
+    up = lab.attic("push", "main", str(pushed["upstream"]))
+    assert up.stderr == "\u2705 All done! (0 already cached, 1 in upstream)\n"
+    nothing = lab.attic("push", "main", stdin="")
+    assert nothing.returncode == 0 and nothing.stderr.startswith("\U0001f937 Nothing specified.")
+    both = lab.attic("push", "main", "--stdin", fresh, stdin="")
+    assert both.returncode != 0
+
+
+def test_get_missing_paths_refuses_what_axum_refuses(lab):
+    """The body is axum's Json<GetMissingPathsRequest> (server/src/api/v1/get_missing_paths.rs):
+    415 without the JSON content type, 422 for a hash that is no StorePathHash."""
+    admin = lab.make_token(*ADMIN_FLAGS)
+    url = f"{lab.url}/_api/v1/get-missing-paths"
+    body = json.dumps({"cache": "main", "store_path_hashes": ["e" * 32]}).encode()
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Authorization": f"Bearer {admin}"})  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as no_type:
+        urllib.request.urlopen(req, timeout=10)
+    assert no_type.value.code == 415
+    status, _, text = http(url, admin, "POST", {"cache": "main", "store_path_hashes": ["e" * 32]})
+    assert status == 422 and b"store_path_hashes" in text
+    ok = "0" * 32
+    status, _, text = http(url, admin, "POST", {"cache": "main", "store_path_hashes": [ok, ok]})
+    assert status == 200 and json.loads(text) == {"missing_paths": [ok]}
 
 
 def test_real_nix_substitutes_from_the_standin(lab, pushed):
@@ -556,24 +598,6 @@ def test_verify_cache_private_with_token(lab, pushed):
     # a known path on a private cache, anonymous: 401 (attic.md §5)
     status, _, _ = http(f"{lab.url}/vpriv/{Path(str(pushed['built'])).name[:32]}.narinfo")
     assert status == 401
-
-
-def test_parse_push_output_reports_empty_pushes():
-    upstream_only = attic.parse_push_output("\u2705 All done! (0 already cached, 7 in upstream)\n")
-    assert upstream_only.nothing_pushed and upstream_only.problem() is not None
-    assert "ignore-upstream-cache-filter" in upstream_only.summary()
-    cached = attic.parse_push_output("\u2705 All done! (3 already cached, 0 in upstream)\n")
-    assert cached.nothing_pushed and cached.problem() is None
-    text = (
-        '\u2699\ufe0f Pushing 2 paths to "main" on "local" (1 already cached, 0 in upstream)...\r\n'
-        "\u2705 0c9r1k6dn9pq1x4ygkqh8m2l2kqnd4xc-a (1.00 MiB/s)\r\n"
-        "\u274c 1c9r1k6dn9pq1x4ygkqh8m2l2kqnd4xc-b: Error: x\r\n"
-    )
-    report = attic.parse_push_output(text)
-    assert (report.planned, report.pushed, report.failed) == (2, 1, 1)
-    assert report.problem() == "1 paths failed to push"
-    with pytest.raises(attic.AtticOutputError):
-        attic.parse_push_output("garbage")
 
 
 def test_argv_builders_follow_the_handbook():

@@ -7,15 +7,14 @@ script on bash's stdin (lesson 5), and the token is a registered secret, masked 
 
 from __future__ import annotations
 
-import json
 import shlex
-import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from runbook import attic, keys
-from runbook.errors import RunbookError
+from runbook.errors import CommandError, RunbookError
 from runbook.models import Elevate
 from runbook.params import VM
 from runbook.secrets import Secret
@@ -25,7 +24,6 @@ from runbook.steps import TODO, Check, Context, Step
 NOTEBOOK: Final = "06-cache"
 SERVER: Final = "local"
 ENDPOINT: Final = "http://localhost:8080"
-UPSTREAM_KEYS: Final = ("cache.nixos.org-1",)  # attic cache create's default upstream key
 PLACEHOLDER: Final = Secret("<admin token from the store>", "placeholder")
 
 
@@ -98,8 +96,6 @@ def create(ctx: Context, vm: VM) -> Step:
     def apply() -> str:
         result = ctx.connection(vm).run(argv, elevate=Elevate.SUDO, check=False)
         if not result.ok and not attic.is_cache_exists_error(result.stderr):
-            from runbook.errors import CommandError
-
             raise CommandError(
                 host=vm.name,
                 command=result.command,
@@ -146,38 +142,42 @@ def make_public(ctx: Context, vm: VM) -> Step:
 PATHS_SCRIPT: Final = "nix path-info --all --sigs"
 
 
-def _store_paths(ctx: Context, vm: VM) -> tuple[list[str], int]:
-    """The cache VM's store paths that `attic push` would send, and how many the upstream
-    filter skips (signed by an upstream key, cache.nixos.org-1 by default: attic.md §4)."""
-    out = ctx.connection(vm).run(PATHS_SCRIPT, elevate=Elevate.SUDO).stdout
-    eligible, skipped = [], 0
-    for line in out.splitlines():
-        cols = line.split()
-        if not cols or cols[0].endswith(".drv"):
-            continue
-        signers = {sig.split(":", 1)[0] for sig in cols[1:]}
-        if ctx.dep.cache.upstream_filter and signers & set(UPSTREAM_KEYS):
-            skipped += 1
-        else:
-            eligible.append(cols[0])
-    return eligible, skipped
+def _api_base(ctx: Context) -> str:
+    c = ctx.dep.cache
+    return f"http://{c.host}:{c.port}/"
 
 
-def _missing(ctx: Context, paths: list[str]) -> list[str]:
-    """`POST /_api/v1/get-missing-paths` (attic.md §5) with the admin token."""
+def _admin_token(ctx: Context) -> Secret:
     token = _token(ctx)
     if token is None:
         raise RunbookError("no admin token in the secret store: run the step above")
-    c = ctx.dep.cache
-    body = {"cache": c.name, "store_path_hashes": [p.rsplit("/", 1)[1][:32] for p in paths]}
-    request = urllib.request.Request(
-        f"http://{c.host}:{c.port}/_api/v1/get-missing-paths",
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token.reveal()}", "Content-Type": "application/json"},
-        method="POST",
+    return token
+
+
+@dataclass(frozen=True)
+class _PushPlan:
+    config: attic.CacheConfig
+    eligible: list[str]
+    upstream: list[str]
+
+
+def _push_plan(ctx: Context, vm: VM) -> _PushPlan:
+    """The cache VM's store paths that `attic push` would send: those not signed by one of
+    the cache's own `upstream_cache_key_names` (read from the server, as the client does)."""
+    config = attic.get_cache_config(_api_base(ctx), ctx.dep.cache.name, _admin_token(ctx))
+    out = ctx.connection(vm).run(PATHS_SCRIPT, elevate=Elevate.SUDO).stdout
+    eligible, upstream = attic.split_upstream(
+        attic.parse_path_info_sigs(out),
+        config.upstream_cache_key_names,
+        ignore_filter=not ctx.dep.cache.upstream_filter,
     )
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        return list(json.loads(resp.read())["missing_paths"])
+    return _PushPlan(config, eligible, upstream)
+
+
+def _missing(ctx: Context, plan: _PushPlan) -> list[str]:
+    return attic.get_missing_paths(
+        plan.config.api_endpoint, ctx.dep.cache.name, plan.eligible, _admin_token(ctx)
+    )
 
 
 def push(ctx: Context, vm: VM) -> Step:
@@ -185,25 +185,42 @@ def push(ctx: Context, vm: VM) -> Step:
     argv = attic.push_argv(c.name, jobs=c.push_jobs, ignore_upstream_filter=not c.upstream_filter)
     # .drv files are left out: workers substitute outputs, never derivations
     script = f"nix path-info --all | grep -v '\\.drv$' | {shlex.join(argv)}"
-    filt = "on (cache.nixos.org paths skipped)" if c.upstream_filter else "off"
+    filt = "on (paths signed by the cache's upstream keys skipped)" if c.upstream_filter else "off"
 
     def probe() -> Check:
-        eligible, skipped = _store_paths(ctx, vm)
-        if not eligible:
-            return TODO  # the push runs and reports that it had nothing to send
-        missing = _missing(ctx, eligible)
-        if missing:
-            return TODO
+        plan = _push_plan(ctx, vm)
+        if not plan.eligible or _missing(ctx, plan):
+            return TODO  # with nothing eligible, the push step says why
         return Check(
-            True, f"all {len(eligible)} paths are in {c.name}; {skipped} skipped as in upstream"
+            True,
+            f"all {len(plan.eligible)} paths are in {c.name}; "
+            f"{len(plan.upstream)} skipped as in upstream",
         )
 
     def apply() -> str:
-        out = ctx.connection(vm).run(script, elevate=Elevate.SUDO)
-        report = attic.parse_push_output(out.stdout + out.stderr)
-        if (problem := report.problem()) is not None:
-            raise RunbookError(f"attic push: {problem}")
-        return report.summary()
+        plan = _push_plan(ctx, vm)
+        result = ctx.connection(vm).run(script, elevate=Elevate.SUDO, check=False)
+        try:
+            verdict = attic.judge_push(
+                cache=c.name,
+                exit_code=result.exit_code,
+                output=result.stderr + result.stdout,
+                eligible=plan.eligible,
+                upstream=len(plan.upstream),
+                upstream_keys=plan.config.upstream_cache_key_names,
+                missing_after=_missing(ctx, plan) if result.ok else [],
+            )
+        except attic.PushFailedError as exc:
+            if result.ok:
+                raise
+            raise CommandError(
+                host=vm.name,
+                command=result.command,
+                exit_code=result.exit_code,
+                stderr=result.stderr,
+                reason=str(exc),
+            ) from None
+        return verdict.summary()
 
     return Step(
         f"push the store to {c.name} (-j {c.push_jobs}, upstream filter {filt})",

@@ -219,7 +219,22 @@ def _path_infos(paths: list[str], closure: bool) -> list[dict[str, Any]]:
     return infos
 
 
+def human_bytes(n: float) -> str:
+    """indicatif's `HumanBytes` (binary prefixes), as attic's push lines show sizes."""
+    if n < 1024:
+        return f"{n:.0f} B"
+    prefixes = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"]
+    n /= 1024
+    while n >= 1024 and len(prefixes) > 1:
+        n /= 1024
+        prefixes.pop(0)
+    return f"{n:.2f} {prefixes[0]}B"
+
+
 def _upload(server: Server, endpoint: str, cache: str, info: dict[str, Any]) -> str:
+    """One path's PUT /_api/v1/upload-path; its result line as `upload_path` prints it
+    (zhaofengli/attic `client/src/push.rs`): the store path's base name, then the speed,
+    or `deduplicated` when the server had the NAR already."""
     started = time.monotonic()
     path = info["path"]
     proc = subprocess.run(["nix-store", "--dump", path], capture_output=True, check=False)
@@ -241,7 +256,7 @@ def _upload(server: Server, endpoint: str, cache: str, info: dict[str, Any]) -> 
         "nar_hash": f"sha256:{digest.hex()}",
         "nar_size": len(nar),
     }
-    api(
+    result = api(
         server,
         "PUT",
         "_api/v1/upload-path",
@@ -252,76 +267,115 @@ def _upload(server: Server, endpoint: str, cache: str, info: dict[str, Any]) -> 
             "Content-Type": "application/octet-stream",
         },
     )
-    rate = len(nar) / (1 << 20) / max(time.monotonic() - started, 1e-6)
-    return f"\u2705 {Path(path).name} ({rate:.2f} MiB/s)"
+    result = result if isinstance(result, dict) else {}
+    if result.get("kind") == "Deduplicated":
+        detail = "deduplicated"
+    else:
+        speed = int(len(nar) / max(time.monotonic() - started, 1e-6))
+        detail = f"{human_bytes(speed)}/s"
+        frac = result.get("frac_deduplicated")
+        if isinstance(frac, int | float) and frac > 0.01:
+            detail += f", {frac * 100:.1f}% deduplicated"
+    return f"\u2705 {Path(path).name} ({detail})"
 
 
-def _roots(args: argparse.Namespace) -> list[str]:
-    raw = sys.stdin.read().split() if args.stdin else list(args.paths)
-    return [os.path.realpath(p) if not p.startswith("/nix/store/") else p for p in raw]
+def _stdin_roots() -> list[str]:
+    """`push_stdin`: one path per line, empty lines skipped, each followed to its store path."""
+    return [_follow(line) for line in sys.stdin.read().splitlines() if line]
+
+
+def _follow(path: str) -> str:
+    """`NixStore::follow_store_path`: a symlink such as ./result resolves into the store."""
+    return path if path.startswith("/nix/store/") else os.path.realpath(path)
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    """`PushPlan::plan` (client/src/push.rs): the closure, less the paths signed by one of
+    the cache's upstream keys, less those the server already has."""
+
+    todo: list[dict[str, Any]]
+    num_all: int
+    already_cached: int
+    upstream: int
+
+
+def _plan(
+    server: Server, endpoint: str, cache: str, conf: dict[str, Any], roots: list[str], args: Any
+) -> PushPlan:
+    infos = _path_infos(roots, closure=not args.no_closure) if roots else []
+    upstream_names = [] if args.ignore_upstream_cache_filter else conf["upstream_cache_key_names"]
+    candidates = [
+        i
+        for i in infos
+        if not {s.partition(":")[0] for s in i.get("signatures", [])} & set(upstream_names)
+    ]
+    hashes = [Path(i["path"]).name[:32] for i in candidates]
+    missing: set[str] = set()
+    if hashes:
+        body = {"cache": cache, "store_path_hashes": hashes}
+        answer = api(server, "POST", "_api/v1/get-missing-paths", body, endpoint=endpoint)
+        missing = set(answer["missing_paths"])
+    todo = [i for i in candidates if Path(i["path"]).name[:32] in missing]
+    return PushPlan(todo, len(infos), len(candidates) - len(todo), len(infos) - len(candidates))
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    """`attic push` (client/src/command/push.rs): with paths (`push_static`) it says what it
+    plans; with --stdin (`push_stdin`) it prints only the per-path result lines, and nothing
+    when nothing needs uploading."""
     if args.jobs == 0:
         raise ClientError("PushError", "The number of jobs cannot be 0")
     server, cache = resolve(args.cache)
     conf = api(server, "GET", f"_api/v1/cache-config/{cache}")
-    endpoint = str(conf["api_endpoint"])  # push uses the endpoint the server returns (§4)
-    roots = _roots(args)
-    infos = _path_infos(roots, closure=not args.no_closure) if roots else []
-    upstream_names = [] if args.ignore_upstream_cache_filter else conf["upstream_cache_key_names"]
-    candidates, in_upstream = [], 0
-    for info in infos:
-        sig_names = {s.partition(":")[0] for s in info.get("signatures", [])}
-        if sig_names & set(upstream_names):
-            in_upstream += 1
+    endpoint = str(conf.get("api_endpoint") or server.endpoint)  # the delegated endpoint
+    if args.stdin:
+        plan = _plan(server, endpoint, cache, conf, _stdin_roots(), args)
+        return _push_all(server, endpoint, cache, plan.todo, args.jobs)
+    if not args.paths:
+        print("\U0001f937 Nothing specified.", file=sys.stderr)
+        if not sys.stdin.isatty():
+            print(
+                "Hint: Pass --stdin to read the list of store paths from standard input.",
+                file=sys.stderr,
+            )
+        return 0
+    plan = _plan(server, endpoint, cache, conf, [_follow(p) for p in args.paths], args)
+    if not plan.todo:
+        if plan.num_all == 0:
+            print("\U0001f937 Nothing selected.", file=sys.stderr)
         else:
-            candidates.append(info)
-    hashes = [Path(i["path"]).name[:32] for i in candidates]
-    missing = (
-        set(
-            api(
-                server,
-                "POST",
-                "_api/v1/get-missing-paths",
-                {"cache": cache, "store_path_hashes": hashes},
-                endpoint=endpoint,
-            )["missing_paths"]
-        )
-        if hashes
-        else set()
-    )
-    todo = [i for i in candidates if Path(i["path"]).name[:32] in missing]
-    cached = len(candidates) - len(todo)
-    if not todo:
-        print(
-            f"\u2705 All done! ({cached} already cached, {in_upstream} in upstream)",
-            file=sys.stderr,
-        )
+            print(
+                f"\u2705 All done! ({plan.already_cached} already cached, "
+                f"{plan.upstream} in upstream)",
+                file=sys.stderr,
+            )
         return 0
     print(
-        f'\u2699\ufe0f Pushing {len(todo)} paths to "{cache}" on "{server.name}" '
-        f"({cached} already cached, {in_upstream} in upstream)...",
+        f'\u2699\ufe0f Pushing {len(plan.todo)} paths to "{cache}" on "{server.name}" '
+        f"({plan.already_cached} already cached, {plan.upstream} in upstream)...",
         file=sys.stderr,
         flush=True,
     )
-    return _push_all(server, endpoint, cache, todo, args.jobs)
+    return _push_all(server, endpoint, cache, plan.todo, args.jobs)
 
 
 def _push_all(
     server: Server, endpoint: str, cache: str, todo: list[dict[str, Any]], jobs: int
 ) -> int:
-    failed = 0
+    """Upload with `jobs` workers; each result line as it comes. A failure makes the command
+    fail with that error (`results.into_values().collect::<Result<…>>()?`)."""
+    errors: list[ClientError] = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [(i["path"], pool.submit(_upload, server, endpoint, cache, i)) for i in todo]
         for path, fut in futures:
             try:
                 print(fut.result(), file=sys.stderr, flush=True)
             except ClientError as exc:
-                failed += 1
+                errors.append(exc)
                 print(f"\u274c {Path(path).name}: {exc}", file=sys.stderr, flush=True)
-    if failed:
-        raise ClientError("PushError", f"Failed to push {failed} paths")
+    if errors:
+        raise errors[0]
     return 0
 
 

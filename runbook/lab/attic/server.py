@@ -50,6 +50,7 @@ ERRORS: Final = {
 }
 _NARINFO_RE: Final = re.compile(r"^/([^/]+)/([0-9a-df-np-sv-z]{32})\.narinfo$")
 _NAR_RE: Final = re.compile(r"^/([^/]+)/nar/([0-9a-df-np-sv-z]{32})\.nar$")
+_STORE_HASH_RE: Final = re.compile(r"^[0-9a-df-np-sv-z]{32}$")  # attic/src/nix_store/mod.rs
 
 
 class ApiError(Exception):
@@ -296,12 +297,36 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _missing_paths(self) -> None:
-        body = _json_body(self._body())
-        name = str(body.get("cache", ""))
+        """zhaofengli/attic `server/src/api/v1/get_missing_paths.rs`: the body is axum's
+        `Json<GetMissingPathsRequest>` (`attic/src/api/v1/get_missing_paths.rs`), so a body
+        that is not `application/json` gets 415 and one whose hashes are not valid
+        `StorePathHash`es (32 nix-base32 characters) 422, both as plain text before any
+        auth; then push permission; the answer lists the requested hashes the cache lacks."""
+        raw = self._body()
+        if self.headers.get_content_type() != "application/json":
+            self._plain(415, "Expected request with `Content-Type: application/json`")
+            return
+        body = _json_body(raw)
+        hashes = body.get("store_path_hashes")
+        name = body.get("cache")
+        if not isinstance(name, str) or not isinstance(hashes, list):
+            self._plain(422, "Failed to deserialize the JSON body into the target type")
+            return
+        bad = [h for h in hashes if not isinstance(h, str) or not _STORE_HASH_RE.match(h)]
+        if bad:
+            self._plain(
+                422,
+                "Failed to deserialize the JSON body into the target type: "
+                f"store_path_hashes: Invalid store path hash {bad[0]!r}",
+            )
+            return
         self._auth_cache(name, ("push",))
-        hashes = [str(h) for h in body.get("store_path_hashes", [])]
-        missing = [h for h in hashes if self.server.store.get_object(name, h) is None]
+        wanted = sorted(set(hashes))  # a HashSet upstream: each hash once
+        missing = [h for h in wanted if self.server.store.get_object(name, h) is None]
         self._json({"missing_paths": missing})
+
+    def _plain(self, status: int, text: str) -> None:
+        self._send(status, text.encode(), "text/plain; charset=utf-8")
 
     def _upload_path(self) -> None:
         try:
