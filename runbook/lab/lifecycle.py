@@ -27,8 +27,12 @@ from runbook.secrets import write_private
 logger: Final = logging.getLogger(__name__)
 
 REGISTRY: Final = "lab.json"
-# Mount points the hosts need that a Debian machine lacks; made by up, removed by down.
-MOUNT_POINTS: Final = (Path("/nix-config"),)
+# Mount points the hosts bind over (system.BIND_DIRS) that a Debian machine lacks: made by up.
+# /nix is there only once Nix first ran (Debian's nix-bin makes none: that is nix-setup-systemd,
+# a recommends), so a clean machine has no mount point for the hosts' stores.
+MOUNT_POINTS: Final = (Path("/nix"), Path("/nix-config"))
+# Removed by down when empty; /nix stays (the machine's own Nix uses it too).
+REMOVED_BY_DOWN: Final = (Path("/nix-config"),)
 TEMPLATE: Final = Path(__file__).resolve().parent / "nixos-config"
 REQUIRED: Final = (
     "/usr/sbin/sshd",
@@ -196,7 +200,7 @@ def down(params: LabParams | Path | str | dict[str, Any] | None = None) -> None:
     net.remove_bridge(lab)
     # Removing a mount point detaches it in every namespace: only when no lab host is left.
     if not net.list_lab_netns():
-        for point in MOUNT_POINTS:
+        for point in REMOVED_BY_DOWN:
             if point.is_dir() and not os.path.ismount(point) and not any(point.iterdir()):
                 point.rmdir()
     if lab.state_dir.exists():

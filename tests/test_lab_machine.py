@@ -1,4 +1,6 @@
-"""The lab's NixOS stand-ins run under the project's interpreter, never the host's `python3`.
+"""What the lab needs from a clean machine, made by the project itself.
+
+The lab's NixOS stand-ins run under the project's interpreter, never the host's `python3`.
 
 A clean Debian's python3 has none of the project's packages (no `cryptography`), so a stand-in
 that runs as `#!/usr/bin/env python3` fails on the lab host with ModuleNotFoundError. Here the
@@ -13,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from runbook.lab import lifecycle, system
 
 BIN = Path(__file__).resolve().parents[1] / "runbook" / "lab" / "bin"
 # each stand-in's own answer to `--help` outside a lab host: proof that its Python module ran
@@ -65,3 +69,16 @@ def test_stand_in_without_an_interpreter_says_so(decoy_path: str) -> None:
         check=False,
     )
     assert proc.returncode != 0 and "RUNBOOK_LAB_PYTHON" in proc.stderr
+
+
+# What a clean Debian 12 has at / (debootstrap --variant=minbase bookworm, read off
+# ../shared/tools/fresh-machine's base image): every other directory a host binds over
+# must be made by `lab up` (a clean machine has no /nix: Debian's nix-bin makes none).
+DEBIAN_MINBASE_HAS: frozenset[str] = frozenset({"var/lib", "var/log", "home", "root", "tmp", "mnt"})
+
+
+def test_lab_up_makes_every_mount_point_a_clean_debian_lacks() -> None:
+    made = {str(p.relative_to("/")) for p in lifecycle.MOUNT_POINTS}
+    missing = set(system.BIND_DIRS) - DEBIAN_MINBASE_HAS - made
+    assert missing == set(), f"lab up binds over /{missing} but never makes it"
+    assert set(lifecycle.REMOVED_BY_DOWN) <= set(lifecycle.MOUNT_POINTS)
