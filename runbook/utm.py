@@ -270,8 +270,13 @@ def osascript_argv(*args: str) -> list[str]:
 
 
 def run_applescript(script: str, *args: str, what: str, timeout: float = OSASCRIPT_TIMEOUT) -> str:
-    """Run `script` through osascript with `args` as its argv; return stdout stripped."""
+    """Run `script` through osascript with `args` as its argv; return stdout stripped.
+
+    A script of UTM's Input Automation Suite (what the utm-input console backend sends) is
+    refused before it runs when UTM is older than 4.7.3 (`require_input_automation`)."""
     require_macos(what)
+    if uses_input_automation(script):
+        require_input_automation()
     return local.run(osascript_argv(*args), stdin=script, timeout=timeout).stdout.strip()
 
 
@@ -317,51 +322,65 @@ class NewVm:
             raise InputError(f"serial_tcp_port: {self.serial_tcp_port} is not a TCP port")
 
 
-def create_vm_script(spec: NewVm) -> str:
-    """AppleScript that makes the VM (cheat sheet `make new virtual machine`, §3), then sets
-    bridged networking, display and serial with one `update configuration` (lists are
-    replaced wholesale there, so every element we want is sent). argv: name, iso, host if, mac.
+# The configuration record's `serial ports` (code SrPt) shares its name with the plural of the
+# class `serial port` (code SeRi) in Scripting/UTM.sdef, and AppleScript compiles the name as
+# the element reference: `set serial ports of config to ...` fails at run time ("Can't set
+# every «class SeRi» of ...", UTM #7460). The raw code names the property itself.
+SERIAL_PORTS_KEY: Final = "«class SrPt»"
+DISPLAY_HARDWARE: Final = "virtio-ramfb"
+
+
+def create_vm_record(spec: NewVm) -> str:
+    """The `configuration:` record of `make new virtual machine`, every setting in it.
+
+    UTM applies the whole record before it creates anything (Scripting/
+    UTMScriptingCreateCommand.swift: `updateConfiguration(from: record)`, then `data.create`),
+    so a key it cannot take fails the command and leaves no half-made VM. Shapes from
+    Scripting/UTM.sdef and UTMScriptingConfigImpl.swift: lists of records for drives, network
+    interfaces, displays and serial ports; a record with `index` updates that element (the
+    create command starts with one default NIC), one without appends a new one, and elements
+    left out are removed (the default ISO drive, 64 GiB disk and ptty serial port).
     """
     spec.check()
-    # VirtIO is UTM's default disk interface (§1 "What this means for UTM"): say nothing then.
-    iface = (
-        ""
-        if spec.disk_interface == "virtio"
-        else f", interface:{DISK_INTERFACES[spec.disk_interface]}"
-    )
-    disk = f"{{guest size:{int(spec.disk_mib)}{iface}}}"
+    disk = f"{{guest size:{int(spec.disk_mib)}, interface:{DISK_INTERFACES[spec.disk_interface]}}}"
+    drives = f"{{{{removable:true, source:isoFile}}, {disk}}}"
     nic = "{index:0, mode:bridged, host interface:hostIf" + (
         ", address:macAddr}" if spec.mac else "}"
     )
-    drives = f"{{{{removable:true, source:isoFile}}, {disk}}}"
-    config = f'{{name:vmName, architecture:"{spec.architecture}", drives:{drives}}}'
-    make = f"    set vm to make new virtual machine with properties {{backend:qemu, configuration:{config}}}"
-    lines = [
-        "on run argv",
-        "  set vmName to item 1 of argv",
-        "  set isoFile to POSIX file (item 2 of argv)",
-        "  set hostIf to item 3 of argv",
-        "  set macAddr to item 4 of argv",
-        '  tell application "UTM"',
-        make,
-        "    set config to configuration of vm",
-        f"    set memory of config to {int(spec.memory_mib)}",
-        f"    set cpu cores of config to {int(spec.cpu_cores)}",
-        f"    set network interfaces of config to {{{nic}}}",
+    keys = [
+        "name:vmName",
+        f'architecture:"{spec.architecture}"',
+        f"memory:{int(spec.memory_mib)}",
+        f"cpu cores:{int(spec.cpu_cores)}",
+        f"drives:{drives}",
+        f"network interfaces:{{{nic}}}",
     ]
-    if spec.display:
-        lines.append('    set displays of config to {{hardware:"virtio-ramfb"}}')
+    if spec.display:  # the create command removes GUI devices: no window to type into without one
+        keys.append(f'displays:{{{{hardware:"{DISPLAY_HARDWARE}"}}}}')
     if spec.serial_tcp_port is not None:
-        lines.append(
-            f"    set serial ports of config to {{{{interface:tcp, port:{spec.serial_tcp_port}}}}}"
-        )
-    lines += [
-        "    update configuration of vm with config",
-        "    return id of vm",
-        "  end tell",
-        "end run",
-    ]
-    return "\n".join(lines) + "\n"
+        keys.append(f"{SERIAL_PORTS_KEY}:{{{{interface:tcp, port:{int(spec.serial_tcp_port)}}}}}")
+    return "{" + ", ".join(keys) + "}"
+
+
+def create_vm_script(spec: NewVm) -> str:
+    """AppleScript that makes the VM in one `make new virtual machine` (cheat sheet, §3) whose
+    configuration record holds every setting (`create_vm_record`); nothing is set afterwards.
+    argv: name, ISO path, host interface, MAC (user strings never enter the script text).
+    """
+    record = create_vm_record(spec)
+    return (
+        "on run argv\n"
+        "  set vmName to item 1 of argv\n"
+        "  set isoFile to POSIX file (item 2 of argv)\n"
+        "  set hostIf to item 3 of argv\n"
+        "  set macAddr to item 4 of argv\n"
+        '  tell application "UTM"\n'
+        "    set vm to make new virtual machine with properties "
+        f"{{backend:qemu, configuration:{record}}}\n"
+        "    return id of vm\n"
+        "  end tell\n"
+        "end run\n"
+    )
 
 
 def create_vm(spec: NewVm) -> str:
@@ -372,10 +391,185 @@ def create_vm(spec: NewVm) -> str:
         spec.name,
         str(spec.iso),
         spec.host_interface,
-        spec.mac or "",
+        normalize_mac(spec.mac) if spec.mac else "",
         what=f"creating VM {spec.name!r} in UTM",
     )
     return out.splitlines()[-1].strip() if out else ""
+
+
+# Reading back what 01 made, read-only. The configuration record's keys as UTM serializes them
+# (Scripting/UTMScriptingConfigImpl.swift `serializeQemuConfiguration`, `serializeQemuNetwork`,
+# `serializeQemuDisplay`, `serializeQemuSerial`, `serializeQemuDriveExisting`); the serial
+# ports by their raw code (SERIAL_PORTS_KEY: `serial ports of cfg` is the element reference,
+# UTM #7460). One row per fact, fields split by tabs:
+#   memory MiB | cpu cores N | nic mode MAC host-if | display hardware | serial interface port
+#   | drive removable interface
+VM_CONFIG_SCRIPT: Final = """on run argv
+  tell application "UTM"
+    set cfg to configuration of (virtual machine named (item 1 of argv))
+    set rows to {"memory" & tab & (memory of cfg as text), "cpu cores" & tab & (cpu cores of cfg as text)}
+    repeat with n in network interfaces of cfg
+      set end of rows to "nic" & tab & (mode of n as text) & tab & (address of n) & tab & (host interface of n)
+    end repeat
+    repeat with d in displays of cfg
+      set end of rows to "display" & tab & (hardware of d)
+    end repeat
+    repeat with p in «class SrPt» of cfg
+      set end of rows to "serial" & tab & (interface of p as text) & tab & (port of p as text)
+    end repeat
+    repeat with d in drives of cfg
+      set end of rows to "drive" & tab & (removable of d as text) & tab & (interface of d as text)
+    end repeat
+    set AppleScript's text item delimiters to linefeed
+    return rows as text
+  end tell
+end run
+"""
+
+# Enumerator codes of Scripting/UTM.sdef (qemu network mode, serial interface, qemu drive
+# interface): an enum that `as text` cannot name prints as «constant ****Code».
+_ENUM_CODES: Final = {
+    "EmUd": "emulated", "ShRd": "shared", "HoSt": "host", "BrGd": "bridged",
+    "PtTy": "ptty", "TcP ": "tcp", "IUnA": "unavailable",
+    "QdIN": "none", "QdIi": "IDE", "QdIs": "SCSI", "QdId": "SD", "QdIm": "MTD",
+    "QdIf": "Floppy", "QdIp": "PFlash", "QdIv": "VirtIO", "QdIn": "NVMe", "QdIu": "USB",
+}  # fmt: skip
+_CONSTANT_RE: Final = re.compile(r"^«constant \*\*\*\*(.{4})»$")
+
+
+def _enum_name(text: str) -> str:
+    found = _CONSTANT_RE.match(text)
+    return _ENUM_CODES.get(found[1], text) if found else text
+
+
+@dataclass(frozen=True)
+class NicConfig:
+    mode: str
+    address: str
+    host_interface: str
+
+
+@dataclass(frozen=True)
+class SerialConfig:
+    interface: str
+    port: int
+
+
+@dataclass(frozen=True)
+class DriveConfig:
+    removable: bool
+    interface: str
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    """A VM's configuration as UTM reads it back (VM_CONFIG_SCRIPT)."""
+
+    memory_mib: int
+    cpu_cores: int
+    nics: tuple[NicConfig, ...]
+    displays: tuple[str, ...]
+    serials: tuple[SerialConfig, ...]
+    drives: tuple[DriveConfig, ...]
+
+    def summary(self) -> str:
+        """One line: NICs, displays, serial ports, disk interfaces, RAM and cores."""
+        nics = ", ".join(f"{n.mode} {n.address}" for n in self.nics) or "no NIC"
+        shown = ", ".join(self.displays) or "no display"
+        serial = ", ".join(f"{p.interface} {p.port}" for p in self.serials) or "no serial port"
+        disks = ", ".join(d.interface for d in self.drives if not d.removable) or "no disk"
+        return (
+            f"{nics}; display {shown}; serial {serial}; disk {disks}; "
+            f"{self.memory_mib} MiB, {self.cpu_cores} cores"
+        )
+
+
+def _config_error(line: str) -> CommandError:
+    return CommandError(
+        host="localhost",
+        command="osascript - (configuration)",
+        exit_code=0,
+        reason=f"printed an unexpected configuration line {line!r}",
+    )
+
+
+def parse_vm_config(stdout: str) -> VmConfig:
+    """Parse VM_CONFIG_SCRIPT's rows (see there); enum codes are named, MACs upper-cased."""
+    memory = cores = -1
+    nics: list[NicConfig] = []
+    displays: list[str] = []
+    serials: list[SerialConfig] = []
+    drives_: list[DriveConfig] = []
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        kind, *fields = line.split("\t")
+        if kind in ("memory", "cpu cores") and len(fields) == 1 and fields[0].isdigit():
+            memory, cores = (
+                (int(fields[0]), cores) if kind == "memory" else (memory, int(fields[0]))
+            )
+        elif kind == "nic" and len(fields) in (2, 3):  # a last empty host interface is stripped
+            mode, address, host_if = [*fields, ""][:3]
+            nics.append(NicConfig(_enum_name(mode), address.upper(), host_if))
+        elif kind == "display" and len(fields) == 1:
+            displays.append(fields[0])
+        elif kind == "serial" and len(fields) == 2 and fields[1].isdigit():
+            serials.append(SerialConfig(_enum_name(fields[0]), int(fields[1])))
+        elif kind == "drive" and len(fields) == 2 and fields[0] in ("true", "false"):
+            drives_.append(DriveConfig(fields[0] == "true", _enum_name(fields[1])))
+        else:
+            raise _config_error(line)
+    if memory < 0 or cores < 0:
+        raise _config_error(stdout.strip()[:200])
+    return VmConfig(memory, cores, tuple(nics), tuple(displays), tuple(serials), tuple(drives_))
+
+
+def vm_config(vm: str) -> VmConfig:
+    """`vm`'s configuration as UTM has it (read-only: nothing in UTM changes)."""
+    out = run_applescript(VM_CONFIG_SCRIPT, vm, what=f"reading the configuration of {vm!r}")
+    return parse_vm_config(out)
+
+
+def normalize_mac(mac: str) -> str:
+    """`5a:94:ef:e4:c:ee` -> `5A:94:EF:E4:0C:EE` (UTM prints upper case, ARP strips zeros);
+    anything that is no MAC comes back upper-cased as it was."""
+    if not _MAC_RE.match(mac):
+        return mac.upper()
+    return ":".join(f"{int(octet, 16):02X}" for octet in mac.split(":"))
+
+
+def config_differences(spec: NewVm, config: VmConfig) -> list[str]:
+    """What in `config` differs from what 01 makes for `spec`, in words; [] when it matches.
+
+    What the later notebooks rely on: a bridged NIC (with the params' MAC when they give one:
+    discovery looks for it), a display (UTM's input and Hammerspoon type into its window), the
+    disk on the interface bootstrap0 partitions, and the TCP serial port when one is asked for.
+    RAM and cores are left to the user (UTM's settings may change them later).
+    """
+    wrong: list[str] = []
+    bridged = [n for n in config.nics if n.mode == "bridged"]
+    if not bridged:
+        has = ", ".join(f"{n.mode} {n.address}" for n in config.nics) or "none"
+        wrong.append(f"network: no bridged interface (UTM has: {has})")
+    elif spec.mac and normalize_mac(spec.mac) not in {normalize_mac(n.address) for n in bridged}:
+        macs = ", ".join(n.address for n in bridged)
+        wrong.append(
+            f"network: the bridged interface has MAC {macs}, params say {spec.mac.upper()}"
+        )
+    if spec.display and not config.displays:
+        wrong.append("display: none (nothing to type into or to take a picture of)")
+    want = DISK_INTERFACES[spec.disk_interface]
+    disks = [d.interface for d in config.drives if not d.removable]
+    if not disks:
+        wrong.append("disk: no fixed drive")
+    elif disks[0].lower() != want.lower():
+        wrong.append(f"disk: interface {disks[0]}, params say {want} ({spec.disk_interface})")
+    if spec.serial_tcp_port is not None:
+        tcp = [p.port for p in config.serials if p.interface == "tcp"]
+        if spec.serial_tcp_port not in tcp:
+            has = ", ".join(f"{p.interface} {p.port}" for p in config.serials) or "none"
+            wrong.append(f"serial: no TCP port {spec.serial_tcp_port} (UTM has: {has})")
+    return wrong
 
 
 REMOVE_ISO_SCRIPT: Final = """on run argv
@@ -403,11 +597,11 @@ end run
 
 
 # Reading a drive: UTM serializes an existing QEMU drive as {id, removable, interface, host size}
-# (Scripting/UTMScriptingConfigImpl.swift `serializeQemuDriveExisting`, read through the code
-# index; §3 lists `source` among the drive record's keys, but a read does not return it). So
-# `source` is tried and may stay empty; `host size` (MiB of the drive's image, 0 without one)
-# still tells an ISO in a removable drive from an empty one. One line per drive:
-# `<id> TAB <removable: true|false> TAB <host size> TAB <source POSIX path or empty>`.
+# (Scripting/UTMScriptingConfigImpl.swift `serializeQemuDriveExisting`; §3 lists `source` among
+# the drive record's keys, but a read does not return it). `source` is still tried (a later UTM
+# may give it) and stays empty; `host size` is 0 when UTM cannot stat the image, so neither
+# tells an empty removable drive from one holding the ISO (see `Drive.holds_image`). One line
+# per drive: `<id> TAB <removable: true|false> TAB <host size> TAB <source POSIX path or empty>`.
 DRIVES_SCRIPT: Final = """on run argv
   tell application "UTM"
     set vm to virtual machine named (item 1 of argv)
@@ -441,8 +635,11 @@ class Drive:
 
     @property
     def holds_image(self) -> bool:
-        """A removable drive with an image in it (the ISO): a source, or a non-zero size."""
-        return self.removable and (bool(self.source) or self.host_size_mib > 0)
+        """Counts as the attached ISO: any removable drive. A read never gives `source`
+        (`serializeQemuDriveExisting` in Scripting/UTMScriptingConfigImpl.swift) and `host
+        size` is 0 whenever UTM cannot stat the image (`size(of:)` there), so an ISO UTM cannot
+        reach looks like an empty drive; only dropping the drive (`remove_iso`) is certain."""
+        return self.removable
 
 
 def parse_drives(stdout: str) -> list[Drive]:
@@ -473,7 +670,7 @@ def drives(vm: str) -> list[Drive]:
 
 
 def attached_isos(vm: str) -> list[Drive]:
-    """`vm`'s removable drives that hold an image; empty once the ISO is removed."""
+    """`vm`'s removable drives (each counts as an attached ISO); empty once they are removed."""
     return [d for d in drives(vm) if d.holds_image]
 
 
@@ -543,6 +740,43 @@ def utm_version() -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", out)[:3])
 
 
+# The Input Automation Suite came in UTM 4.7.2 (commit 311654dc), but 4.7.2's Scripting/UTM.sdef
+# gave the application's `UTM version` the code `UTMv`, the code of the class `virtual machine`,
+# which broke scripts that name a VM (UTM #7360; fixed in 03db3f8c, first released in v4.7.3).
+INPUT_AUTOMATION_MIN: Final = (4, 7, 3)
+_INPUT_SUITE: Final = ("input scan code of ", "input keystroke of ", "input mouse click of ")
+
+
+def shown_version(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version)) or "unknown"
+
+
 def supports_input_automation(version: tuple[int, ...]) -> bool:
-    """`input keystroke`/`input scan code` exist from UTM 4.7.2 (utm-peers.md §0)."""
-    return version >= (4, 7, 2)
+    """UTM's `input scan code`/`input keystroke` work from 4.7.3 (see INPUT_AUTOMATION_MIN)."""
+    return version >= INPUT_AUTOMATION_MIN
+
+
+def input_automation_refusal(version: tuple[int, ...]) -> str | None:
+    """Why the utm-input console backend cannot run on UTM `version`, or None when it can."""
+    if supports_input_automation(version):
+        return None
+    return (
+        f"console.backend utm-input needs UTM >= {shown_version(INPUT_AUTOMATION_MIN)}, this "
+        f"Mac has UTM {shown_version(version)} (4.7.2's scripting dictionary gave `UTM version` "
+        "the code of the class `virtual machine`, UTM #7360; older ones have no `input scan "
+        "code`): update UTM, or set console.backend: hammerspoon"
+    )
+
+
+def require_input_automation() -> tuple[int, ...]:
+    """UTM's version, read now; RunbookError when it is too old for the utm-input backend."""
+    version = utm_version()
+    refusal = input_automation_refusal(version)
+    if refusal is not None:
+        raise RunbookError(refusal)
+    return version
+
+
+def uses_input_automation(script: str) -> bool:
+    """Whether `script` sends a command of UTM's Input Automation Suite (Scripting/UTM.sdef)."""
+    return any(command in script for command in _INPUT_SUITE)

@@ -11,6 +11,7 @@ import pytest
 from runbook import utm
 from runbook.errors import CommandError, InputError
 from runbook.models import Result
+from runbook.params import VM
 
 UTMCTL = "/Applications/UTM.app/Contents/MacOS/utmctl"
 
@@ -214,28 +215,51 @@ def test_create_vm_argv_and_script(run: mock.MagicMock) -> None:
     run.return_value = res("5D419106-2824-4FED-BFE1-24A7F7E253D8\n")
     spec = utm.NewVm(
         'my "vm"', Path("/Users/j/nixos minimal.iso"), host_interface="en1",
-        mac="02:AB:00:00:00:01", serial_tcp_port=4444,
+        mac="02:ab:00:00:00:01", serial_tcp_port=4444,
     )  # fmt: skip
     assert utm.create_vm(spec) == "5D419106-2824-4FED-BFE1-24A7F7E253D8"
     (argv,), kwargs = run.call_args
-    # user strings travel as argv, never inside the script text
+    # user strings travel as argv, never inside the script text; the MAC as UTM writes them
     assert argv == [
         "osascript", "-", 'my "vm"', "/Users/j/nixos minimal.iso", "en1", "02:AB:00:00:00:01",
     ]  # fmt: skip
     script = kwargs["stdin"]
     assert 'my "vm"' not in script and "minimal.iso" not in script
-    assert "make new virtual machine with properties {backend:qemu, configuration:" in script
-    assert "drives:{{removable:true, source:isoFile}, {guest size:65536}}" in script
-    assert "{{index:0, mode:bridged, host interface:hostIf, address:macAddr}}" in script
-    assert 'set displays of config to {{hardware:"virtio-ramfb"}}' in script
-    assert "set serial ports of config to {{interface:tcp, port:4444}}" in script
-    assert script.index("update configuration of vm with config") < script.index("return id")
+    assert script == utm.create_vm_script(spec)
+
+
+# What 01 sends for a VM with a MAC and a TCP serial console: one `make new virtual machine`
+# whose configuration record holds every setting (Scripting/UTM.sdef keys; the serial ports by
+# their raw code, UTM #7460), and nothing set afterwards.
+CREATE_GOLDEN = """on run argv
+  set vmName to item 1 of argv
+  set isoFile to POSIX file (item 2 of argv)
+  set hostIf to item 3 of argv
+  set macAddr to item 4 of argv
+  tell application "UTM"
+    set vm to make new virtual machine with properties {backend:qemu, configuration:{\
+name:vmName, architecture:"aarch64", memory:4096, cpu cores:4, \
+drives:{{removable:true, source:isoFile}, {guest size:65536, interface:VirtIO}}, \
+network interfaces:{{index:0, mode:bridged, host interface:hostIf, address:macAddr}}, \
+displays:{{hardware:"virtio-ramfb"}}, «class SrPt»:{{interface:tcp, port:4444}}}}
+    return id of vm
+  end tell
+end run
+"""
+
+
+def test_create_vm_script_golden_every_key_in_the_record() -> None:
+    spec = utm.NewVm("v", Path("/i.iso"), mac="02:AB:00:00:00:01", serial_tcp_port=4444)
+    script = utm.create_vm_script(spec)
+    assert script == CREATE_GOLDEN
+    assert "serial ports" not in script and "update configuration" not in script
+    assert "set memory of" not in script and " of config" not in script
 
 
 def test_create_vm_script_defaults() -> None:
     script = utm.create_vm_script(utm.NewVm("v", Path("/i.iso"), display=False))
-    assert "address:" not in script and "displays" not in script and "serial ports" not in script
-    assert "{index:0, mode:bridged, host interface:hostIf}" in script
+    assert "address:" not in script and "displays" not in script and "SrPt" not in script
+    assert "network interfaces:{{index:0, mode:bridged, host interface:hostIf}}" in script
     scsi = utm.create_vm_script(utm.NewVm("v", Path("/i.iso"), disk_interface="scsi"))
     assert "{guest size:65536, interface:SCSI}" in scsi
 
@@ -300,7 +324,9 @@ def test_parse_drives_golden() -> None:
     [
         (utm.Drive("a", True, 1013, None), True),  # the ISO, known by its size
         (utm.Drive("a", True, 0, "/x.iso"), True),  # the ISO, known by its source
-        (utm.Drive("a", True, 0, None), False),  # an empty CD drive: ejected by hand
+        # host size 0: an empty drive, or an ISO UTM cannot stat; a read cannot tell them
+        # apart (no `source`, serializeQemuDriveExisting), so it counts as attached
+        (utm.Drive("a", True, 0, None), True),
         (utm.Drive("a", False, 65536, "/d.qcow2"), False),  # the disk
     ],
 )
@@ -349,9 +375,27 @@ def test_mac_address_and_serial_endpoint(run: mock.MagicMock) -> None:
 def test_utm_version(run: mock.MagicMock) -> None:
     run.return_value = res("4.7.2\n")
     assert utm.utm_version() == (4, 7, 2)
-    assert utm.supports_input_automation((4, 7, 2))
+    # 4.7.2 gave `UTM version` the code of `virtual machine` (UTM #7360), fixed in 4.7.3
+    assert not utm.supports_input_automation((4, 7, 2))
+    assert utm.supports_input_automation((4, 7, 3))
     assert utm.supports_input_automation((5, 0, 3))
     assert not utm.supports_input_automation((4, 6, 5))
+    refusal = utm.input_automation_refusal((4, 7, 2))
+    assert refusal is not None and "UTM >= 4.7.3" in refusal and "UTM 4.7.2" in refusal
+    assert "#7360" in refusal and utm.input_automation_refusal((4, 7, 3)) is None
+
+
+def test_input_scripts_refused_before_they_run_on_utm_4_7_2(run: mock.MagicMock) -> None:
+    run.return_value = res("4.7.2\n")
+    script = 'tell application "UTM"\n  input scan code of vm codes {28, 156}\nend tell\n'
+    with pytest.raises(utm.RunbookError, match=r"needs UTM >= 4\.7\.3, this Mac has UTM 4\.7\.2"):
+        utm.run_applescript(script, "vm", what="typing")
+    (call,) = run.call_args_list  # only the version was read: nothing typed
+    assert call.kwargs["stdin"] == utm.UTM_VERSION_SCRIPT
+    run.reset_mock()
+    run.side_effect = [res("4.7.3\n"), res("")]
+    utm.run_applescript(script, "vm", what="typing")
+    assert [c.kwargs["stdin"] for c in run.call_args_list] == [utm.UTM_VERSION_SCRIPT, script]
 
 
 # --- against the lab's stand-ins (runbook/lab/standins/utmctl.py, osascript.py) -----------------
@@ -394,3 +438,182 @@ def test_vm_lifecycle_through_the_standins(standins: Path) -> None:
     with pytest.raises(CommandError, match="Virtual machine not found"):
         utm.status("nope", utmctl="utmctl")
     assert utm.supports_input_automation(utm.utm_version())
+
+
+# --- reading the configuration back (01's check) ---------------------------------------------------
+
+# VM_CONFIG_SCRIPT's rows for a VM 01 made as asked, with one enum as a raw constant (what
+# `as text` gives when it cannot name it) and a last empty host interface stripped
+CONFIG_READ = (
+    "memory\t4096\ncpu cores\t4\n"
+    "nic\t«constant ****BrGd»\t02:ab:00:00:00:01\ten0\n"
+    "display\tvirtio-ramfb\nserial\ttcp\t4444\n"
+    "drive\ttrue\tUSB\ndrive\tfalse\t«constant ****QdIv»\n"
+)
+MADE = utm.NewVm("v", Path("/i.iso"), mac="02:AB:00:00:00:01", serial_tcp_port=4444)
+
+
+def test_parse_vm_config_golden() -> None:
+    config = utm.parse_vm_config(CONFIG_READ)
+    assert config == utm.VmConfig(
+        4096, 4, (utm.NicConfig("bridged", "02:AB:00:00:00:01", "en0"),), ("virtio-ramfb",),
+        (utm.SerialConfig("tcp", 4444),),
+        (utm.DriveConfig(True, "USB"), utm.DriveConfig(False, "VirtIO")),
+    )  # fmt: skip
+    assert utm.config_differences(MADE, config) == []
+    assert config.summary() == (
+        "bridged 02:AB:00:00:00:01; display virtio-ramfb; serial tcp 4444; disk VirtIO; "
+        "4096 MiB, 4 cores"
+    )
+    assert utm.parse_vm_config("memory\t512\ncpu cores\t0\nnic\tshared\t02:00:00:00:00:09").nics
+
+
+@pytest.mark.parametrize("out", ["", "memory\t4096\n", "memory\t4096\ncpu cores\t4\nwhat\t1\n"])
+def test_parse_vm_config_rejects_garbage(out: str) -> None:
+    with pytest.raises(CommandError, match="unexpected configuration line"):
+        utm.parse_vm_config(out)
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "says"),
+    [
+        ("«constant ****BrGd»", "shared", "network: no bridged interface (UTM has: shared"),
+        ("02:ab:00:00:00:01", "02:AB:00:00:00:99", "has MAC 02:AB:00:00:00:99, params say"),
+        ("display\tvirtio-ramfb\n", "", "display: none"),
+        ("false\t«constant ****QdIv»", "false\tNVMe", "disk: interface NVMe, params say VirtIO"),
+        ("drive\tfalse\t«constant ****QdIv»\n", "", "disk: no fixed drive"),
+        ("serial\ttcp\t4444", "serial\tptty\t0", "serial: no TCP port 4444 (UTM has: ptty 0)"),
+    ],
+)
+def test_config_differences_say_what_differs(replace: str, by: str, says: str) -> None:
+    config = utm.parse_vm_config(CONFIG_READ.replace(replace, by))
+    (wrong,) = utm.config_differences(MADE, config)
+    assert says in wrong
+
+
+def test_vm_config_argv_and_script(run: mock.MagicMock) -> None:
+    run.return_value = res(CONFIG_READ)
+    assert utm.vm_config("my vm").memory_mib == 4096
+    run.assert_called_once_with(
+        ["osascript", "-", "my vm"], stdin=utm.VM_CONFIG_SCRIPT, timeout=utm.OSASCRIPT_TIMEOUT
+    )
+    script = utm.VM_CONFIG_SCRIPT
+    assert "my vm" not in script and "update configuration" not in script  # argv; read-only
+    assert "repeat with p in «class SrPt» of cfg" in script and "serial ports" not in script
+
+
+# --- the stand-ins refuse what UTM and AppleScript refuse -------------------------------------------
+
+# What 01 sent before issue 9 (its create_vm_script for MADE): the VM is made first, then
+# `set serial ports of config` is an element reference into a record (UTM #7460).
+OLD_CREATE = """on run argv
+  set vmName to item 1 of argv
+  set isoFile to POSIX file (item 2 of argv)
+  set hostIf to item 3 of argv
+  set macAddr to item 4 of argv
+  tell application "UTM"
+    set vm to make new virtual machine with properties {backend:qemu, configuration:\
+{name:vmName, architecture:"aarch64", drives:{{removable:true, source:isoFile}, {guest size:65536}}}}
+    set config to configuration of vm
+    set memory of config to 4096
+    set cpu cores of config to 4
+    set network interfaces of config to {{index:0, mode:bridged, host interface:hostIf, address:macAddr}}
+    set displays of config to {{hardware:"virtio-ramfb"}}
+    set serial ports of config to {{interface:tcp, port:4444}}
+    update configuration of vm with config
+    return id of vm
+  end tell
+end run
+"""
+ARGV = ("v", "/i.iso", "en0", "02:AB:00:00:00:01")
+
+
+def test_the_old_create_form_fails_and_leaves_a_vm_01_does_not_call_done(standins: Path) -> None:
+    from runbook.sections import s01_create_vm
+    from runbook.sections.vm_console import MacSide
+
+    with pytest.raises(CommandError) as info:
+        utm.run_applescript(OLD_CREATE, *ARGV, what="creating v")
+    assert info.value.exit_code == 1
+    assert "Can\u2019t set every «class SeRi» of" in info.value.stderr_tail
+    # as on a Mac, `make new` ran before the failing line: a VM with UTM's defaults
+    assert [e.name for e in utm.list_vms(utmctl="utmctl")] == ["v"]
+    config = utm.vm_config("v")
+    assert (config.memory_mib, config.displays, config.nics[0].mode) == (512, (), "shared")
+    wrong = utm.config_differences(MADE, config)
+    assert [w.split(":")[0] for w in wrong] == ["network", "display", "serial"]
+    vm = VM(name="v", role="cache", address="10.0.0.1")
+    check = s01_create_vm.made_as_asked(MacSide(str(standins / "bin" / "utmctl")), MADE, vm)
+    assert check.done is False and check.reason.startswith("v exists in UTM but differs: network")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "says"),
+    [
+        ("memory:4096", "ram:4096", "`ram` is no term of UTM's dictionary"),
+        ("«class SrPt»:", "serial ports:", "name the property «class SrPt»"),
+        ('displays:{{hardware:"virtio-ramfb"}}', 'displays:{hardware:"virtio-ramfb"}',
+         "expected a list of qemu display configuration records"),
+        ("mode:bridged", "mode:tcp", "tcp is no qemu network mode"),
+        ("memory:4096", 'memory:"4096"', "memory: expected int"),
+        ("index:0", "index:1", "UTM got an error: Index 1 cannot be found."),
+        ("cpu cores:4", "cpu cores:four", "The variable four is not defined."),
+        ("interface:VirtIO", "interface:Sata", "The variable Sata is not defined."),
+        ("backend:qemu", "backend:apple", "QEMU virtual machines only"),
+    ],
+)  # fmt: skip
+def test_the_standin_refuses_a_record_utm_would_not_take_and_creates_nothing(
+    standins: Path, old: str, new: str, says: str
+) -> None:
+    script = CREATE_GOLDEN.replace(old, new, 1)
+    assert script != CREATE_GOLDEN
+    with pytest.raises(CommandError) as info:
+        utm.run_applescript(script, *ARGV, what="creating v")
+    assert info.value.exit_code == 1 and says in info.value.stderr_tail
+    assert utm.list_vms(utmctl="utmctl") == []  # the record is applied before the VM exists
+
+
+def test_the_standin_refuses_serial_ports_of_a_record_in_any_script(standins: Path) -> None:
+    utm.create_vm(MADE)
+    read = (
+        'on run argv\n  tell application "UTM"\n'
+        "    return serial ports of (configuration of virtual machine named (item 1 of argv))\n"
+        "  end tell\nend run\n"
+    )
+    with pytest.raises(CommandError, match="Can\u2019t get every «class SeRi» of"):
+        utm.run_applescript(read, "v", what="reading")
+    assert utm.serial_tcp_endpoint("v") == ("127.0.0.1", 4444)  # the element: fine
+
+
+def test_create_through_the_standins_reads_back_what_was_asked(standins: Path) -> None:
+    spec = utm.NewVm(
+        "v", standins / "nixos.iso", host_interface="en1", mac="02:ab:00:00:00:01",
+        serial_tcp_port=4455, disk_interface="scsi", memory_mib=8192, cpu_cores=6,
+    )  # fmt: skip
+    uuid = utm.create_vm(spec)
+    config = utm.vm_config(uuid)
+    assert config == utm.VmConfig(
+        8192, 6, (utm.NicConfig("bridged", "02:AB:00:00:00:01", "en1"),), ("virtio-ramfb",),
+        (utm.SerialConfig("tcp", 4455),),
+        (utm.DriveConfig(True, "USB"), utm.DriveConfig(False, "SCSI")),
+    )  # fmt: skip
+    assert utm.config_differences(spec, config) == []
+    # the default serial port (ptty) and the default drives are gone, as UTM removes them
+    assert utm.serial_tcp_endpoint("v") == ("127.0.0.1", 4455)
+    assert [d.removable for d in utm.drives("v")] == [True, False]
+
+
+def test_the_standins_utm_lets_utm_input_run_and_4_7_2_is_refused(standins: Path) -> None:
+    import json
+
+    utm.create_vm(MADE)  # stopped: a typed script that gets through says "not running"
+    typing = 'tell application "UTM"\n  input scan code of vm codes {28, 156}\nend tell\n'
+    assert utm.supports_input_automation(utm.utm_version())
+    with pytest.raises(CommandError, match="is not running"):
+        utm.run_applescript(typing, "v", what="typing")
+    state_file = standins / "utm.json"
+    state = json.loads(state_file.read_text())
+    state["version"] = "4.7.2"
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(utm.RunbookError, match=r"needs UTM >= 4\.7\.3, this Mac has UTM 4\.7\.2"):
+        utm.run_applescript(typing, "v", what="typing")

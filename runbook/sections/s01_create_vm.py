@@ -1,10 +1,13 @@
 """01 部署流程速查 1: create each VM in UTM (bridged network, booting the NixOS ISO), start it.
 
-Through runbook.utm: the AppleScript of `utm.create_vm` (cheat-sheet `make new virtual
-machine`, then bridged network, a display and, where known, a TCP serial console;
-utm-makefile-keys.md §3) and `utmctl list/status/start` (§2). Each step checks UTM first, so
-a rerun says "already done". Off macOS the checks are unchecked; in the lab (params `lab:`)
-they run against the lab's UTM stand-ins, where each VM's serial port is its host's console.
+Through runbook.utm: one `make new virtual machine` whose configuration record holds every
+setting (RAM, cores, the bridged NIC with its MAC, a display, the disk's interface and, where
+known, a TCP serial console; `utm.create_vm_record`), so a failure leaves no VM behind, and
+`utmctl list/status/start` (§2). A VM of that name counts as done only when UTM's configuration,
+read back (`utm.vm_config`), has what the later notebooks need (`utm.config_differences`); one
+that exists but differs is a failing check that says what differs, never created twice. Off
+macOS the checks are unchecked; in the lab (params `lab:`) they run against the lab's UTM
+stand-ins, where each VM's serial port is its host's console.
 """
 
 from __future__ import annotations
@@ -68,10 +71,17 @@ def listed(mac: MacSide, vm: VM) -> utm.VmEntry | Check:
     return TODO if found is None else found
 
 
-def vm_status(mac: MacSide, vm: VM) -> Check:
-    """`utmctl list`: the VM's state, TODO when UTM does not have it."""
+def made_as_asked(mac: MacSide, spec: utm.NewVm, vm: VM) -> Check:
+    """Done when UTM has the VM and its configuration matches `spec`; TODO without it; a
+    failing check naming each difference when it exists but differs."""
     found = listed(mac, vm)
-    return found if isinstance(found, Check) else Check(True, f"utmctl status: {found.status}")
+    if isinstance(found, Check):
+        return found
+    config = utm.vm_config(vm.name)
+    wrong = utm.config_differences(spec, config)
+    if wrong:
+        return Check(False, f"{vm.name} exists in UTM but differs: {'; '.join(wrong)}")
+    return Check(True, f"utmctl status: {found.status}; {config.summary()}")
 
 
 def create(ctx: Context, vm: VM) -> Step:
@@ -80,9 +90,17 @@ def create(ctx: Context, vm: VM) -> Step:
     note = "" if ctx.dep.utm.network == "bridged" else "utm.create_vm makes a bridged network"
 
     def probe() -> Check:
-        return vm_status(mac, vm)
+        return made_as_asked(mac, spec, vm)
 
     def action() -> str:
+        if utm.find_vm(vm.name, utmctl=mac.utmctl) is not None:
+            # never a second VM of the same name: the user decides what happens to this one
+            wrong = utm.config_differences(spec, utm.vm_config(vm.name))
+            raise RunbookError(
+                f"{vm.name} exists in UTM but differs ({'; '.join(wrong) or 'see the check'}): "
+                f"fix it in UTM's settings, or delete it (`{mac.utmctl} delete {vm.name}`, its "
+                "disk goes with it) and rerun 01"
+            )
         if mac.lab is None and (ctx.dep.utm.iso is None or not ctx.dep.utm.iso.is_file()):
             raise InputError(
                 f"utm.iso: the NixOS ISO to boot {vm.name} from is missing ({spec.iso})"
@@ -90,12 +108,20 @@ def create(ctx: Context, vm: VM) -> Step:
         uuid = utm.create_vm(spec)
         if utm.find_vm(vm.name, utmctl=mac.utmctl) is None:
             raise RunbookError(f"UTM made {uuid or 'no VM'} but `utmctl list` has no {vm.name}")
+        wrong = utm.config_differences(spec, utm.vm_config(vm.name))
+        if wrong:
+            raise RunbookError(f"UTM made {vm.name} ({uuid}) but it differs: {'; '.join(wrong)}")
         return f"created {vm.name} ({uuid}) with {mac.where}"
 
     return Step(
         f"create {vm.name} in UTM (bridged, ISO)",
         "localhost (UTM)",
-        [_script_command(spec), render([mac.utmctl, "list"])],
+        [
+            "# already done when UTM has it as asked (read-only):",
+            render([mac.utmctl, "list"]),
+            utm.osascript_shown(utm.VM_CONFIG_SCRIPT, vm.name),
+            _script_command(spec),
+        ],
         probe=probe,
         action=action,
         note=note,

@@ -1,8 +1,13 @@
 """Shared state of the lab's UTM stand-ins (`utmctl`, `osascript`, `hs`): the VMs UTM "has".
 
-A JSON file (`$RUNBOOK_UTM_STATE`, default /run/runbook-lab/utm.json) lists VMs as
+A JSON file (`$RUNBOOK_UTM_STATE`, default /run/runbook-lab/utm.json) holds `version` (UTM's,
+DEFAULT_VERSION unless a test sets another) and `vms`, each
 `{"uuid", "name", "status", "addresses": [...], "guest_agent": bool, "mac",
-"serial": {"host", "port"} | null, "drives": [{"id", "removable", "source"}...]}`; the
+"serial": {"host", "port"} | null, "drives": [{"id", "removable", "source", "interface"}...]}`;
+a VM the osascript stand-in created (`make new virtual machine`) also records what its
+configuration record made: `memory`, `cpu_cores`, `nics` [{"mode", "address",
+"host_interface"}], `displays` [{"hardware"}] and `serial_ports` [{"interface", "port"}]
+(`mac` is the first NIC's address, `serial` the first TCP serial port's endpoint). The
 runbook's `update configuration` that drops the removable drives edits `drives` only.
 A VM's console is its TCP serial port: typing stand-ins decode key events *independently* of
 runbook/console/keymap.py (tables built here from the reference's text) and write the
@@ -23,6 +28,9 @@ from typing import Any, Final
 
 STATE_ENV: Final = "RUNBOOK_UTM_STATE"
 DEFAULT_STATE: Final = Path("/run/runbook-lab/utm.json")
+# The UTM the stand-ins play: utmapp/UTM e4a4c34 (= v5.0.3), whose Scripting/UTM.sdef they
+# follow. >= 4.7.3, so the utm-input backend may run (runbook.utm.INPUT_AUTOMATION_MIN).
+DEFAULT_VERSION: Final = "5.0.3"
 
 # Set-1 rows, indexed from their first make code (reference/utm-peers.md §3 "PC-XT").
 _SCAN_ROWS: Final = {"1234567890-=": 0x02, "qwertyuiop[]": 0x10, "asdfghjkl;'`": 0x1E}
@@ -81,7 +89,7 @@ def state_path() -> Path:
 def load() -> dict[str, Any]:
     path = state_path()
     if not path.exists():
-        return {"vms": [], "version": "4.7.2"}
+        return {"vms": [], "version": DEFAULT_VERSION}
     data: dict[str, Any] = json.loads(path.read_text())
     return data
 
@@ -115,20 +123,79 @@ def find(state: dict[str, Any], name_or_uuid: str) -> dict[str, Any] | None:
     return None
 
 
-def new_vm(name: str) -> dict[str, Any]:
-    # UTM's MACs: uppercase, first byte locally administered (§3 "MAC")
+def random_mac() -> str:
+    """UTM's MACs: uppercase, first byte locally administered (§3 "MAC")."""
     raw = bytearray(os.urandom(6))
     raw[0] = (raw[0] & 0xFC) | 0x2
+    return ":".join(f"{b:02X}" for b in raw)
+
+
+def new_vm(name: str) -> dict[str, Any]:
+    """A VM as `make new virtual machine` starts it for QEMU, before the record is applied
+    (utmapp/UTM Scripting/UTMScriptingCreateCommand.swift `createQemuVirtualMachine`: the
+    architecture's defaults, i.e. 512 MiB and cores 0 (`UTMQemuConfigurationSystem.swift`) and
+    one shared NIC (`UTMQemuConfigurationNetwork.swift`); an empty removable drive and a 64 GiB
+    disk on the virt machine's default interfaces, USB and VirtIO
+    (`UTMQemuConfigurationDrive.swift` `defaultInterface`); one ptty serial port; no display)."""
+    mac = random_mac()
     return {
         "uuid": str(uuidlib.uuid4()).upper(),
         "name": name,
         "status": "stopped",
         "addresses": [],
         "guest_agent": False,
-        "mac": ":".join(f"{b:02X}" for b in raw),
+        "mac": mac,
         "serial": None,
-        "drives": [],
+        "drives": [
+            {"id": drive_id(), "removable": True, "source": None, "interface": "USB"},
+            {"id": drive_id(), "removable": False, "source": None, "interface": "VirtIO"},
+        ],
+        "memory": 512,
+        "cpu_cores": 0,
+        "nics": [{"mode": "shared", "address": mac, "host_interface": ""}],
+        "displays": [],
+        "serial_ports": [{"interface": "ptty", "port": 0}],
     }
+
+
+def drive_id() -> str:
+    return str(uuidlib.uuid4()).upper()
+
+
+def default_interface(removable: bool) -> str:
+    """The virt machine's default drive interface: USB for a CD (removable), else VirtIO
+    (utmapp/UTM Configuration/UTMQemuConfigurationDrive.swift `defaultInterface`)."""
+    return "USB" if removable else "VirtIO"
+
+
+def configuration_rows(vm: dict[str, Any]) -> list[str]:
+    """`vm`'s configuration as runbook.utm.VM_CONFIG_SCRIPT prints it (tab-separated rows).
+
+    VMs that `runbook lab up` writes (runbook/lab/console.py) have no recorded configuration:
+    they play VMs 01 made as asked, so they read as a bridged NIC with their host's MAC, a
+    virtio-ramfb display, their console as the TCP serial port and UTM's default interfaces."""
+    if "nics" not in vm:
+        serial = vm.get("serial")
+        ports = [{"interface": "tcp", "port": serial["port"]}] if serial else []
+        made: dict[str, Any] = {
+            "memory": 4096,
+            "cpu_cores": 4,
+            "nics": [{"mode": "bridged", "address": vm.get("mac") or "", "host_interface": "en0"}],
+            "displays": [{"hardware": "virtio-ramfb"}],
+            "serial_ports": ports,
+        }
+        vm = {**vm, **made}
+    rows = [f"memory\t{vm['memory']}", f"cpu cores\t{vm['cpu_cores']}"]
+    rows += [f"nic\t{n['mode']}\t{n['address']}\t{n['host_interface']}" for n in vm["nics"]]
+    rows += [f"display\t{d['hardware']}" for d in vm["displays"]]
+    rows += [f"serial\t{p['interface']}\t{p['port']}" for p in vm["serial_ports"]]
+    drives: list[dict[str, Any]] = vm.get("drives", [])
+    rows += [
+        f"drive\t{'true' if d['removable'] else 'false'}\t"
+        f"{d.get('interface') or default_interface(d['removable'])}"
+        for d in drives
+    ]
+    return rows
 
 
 # The lab's ISO is a name in this state, not a file; UTM would report the real image's size
