@@ -8,7 +8,7 @@ if [[ "$(uname -s)" != Linux ]]; then
   echo "install-system-deps: not Linux ($(uname -s)); nothing to install here"
   exit 0
 fi
-packages=(python3-venv openssh-server openssh-client fish sudo rsync nix-bin iproute2 procps util-linux make git chromium)
+packages=(python3-venv openssh-server openssh-client fish sudo rsync nix-bin iproute2 procps util-linux make git chromium libatomic1)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -246,11 +246,13 @@ def _services(pid: int | None) -> dict[str, str]:
 
 
 def exec_in(name: str, argv: list[str], stdin: str | None = None) -> Any:
-    """Run argv as root inside a host's namespaces (nsenter), like a console session."""
+    """Run argv as root inside a host's namespaces (nsenter), like a console session: with the
+    host's own PATH, so `systemctl` is the host's stand-in, never this machine's systemd."""
     pid = host.init_pid(name)
     if pid is None:
         raise RunbookError(f"lab host {name} is not running")
-    return run(["nsenter", "-t", str(pid), "-a", "--", *argv], check=False, stdin=stdin)
+    argv = ["nsenter", "-t", str(pid), "-a", "--", "env", f"PATH={system.LAB_PATH}", *argv]
+    return run(argv, check=False, stdin=stdin)
 
 
 def askpass_env(
