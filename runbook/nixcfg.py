@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -28,6 +28,7 @@ from runbook.nixfile import (
     Edit,
     NixFile,
     apply_edits,
+    apply_head,
     descendants,
     insert_binding,
     insert_in_list,
@@ -399,17 +400,7 @@ def plan_list_item(
             None if item.rstrip("/") in present else insert_in_list(nix, lst, literal, first=first)
         )
     # No binding yet: add one to the deepest attrset already on the path.
-    for depth in range(len(path) - 1, 0, -1):
-        owners = [
-            b.value for b in nix.find(path[:depth]) if b.value.type.endswith("attrset_expression")
-        ]
-        if owners:
-            rest = nix_attrpath(path[depth:])
-            return insert_binding(nix, owners[0], f"{rest} = [ {literal} ];")
-    roots = [r for r in nix.roots if not _binds(nix, r, {"config", "options"})]
-    if not roots:
-        raise InputError(f"{nix.name}: found no module attribute set to add {'.'.join(path)} to")
-    return insert_binding(nix, roots[0], f"{nix_attrpath(path)} = [ {literal} ];")
+    return _plan_new_binding(nix, path, f"[ {literal} ]")
 
 
 def _binds(nix: NixFile, attrset: Node, names: set[str]) -> bool:
@@ -661,3 +652,225 @@ def modules_view(
         view.files[rel] = nix
         queue.extend(module_paths(nix, rel))
     return view
+
+
+# -- packages and settings of a system (the attic client, mDNS on the workers) -----------------
+
+SYSTEM_PACKAGES: Final = ("environment", "systemPackages")
+# `services.atticd` adds only its `atticd-atticadm` wrapper to environment.systemPackages
+# (nixpkgs nixos/modules/services/networking/atticd.nix): `attic` comes from this package.
+ATTIC_CLIENT: Final = "attic-client"
+_ATTIC_FLAKE_PACKAGE: Final = re.compile(r"^(?:inputs\.)?attic\.packages\.")
+
+
+def is_attic_client(element: str) -> bool:
+    """`pkgs.attic-client`, `attic-client` under `with pkgs;`, or a package of the attic
+    flake (`inputs.attic.packages.${system}.attic`, which lesson 1's check flags)."""
+    return element.rsplit(".", 1)[-1] == ATTIC_CLIENT or bool(_ATTIC_FLAKE_PACKAGE.match(element))
+
+
+@dataclass
+class PackageList:
+    """The elements of a package list value as written (`pkgs.git`, `git` under `with pkgs;`,
+    `(python3.withPackages …)`), each with whether a condition guards it (`lib.optionals c
+    [ … ]`, `lib.optional c x`); `decided` is False when a part is an expression this reader
+    does not evaluate (a variable, another call)."""
+
+    elements: list[tuple[str, Node, bool]] = field(default_factory=list)
+    decided: bool = True
+
+    def names(self) -> list[str]:
+        return [text for text, _, _ in self.elements]
+
+
+_OPTIONALS: Final = frozenset({"optionals", "optional"})
+
+
+def package_elements(value: Node, nix: NixFile, guarded: bool = False) -> PackageList:
+    """The package elements of `value`, through `with X;`, `a ++ b` and `lib.optionals`."""
+    node, _ = unwrap(value, nix.source)
+    found = PackageList()
+    if node.type == "list_expression":
+        for element in list_elements(node):
+            inner, _ = unwrap(element, nix.source)
+            found.elements.append((nix.text(inner), element, guarded))
+        return found
+    if node.type == "with_expression" and (body := node.child_by_field_name("body")) is not None:
+        return package_elements(body, nix, guarded)
+    operator = node.child_by_field_name("operator")
+    parts: list[Node | None] = []
+    if node.type == "binary_expression" and operator is not None and nix.text(operator) == "++":
+        parts = [node.child_by_field_name("left"), node.child_by_field_name("right")]
+    elif node.type == "apply_expression" and apply_head(node, nix.source) in _OPTIONALS:
+        argument = node.child_by_field_name("argument")
+        if apply_head(node, nix.source) == "optional" and argument is not None:
+            inner, _ = unwrap(argument, nix.source)
+            found.elements.append((nix.text(inner), argument, True))
+            return found
+        parts, guarded = [argument], True
+    else:
+        found.decided = False
+        return found
+    for part in parts:
+        if part is None:
+            found.decided = False
+            continue
+        more = package_elements(part, nix, guarded)
+        found.elements += more.elements
+        found.decided = found.decided and more.decided
+    return found
+
+
+@dataclass(frozen=True)
+class PackageFinding:
+    """Where a system installs a package: `where` (file:line) when found; else the
+    definitions this reader could not evaluate (`undecided`), and all it read (`read`)."""
+
+    where: str | None
+    conditional: list[str]
+    undecided: list[str]
+    read: list[str]
+
+
+def find_attic_client(view: SystemView) -> PackageFinding:
+    """Does the system put `attic` on PATH (environment.systemPackages, any module)?"""
+    found, conditional, undecided, read = None, [], [], []
+    for d in view.definitions(SYSTEM_PACKAGES):
+        packages = package_elements(d.binding.value, d.nix)
+        read.append(d.where)
+        hits = [guarded for text, _, guarded in packages.elements if is_attic_client(text)]
+        if hits and not d.conditional and not all(hits):
+            found = found or d.where
+        elif hits:
+            conditional.append(d.where)
+        elif not packages.decided:
+            undecided.append(d.where)
+    return PackageFinding(found, conditional, undecided, read)
+
+
+def _pkgs_in_scope(nix: NixFile) -> bool:
+    """`pkgs` is an argument of the file's module function."""
+    body = nix.tree.root_node.child_by_field_name("expression")
+    formals = body.child_by_field_name("formals") if body is not None else None
+    return formals is not None and any(
+        f.type == "formal" and nix.text(f.child_by_field_name("name") or f) == "pkgs"
+        for f in formals.named_children
+    )
+
+
+def _first_list(node: Node, nix: NixFile) -> tuple[Node, bool] | None:
+    """The first list literal of a package value, and whether `with pkgs;` covers it."""
+    node, _ = unwrap(node, nix.source)
+    if node.type == "list_expression":
+        return node, False
+    if node.type == "with_expression":
+        env, body = node.child_by_field_name("environment"), node.child_by_field_name("body")
+        inner = _first_list(body, nix) if body is not None else None
+        if inner is None:
+            return None
+        return inner[0], inner[1] or (env is not None and nix.text(env) == "pkgs")
+    if node.type == "binary_expression":
+        for field_name in ("left", "right"):
+            part = node.child_by_field_name(field_name)
+            inner = _first_list(part, nix) if part is not None else None
+            if inner is not None:
+                return inner
+    return None
+
+
+def plan_package(nix: NixFile, package: str = ATTIC_CLIENT) -> Edit | None:
+    """The edit that installs `pkgs.<package>` from this file (environment.systemPackages);
+    None when the file installs it already. A new definition merges with the other modules'
+    lists, so only a definition in this same file needs its list extended."""
+    bindings = nix.find(SYSTEM_PACKAGES)
+    for b in bindings:
+        names = package_elements(b.value, nix).names()
+        if any(text.rsplit(".", 1)[-1] == package for text in names):
+            return None
+    if bindings:
+        b = bindings[0]
+        target = _first_list(b.value, nix)
+        if target is None:
+            raise InputError(
+                f"{nix.name}:{b.line}: environment.systemPackages is not a list literal; "
+                f"add pkgs.{package} to it by hand"
+            )
+        lst, with_pkgs = target
+        if not with_pkgs and not _pkgs_in_scope(nix):
+            raise InputError(
+                f"{nix.name}: `pkgs` is not an argument of this module; add pkgs.{package} "
+                "to environment.systemPackages by hand"
+            )
+        return insert_in_list(nix, lst, package if with_pkgs else f"pkgs.{package}")
+    if not _pkgs_in_scope(nix):
+        raise InputError(
+            f"{nix.name}: `pkgs` is not an argument of this module; add "
+            f"`environment.systemPackages = [ pkgs.{package} ];` to the cache's configuration"
+        )
+    return _plan_new_binding(nix, SYSTEM_PACKAGES, f"[ pkgs.{package} ]")
+
+
+def _plan_new_binding(nix: NixFile, path: Sequence[str], value: str) -> Edit:
+    """`path = value;` in the deepest attrset already on the path, else the module root."""
+    for depth in range(len(path) - 1, 0, -1):
+        owners = [
+            b.value for b in nix.find(path[:depth]) if b.value.type.endswith("attrset_expression")
+        ]
+        if owners:
+            return insert_binding(nix, owners[0], f"{nix_attrpath(path[depth:])} = {value};")
+    roots = [r for r in nix.roots if not _binds(nix, r, {"config", "options"})]
+    if not roots:
+        raise InputError(f"{nix.name}: found no module attribute set to add {'.'.join(path)} to")
+    return insert_binding(nix, roots[0], f"{nix_attrpath(path)} = {value};")
+
+
+def plan_setting(nix: NixFile, path: Sequence[str], value: str) -> Edit | None:
+    """The edit that makes this file set `path = value;` (`value` is Nix source such as
+    `true`); None when it does. A plain literal set otherwise is replaced; a wrapped or
+    computed one is left to the user (InputError)."""
+    bindings = nix.find(path)
+    for b in bindings:
+        if nix.text(b.value) == value and not b.wrappers:
+            return None
+    if bindings:
+        b = bindings[0]
+        if b.wrappers or not isinstance(literal(b.value, nix.source), bool | int | str):
+            raise InputError(
+                f"{nix.name}:{b.line}: {'.'.join(path)} is `{nix.text(b.node)[:60]}`; "
+                f"set it to {value} by hand"
+            )
+        return replace_node(b.value, value)
+    return _plan_new_binding(nix, path, value)
+
+
+def edit_sequentially(nix: NixFile, planners: Sequence[Callable[[NixFile], Edit | None]]) -> bytes:
+    """Each planner's edit, planned against the file as the previous edits left it (two new
+    bindings for one attrset would otherwise land at the same byte in either order)."""
+    current = nix
+    for planner in planners:
+        edit = planner(current)
+        if edit is not None:
+            current = NixFile(apply_edits(current.source, [edit], nix.name), nix.name)
+    return current.source
+
+
+def cache_module(view: SystemView) -> Path:
+    """The file of a cache system where its attic settings belong: the one that enables
+    services.atticd (say modules/attic.nix), else the machine file."""
+    defs = view.winners(("services", "atticd", "enable"))
+    return defs[0].rel if defs else Path("machines") / f"{view.name}.nix"
+
+
+AVAHI_ENABLE: Final = ("services", "avahi", "enable")
+# nixpkgs nixos/modules/services/networking/avahi-daemon.nix: `nssmdns` was renamed
+# `nssmdns4` (mkRenamedOptionModule); both take effect only under services.avahi.enable.
+AVAHI_NSS: Final = ("services", "avahi", "nssmdns4")
+AVAHI_NSS_OLD: Final = ("services", "avahi", "nssmdns")
+
+
+def mdns_resolution(view: SystemView) -> dict[str, Literal | Undecided | None]:
+    """services.avahi.enable and nssmdns4 (or its old name) as this system sets them."""
+    nss = view.value(AVAHI_NSS)
+    if nss is None:
+        nss = view.value(AVAHI_NSS_OLD)
+    return {".".join(AVAHI_ENABLE): view.value(AVAHI_ENABLE), ".".join(AVAHI_NSS): nss}

@@ -1,5 +1,5 @@
 """The checks on the cache VM's configuration: atticd runs with its secret outside /nix/store,
-its port is open, and avahi answers the name the workers use."""
+the attic client is installed, its port is open, and avahi answers the name the workers use."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ import logging
 from typing import Final
 
 from runbook.discover import is_ip
-from runbook.doctor.context import NO_PARAMS, Context, describe, where_set
+from runbook.doctor.context import NO_PARAMS, Context, describe, option_path, where_set
 from runbook.doctor.model import Check, Status, Verdict, check, ok, unchecked
-from runbook.nixcfg import NixPath, Opaque, SystemView, Undecided
+from runbook.nixcfg import (
+    NixPath,
+    Opaque,
+    SystemView,
+    Undecided,
+    cache_module,
+    find_attic_client,
+)
 
 logger: Final = logging.getLogger(__name__)
 
@@ -57,7 +64,7 @@ def check_atticd_env_file(ctx: Context) -> Verdict:
     view = _cache(ctx)
     if isinstance(view, Verdict):
         return view
-    path = ("services", "atticd", "environmentFile")
+    path = option_path(view, ("services", "atticd", "environmentFile"))  # or credentialsFile
     value, where = view.value(path), where_set(view, path)
     fix = (
         'set `services.atticd.environmentFile = "/var/lib/atticd/env";` and write the RSA '
@@ -76,6 +83,45 @@ def check_atticd_env_file(ctx: Context) -> Verdict:
             f"environmentFile is {describe(value)}{where}: make sure it is outside /nix/store"
         )
     return Verdict(Status.FAIL, f"environmentFile {describe(value)} {problem}{where}", fix)
+
+
+@check(
+    CHECKS,
+    "attic-client",
+    "Attic 缓存管理: notebook 06 runs `attic` on the cache VM (services.atticd installs only "
+    "atticd-atticadm)",
+)
+def check_attic_client(ctx: Context) -> Verdict:
+    """nixpkgs nixos/modules/services/networking/atticd.nix puts only its `atticd-atticadm`
+    wrapper in environment.systemPackages: without pkgs.attic-client, `attic login` is
+    "command not found"."""
+    view = _cache(ctx)
+    if isinstance(view, Verdict):
+        return view
+    found = find_attic_client(view)
+    if found.where is not None:
+        return ok(f"{view.name} installs the attic client ({found.where})")
+    if found.conditional:
+        return unchecked(
+            f"the attic client is installed under mkIf at {', '.join(found.conditional)}"
+        )
+    if found.undecided:
+        return unchecked(
+            f"environment.systemPackages at {', '.join(found.undecided)} is an expression this "
+            "reader does not evaluate: make sure it has pkgs.attic-client"
+        )
+    target = cache_module(view)
+    read = (
+        f" (environment.systemPackages at {', '.join(found.read)} has none)" if found.read else ""
+    )
+    return Verdict(
+        Status.WARN,
+        f"{view.name} installs no attic client{read}: services.atticd adds only "
+        "atticd-atticadm, so `attic login` (notebook 06) would be `command not found`",
+        "nothing to do if the runbook sets up the cache (notebook 05 adds it); by hand add "
+        f"`environment.systemPackages = [ pkgs.attic-client ];` to {target} (the cache's "
+        "configuration)",
+    )
 
 
 @check(CHECKS, "cache-port-open", "architecture: workers reach atticd (the module opens no port)")

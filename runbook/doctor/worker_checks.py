@@ -1,5 +1,5 @@
 """The checks on the worker VMs' configuration: they substitute from the cache by its mDNS
-name and trust its current signing key."""
+name, can resolve that name, and trust its current signing key."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from runbook.doctor.live import live_cache_key
 from runbook.doctor.model import Check, Status, Verdict, check, ok, unchecked
 from runbook.errors import InputError
 from runbook.keys import parse_public_key
-from runbook.nixcfg import Literal, Opaque, SystemView
+from runbook.nixcfg import Literal, Opaque, SystemView, Undecided, mdns_resolution
 
 logger: Final = logging.getLogger(__name__)
 
@@ -94,6 +94,42 @@ def _same_cache_by_ip(url: str, target: CacheTarget) -> bool:
         and parts.path.strip("/") == target.name
         and (parts.port or 80) == target.port
     )
+
+
+@check(
+    CHECKS,
+    "worker-mdns",
+    "架构, Worker VM 配置: workers resolve the cache's .local name (avahi with nssmdns4)",
+)
+def check_worker_mdns(ctx: Context) -> Verdict:
+    """A `.local` name resolves on NixOS only through avahi's NSS module: services.avahi.enable
+    and services.avahi.nssmdns4 (nixpkgs nixos/modules/services/networking/avahi-daemon.nix)."""
+    host = ctx.target.host
+    if not host.endswith(".local"):
+        return ok(f"the cache's host {host} is not an mDNS (.local) name: no avahi needed")
+    views = _workers(ctx)
+    if isinstance(views, Verdict):
+        return views
+    note = f" [{ctx.target.assumed}]" if ctx.target.assumed else ""
+    lacking: list[str] = []
+    fine: list[str] = []
+    for view in views:
+        values = mdns_resolution(view)
+        if any(isinstance(v, Undecided | Opaque) for v in values.values()):
+            shown = "; ".join(f"{k}: {describe(v)}" for k, v in values.items())
+            return unchecked(f"{view.name}: {shown}")
+        off = [f"{k} is {describe(v)}" for k, v in values.items() if v is not True]
+        (lacking if off else fine).append(f"{view.name} ({', '.join(off) or 'avahi + nssmdns4'})")
+    if lacking:
+        return Verdict(
+            Status.WARN,
+            f"{host} does not resolve on {', '.join(lacking)}: substituting from "
+            f"{ctx.target.url} fails there{note}",
+            "nothing to do if the runbook sets up the workers (notebook 07 adds them with the "
+            "substituter); by hand set `services.avahi.enable = true;` and "
+            f"`services.avahi.nssmdns4 = true;` in {ctx.worker_module}",
+        )
+    return ok(f"{', '.join(fine)} resolve {host}{note}")
 
 
 @check(CHECKS, "worker-trusted-key", "Worker VM 配置: workers trust the cache's current key")

@@ -1,0 +1,116 @@
+"""The doctor on a repo shaped like mitchellh/nixos-config with the handbook's cache machine
+(tests/fixtures/realrepo-attic): no attic client on the cache VM (issue 10, 3) and no mDNS
+resolution on the workers (issue 10, 4); each fix overlay flips its own verdict only.
+
+Upstream: nixpkgs nixos/modules/services/networking/atticd.nix puts only `atticd-atticadm`
+in environment.systemPackages; avahi-daemon.nix resolves `.local` only with
+services.avahi.enable and nssmdns4 (the renamed nssmdns).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from runbook import params
+from runbook.doctor import Finding, Status, run_checks
+from runbook.params import Deployment
+
+FIXTURES = Path(__file__).parent / "fixtures"
+BASE = FIXTURES / "realrepo-attic"
+
+
+def deployment(config: Path, host: str = "nixos-utm-cache.local") -> Deployment:
+    return params.parse(
+        f"deployment: test\nnixos_config: {config}\nidentity: {config / 'id'}\n"
+        "user: mitchellh\nvms:\n"
+        "  - {name: vm-aarch64-utm-cache, role: cache, address: nixos-utm-cache.local}\n"
+        "  - {name: vm-aarch64-utm, role: worker, address: nixos-utm.local}\n"
+        f"cache: {{vm: vm-aarch64-utm-cache, host: {host}}}\n",
+        "test.yaml",
+    )
+
+
+def repo(tmp_path: Path, *overlays: str) -> Path:
+    target = tmp_path / "nixos-config"
+    shutil.copytree(BASE, target)
+    (target / "id").write_text("")
+    for name in overlays:
+        shutil.copytree(FIXTURES / name, target, dirs_exist_ok=True)
+    return target
+
+
+def findings(config: Path, host: str = "nixos-utm-cache.local") -> dict[str, Finding]:
+    return {f.check: f for f in run_checks(deployment(config, host), config)}
+
+
+def statuses(found: dict[str, Finding]) -> dict[str, Status]:
+    return {k: f.status for k, f in found.items()}
+
+
+def test_the_real_shaped_repo_lacks_the_client_and_mdns(tmp_path: Path) -> None:
+    found = findings(repo(tmp_path))
+    client, mdns = found["attic-client"], found["worker-mdns"]
+    assert client.status is Status.WARN, client
+    assert "installs no attic client" in client.finding
+    assert "machines/vm-shared.nix:" in client.finding  # where systemPackages was read
+    assert (
+        "`environment.systemPackages = [ pkgs.attic-client ];` to modules/attic.nix" in client.fix
+    )
+    assert mdns.status is Status.WARN, mdns
+    assert "nixos-utm-cache.local does not resolve on vm-aarch64-utm" in mdns.finding
+    assert "services.avahi.enable is not set" in mdns.finding
+    assert "services.avahi.nssmdns4 = true;" in mdns.fix and "machines/vm-shared.nix" in mdns.fix
+    # the substituter check alone would not say it (the cache is not a substituter yet)
+    assert found["worker-substituter"].status is Status.WARN
+
+
+@pytest.mark.parametrize(
+    ("overlay", "check"),
+    [("realrepo-attic-client", "attic-client"), ("realrepo-attic-mdns", "worker-mdns")],
+)
+def test_each_fix_flips_only_its_own_verdict(tmp_path: Path, overlay: str, check: str) -> None:
+    before = statuses(findings(repo(tmp_path / "a")))
+    after = statuses(findings(repo(tmp_path / "b", overlay)))
+    assert before[check] is Status.WARN and after[check] is Status.OK
+    assert {k: v for k, v in after.items() if k != check} == {
+        k: v for k, v in before.items() if k != check
+    }
+
+
+def test_a_cache_reached_by_ip_needs_no_avahi(tmp_path: Path) -> None:
+    found = findings(repo(tmp_path), host="192.168.64.13")
+    assert found["worker-mdns"].status is Status.OK
+    assert "not an mDNS (.local) name" in found["worker-mdns"].finding
+
+
+def test_the_old_nssmdns_name_counts(tmp_path: Path) -> None:
+    config = repo(tmp_path, "realrepo-attic-mdns")
+    shared = config / "machines" / "vm-shared.nix"
+    shared.write_text(shared.read_text().replace("nssmdns4 = true;", "nssmdns = true;"))
+    assert findings(config)["worker-mdns"].status is Status.OK
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [
+        ("environment.systemPackages = with pkgs; [ attic-client ];", Status.OK),
+        ("environment.systemPackages = [ (pkgs.attic-client) ];", Status.OK),
+        (
+            "environment.systemPackages = lib.optionals true [ pkgs.attic-client ];",
+            Status.UNCHECKED,
+        ),
+        ("environment.systemPackages = myPackages;", Status.UNCHECKED),
+        ("environment.systemPackages = [ pkgs.attic-server ];", Status.WARN),
+    ],
+)
+def test_spellings_of_the_client(tmp_path: Path, text: str, status: Status) -> None:
+    config = repo(tmp_path)
+    module = config / "modules" / "attic.nix"
+    module.write_text(
+        module.read_text().replace("{ config, pkgs, ... }:", "{ config, pkgs, lib, myPackages, ... }:")
+        .replace("  services.atticd = {", f"  {text}\n\n  services.atticd = {{")
+    )  # fmt: skip
+    assert findings(config)["attic-client"].status is status
