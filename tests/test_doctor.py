@@ -476,11 +476,30 @@ def test_mac_checks_on_a_mac(clean: Path, key: Path, tmp_path: Path):
     dep = deployment(clean, key, utmctl=utmctl, backend="serial")
     found = by_id(run_context(Context(dep, clean, system="Darwin")))
     assert found["utmctl"].status is Status.OK and "1 VMs" in found["utmctl"].finding
-    assert found["utm-version"].status is Status.WARN  # 4.6.4 < 4.7.2, serial needs no typing
+    assert found["utm-version"].status is Status.WARN  # 4.6.4 < 4.7.3, serial needs no typing
     assert found["console-backend"].status is Status.FAIL  # serial without a port
     dep = deployment(clean, key, utmctl=utmctl)
     found = by_id(run_context(Context(dep, clean, system="Darwin")))
-    assert found["utm-version"].status is Status.FAIL  # utm-input needs 4.7.2
+    assert found["utm-version"].status is Status.FAIL  # utm-input needs 4.7.3
+
+
+@pytest.mark.parametrize(
+    ("version", "status", "says"),
+    [
+        # 4.7.2's sdef gave `UTM version` the code of `virtual machine` (UTM #7360)
+        ("4.7.2", Status.FAIL, "UTM 4.7.2 < 4.7.3: the utm-input backend cannot type"),
+        ("4.7.3", Status.OK, "UTM 4.7.3"),
+        ("5.0.3", Status.OK, "UTM 5.0.3"),
+    ],
+)
+def test_utm_input_needs_utm_4_7_3(
+    clean: Path, key: Path, tmp_path: Path, version: str, status: Status, says: str
+) -> None:
+    dep = deployment(clean, key, utmctl=fake_utm(tmp_path, version))  # backend utm-input
+    verdict = by_id(run_context(Context(dep, clean, system="Darwin")))["utm-version"]
+    assert verdict.status is status and says in verdict.finding
+    if status is Status.FAIL:
+        assert "#7360" in verdict.finding and "4.7.3" in verdict.fix
 
 
 def test_a_missing_utmctl_fails_on_a_mac(clean: Path, key: Path, tmp_path: Path):

@@ -12,11 +12,14 @@ from runbook import local
 from runbook.doctor.context import NO_PARAMS, Context
 from runbook.doctor.model import Check, Status, Verdict, check, ok, unchecked
 from runbook.errors import tail
+from runbook.utm import INPUT_AUTOMATION_MIN
 
 logger: Final = logging.getLogger(__name__)
 
 DEFAULT_UTMCTL: Final = Path("/Applications/UTM.app/Contents/MacOS/utmctl")
-UTM_INPUT_MIN: Final = (4, 7, 2)  # UTM `input keystroke` (utm-makefile-keys.md §6)
+# UTM `input scan code`/`input keystroke` (utm-makefile-keys.md §6) work from 4.7.3: 4.7.2's
+# Scripting/UTM.sdef gave `UTM version` the code of the class `virtual machine` (UTM #7360).
+UTM_INPUT_MIN: Final = INPUT_AUTOMATION_MIN
 NOT_MACOS: Final = "not on macOS"
 
 CHECKS: Final[list[Check]] = []
@@ -109,23 +112,28 @@ def _backend(ctx: Context) -> str:
     return ctx.deployment.console.backend if ctx.deployment is not None else "utm-input"
 
 
-@check(CHECKS, "utm-version", "lesson 4: UTM >= 4.7.2 types on the console without Hammerspoon")
+@check(CHECKS, "utm-version", "lesson 4: UTM >= 4.7.3 types on the console without Hammerspoon")
 def check_utm_version(ctx: Context) -> Verdict:
     if ctx.system != "Darwin":
         return unchecked(NOT_MACOS)
     version = utm_version(_utmctl(ctx))
     if version is None:
         return Verdict(
-            Status.FAIL, "UTM's version unreadable (no UTM.app Info.plist)", "install UTM >= 4.7.2"
+            Status.FAIL, "UTM's version unreadable (no UTM.app Info.plist)", "install UTM >= 4.7.3"
         )
     shown = ".".join(map(str, version))
     if version >= UTM_INPUT_MIN:
-        return ok(f"UTM {shown}")
+        return ok(f"UTM {shown} (the utm-input backend needs >= 4.7.3)")
     status = Status.FAIL if _backend(ctx) == "utm-input" else Status.WARN
+    why = (
+        "its scripting dictionary gives `UTM version` the code of `virtual machine`, UTM #7360"
+        if version[:3] == (4, 7, 2)
+        else "no working `input scan code`/`input keystroke` before 4.7.3"
+    )
     return Verdict(
         status,
-        f"UTM {shown} < 4.7.2: no `input keystroke` for the utm-input backend",
-        "update UTM, or use console.backend: hammerspoon",
+        f"UTM {shown} < 4.7.3: the utm-input backend cannot type ({why})",
+        "update UTM to 4.7.3 or later, or use console.backend: hammerspoon",
     )
 
 

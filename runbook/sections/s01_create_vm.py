@@ -12,7 +12,6 @@ stand-ins, where each VM's serial port is its host's console.
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Final
 
@@ -53,10 +52,10 @@ def new_vm(ctx: Context, mac: MacSide, vm: VM) -> utm.NewVm:
 
 
 def _script_command(spec: utm.NewVm) -> str:
-    args = shlex.join(
-        ["osascript", "-", spec.name, str(spec.iso), spec.host_interface, spec.mac or ""]
+    mac = utm.normalize_mac(spec.mac) if spec.mac else ""  # as utm.create_vm sends it
+    return utm.osascript_shown(
+        utm.create_vm_script(spec), spec.name, str(spec.iso), spec.host_interface, mac
     )
-    return f"{args} <<'APPLESCRIPT'\n{utm.create_vm_script(spec)}APPLESCRIPT"
 
 
 def listed(mac: MacSide, vm: VM) -> utm.VmEntry | Check:
