@@ -8,11 +8,14 @@ import ipaddress
 import json
 import logging
 import platform
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Final
+
+from tree_sitter import Node
 
 from runbook.lab.config import LabParams
 from runbook.makefile import Makefile
@@ -26,10 +29,9 @@ from runbook.nixcfg import (
     Undecided,
     flake_systems,
     modules_view,
-    system_view,
 )
-from runbook.nixfile import NixFile
-from runbook.params import Deployment
+from runbook.nixfile import NixFile, string_value
+from runbook.params import VM, Deployment
 
 logger: Final = logging.getLogger(__name__)
 
@@ -41,6 +43,13 @@ ATTICD_PORT: Final = 8080  # atticd listens on [::]:8080 unless configured (atti
 LAB_SUBNET: Final = LabParams.model_fields["subnet"].default  # runbook/lab/config.py
 
 NO_PARAMS: Final = "no params given"
+_ATTRSETS: Final = frozenset({"attrset_expression", "rec_attrset_expression"})
+CONFIGURATIONS: Final = ("outputs", "nixosConfigurations")
+# Options nixpkgs renamed with mkRenamedOptionModule: the old name still sets the new one
+# (nixos/modules/services/networking/atticd.nix imports the credentialsFile rename).
+RENAMED: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
+    ("services", "atticd", "environmentFile"): ("services", "atticd", "credentialsFile"),
+}
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,45 @@ class Context:
         return flake_systems(self.flake) if self.flake is not None else {}
 
     @cached_property
+    def systems_listed(self) -> bool:
+        """Whether flake.nix writes its nixosConfigurations out one by one (`name = …;`), so
+        a name missing from `systems` is really not there; False when they come from a call
+        (`nixosConfigurations = lib.genAttrs …`) or none are found."""
+        flake = self.flake
+        if flake is None or not self.systems:
+            return False
+        return all(b.value.type in _ATTRSETS for b in flake.find(CONFIGURATIONS))
+
+    @cached_property
+    def machine_names(self) -> dict[str, str]:
+        """Each system's machine file name: the string `mkSystem "NAME" { … }` is called with
+        (lib/mksystem.nix loads ../machines/NAME.nix), else the attribute name."""
+        flake = self.flake
+        found = {name: name for name in self.systems}
+        if flake is None:
+            return found
+        for b in flake.under(CONFIGURATIONS):
+            if len(b.path) == 3 and b.path[2] in found:
+                first = _first_argument(b.value)
+                text = string_value(first, flake.source) if first is not None else None
+                if text:
+                    found[b.path[2]] = text
+        return found
+
+    def machine_file(self, name: str) -> Path:
+        return Path("machines") / f"{self.machine_names.get(name, name)}.nix"
+
+    def buildable(self, name: str) -> str | None:
+        """Why the checkout cannot build system `name` as NIXNAME, or None when it can."""
+        if self.systems_listed and name not in self.systems:
+            listed = ", ".join(sorted(self.systems))
+            return f"{name} is not one of flake.nix's nixosConfigurations ({listed})"
+        machine = self.machine_file(name)
+        if not (self.root / machine).is_file():
+            return f"{machine} ({name}'s machine file, loaded by lib/mksystem.nix) not found"
+        return None
+
+    @cached_property
     def cache_system(self) -> str | None:
         """The cache VM's configuration: params `cache.vm`, else the flake's `*-cache` one."""
         if self.deployment is not None:
@@ -93,9 +141,16 @@ class Context:
         return names[0] if names else None
 
     def _view(self, name: str) -> SystemView:
+        """System `name` as lib/mksystem.nix assembles it (utm-makefile-keys.md §1): its
+        machine file first, then the user file of the user the flake names for it, then the
+        modules mksystem lists itself, and every file they import."""
         known = self.systems.get(name)
         user = known.user if known is not None and known.user else self.user
-        return system_view(self.tree, name, user)
+        start = [self.machine_file(name)]
+        if user:
+            start.append(Path("users") / user / "nixos.nix")
+        start.append(Path("lib/mksystem.nix"))
+        return modules_view(self.tree, name, start, user)
 
     @cached_property
     def cache_view(self) -> SystemView | str:
@@ -103,21 +158,25 @@ class Context:
         name = self.cache_system
         if name is None:
             return "no *-cache configuration in flake.nix's nixosConfigurations (" + NO_PARAMS + ")"
-        if not (self.root / "machines" / f"{name}.nix").is_file():
-            return f"machines/{name}.nix (the cache VM {name}'s configuration) not found"
-        return self._view(name)
+        return self.buildable(name) or self._view(name)
 
     @cached_property
     def worker_systems(self) -> list[str]:
-        """The worker VMs' configurations: params' workers, else the handbook's pair
-        (`vm-aarch64-utm` beside `vm-aarch64-utm-cache`) when the flake has it."""
+        """The worker VMs' configurations: params' workers, else every nixosConfiguration of
+        the flake but the cache's; those the checkout cannot build are left out (the check
+        vm-configurations names them)."""
         if self.deployment is not None:
             names = [vm.name for vm in self.deployment.workers]
         else:
-            cache = self.cache_system
-            names = [cache.removesuffix("-cache")] if cache and cache.endswith("-cache") else []
-            names = [n for n in names if n in self.systems]
-        return [n for n in names if (self.root / "machines" / f"{n}.nix").is_file()]
+            names = [n for n in self.systems if n != self.cache_system]
+        return [n for n in names if self.buildable(n) is None]
+
+    def unbuildable_vms(self) -> list[tuple[VM, str]]:
+        """The params' worker VMs the checkout cannot build, each with the reason."""
+        if self.deployment is None:
+            return []
+        found = [(vm, self.buildable(vm.name)) for vm in self.deployment.workers]
+        return [(vm, why) for vm, why in found if why is not None]
 
     @cached_property
     def worker_views(self) -> list[SystemView]:
@@ -160,6 +219,31 @@ class Context:
         path = self.root / "Makefile"
         return Makefile.read(path) if path.is_file() else None
 
+    @cached_property
+    def identity_key(self) -> tuple[str, str] | str | None:
+        """The public half of params `identity` as (type, base64 blob); why it cannot be
+        read; None without params. Derived from the private key where it loads (no
+        passphrase), else read from IDENTITY.pub."""
+        if self.deployment is None:
+            return None
+        key = self.deployment.identity
+        try:
+            from cryptography.hazmat.primitives import serialization
+
+            private = serialization.load_ssh_private_key(key.read_bytes(), password=None)
+            line = private.public_key().public_bytes(
+                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+            )
+            found = parse_public_key(line.decode())
+        except (ValueError, TypeError, OSError, AttributeError):
+            found = None
+        if found is None:
+            try:
+                found = parse_public_key(key.with_name(key.name + ".pub").read_text())
+            except OSError:
+                found = None
+        return found or f"the public half of identity {key} cannot be read (see ssh-key)"
+
     @property
     def user(self) -> str | None:
         return self.deployment.user if self.deployment is not None else None
@@ -173,6 +257,33 @@ class Context:
         return said
 
 
+# OpenSSH public key types (sshd(8) AUTHORIZED_KEYS FILE FORMAT)
+_KEY_TYPE: Final = re.compile(
+    r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)(-cert-v01@openssh\.com)?$"
+)
+
+
+def parse_public_key(line: str) -> tuple[str, str] | None:
+    """(type, base64 blob) of an OpenSSH public key or authorized_keys line (options before
+    the key, a comment after it), None when it holds no key."""
+    words = line.split()
+    for i, word in enumerate(words[:-1]):
+        if _KEY_TYPE.match(word):
+            return word, words[i + 1]
+    return None
+
+
+def _first_argument(node: Node) -> Node | None:
+    """The first argument of a call such as `mkSystem "name" { … }` (None if not a call)."""
+    if node.type != "apply_expression":
+        return None
+    while True:
+        function = node.child_by_field_name("function")
+        if function is None or function.type != "apply_expression":
+            return node.child_by_field_name("argument")
+        node = function
+
+
 def _listen_port(view: SystemView) -> int:
     listen = view.value(("services", "atticd", "settings", "listen"))
     if isinstance(listen, str) and listen.rpartition(":")[2].isdigit():
@@ -181,6 +292,14 @@ def _listen_port(view: SystemView) -> int:
 
 
 # -- how a finding names a value -----------------------------------------------------------------
+
+
+def option_path(view: SystemView, path: tuple[str, ...]) -> tuple[str, ...]:
+    """`path`, or the old name nixpkgs still accepts for it (RENAMED) when only that is set."""
+    old = RENAMED.get(path)
+    if old is not None and not view.definitions(path) and view.definitions(old):
+        return old
+    return path
 
 
 def where_set(view: SystemView, path: Sequence[str]) -> str:

@@ -1,5 +1,6 @@
-"""The checks on the checkout as a whole: every .nix file parses, and no trace of the attic
-flake (lesson 1) is left in flake.nix, flake.lock or the modules."""
+"""The checks on the checkout as a whole: every .nix file parses, each VM is one of the
+flake's nixosConfigurations, and no trace of the attic flake (lesson 1) is left in
+flake.nix, flake.lock or the modules."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from runbook import local
-from runbook.doctor.context import Context
+from runbook.doctor.context import NO_PARAMS, Context
 from runbook.doctor.model import Check, Status, Verdict, check, ok, unchecked
 from runbook.errors import tail
 from runbook.nixcfg import attic_inputs, is_attic_url, read_lock
@@ -41,6 +42,33 @@ def _nix_refuses(root: Path, files: list[Path]) -> list[str]:
         if result.exit_code != 0:
             refused.append(f"{rel}: nix-instantiate: {tail(result.stderr, 2)}")
     return refused
+
+
+@check(CHECKS, "vm-configurations", "部署流程: NIXNAME=<vm> builds flake.nix's nixosConfiguration")
+def check_vm_configurations(ctx: Context) -> Verdict:
+    if ctx.flake is None:
+        return unchecked("flake.nix does not parse")
+    if not ctx.systems:
+        return unchecked("flake.nix names no nixosConfigurations this reader can list")
+    listed = ", ".join(
+        f"{name} (user {system.user})" if system.user else name
+        for name, system in sorted(ctx.systems.items())
+    )
+    if ctx.deployment is None:
+        return ok(f"{NO_PARAMS}: checking every nixosConfiguration: {listed}")
+    wrong = [f"vms {vm.name}: {why}" for vm, why in ctx.unbuildable_vms()]
+    if wrong:
+        return Verdict(
+            Status.FAIL,
+            "; ".join(wrong) + " (the runbook runs make vm/switch NIXNAME=<vm name>)",
+            "name each VM in params after its nixosConfiguration, or add it to flake.nix: "
+            '`nixosConfigurations.NAME = mkSystem "NAME" { system = "aarch64-linux"; '
+            'user = "USER"; };` with machines/NAME.nix',
+        )
+    cache = ctx.deployment.cache.vm
+    return ok(
+        f"the workers are nixosConfigurations: {listed} (the cache VM {cache}: atticd-enabled)"
+    )
 
 
 @check(
