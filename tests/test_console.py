@@ -447,7 +447,7 @@ def lab_vm(console: ConsoleRig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     for key, value in install_standins(tmp_path).items():
         monkeypatch.setenv(key, value)
     state = {
-        "version": "4.7.2",
+        "version": "4.7.3",  # the utm-input backend needs >= 4.7.3 (UTM #7360)
         "vms": [
             {
                 "uuid": "5D419106-2824-4FED-BFE1-24A7F7E253D8",

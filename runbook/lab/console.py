@@ -5,9 +5,21 @@ UTM's "TCP Server Connection" serial port listens on 127.0.0.1 and is "a raw TCP
 127.0.0.1 4444`" (reference/utm-makefile-keys.md §3 "Serial, TCP server mode"). A lab console
 behaves the same way: one daemon per host (`python -m runbook.lab.console serve NAME HOSTDIR`,
 in this machine's root namespaces) holds a pty whose other end is `bash -l` run as root through
-`nsenter` into the host's namespaces, accepts any number of TCP clients on 127.0.0.1, sends
-what they type to the pty and what the pty prints to all of them. Like a getty, a shell that
-exits (`exit`, the host's reboot) is started again; the daemon ends when the host's init is gone.
+`nsenter` into the host's namespaces, and serves it on 127.0.0.1 to ONE client at a time, as
+QEMU's `-chardev socket,server=on` does (qemu/qemu `chardev/char-socket.c`): the listener is
+opened with a backlog of 1 (`qio_net_listener_open_sync(..., 1, ...)`), `tcp_chr_new_client`
+clears its accept callback while a client is connected and `tcp_chr_disconnect_locked` sets it
+again when that client leaves. So a second client's connection completes in the kernel's
+backlog but is neither read nor written until the first one leaves, and what the console prints
+while nobody is connected is lost (`tcp_chr_write` fails with EIO when not connected). Like a
+getty, a shell that exits (`exit`, the host's reboot) is started again; the daemon ends when the
+host's init is gone.
+
+The typing stand-ins (osascript `input scan code`, hs key events) play UTM's SPICE keyboard,
+which is not the serial port: they write to a second loopback port of the daemon (`keyboard`
+in console.json and in utm.json's `keyboards`), whose bytes go to the same pty and which gets
+nothing back. (A lab simplification: on a real VM the display's tty and the serial port's are
+different terminals.)
 
 The Mac side of the lab (what UTM, osascript and Hammerspoon are on the user's Mac) lives in
 `<state_dir>/mac/`: `bin/{utmctl,osascript,hs}` wrappers for the stand-ins in
@@ -67,8 +79,9 @@ UTM_STATE_ENV: Final = "RUNBOOK_UTM_STATE"
 @dataclass(frozen=True)
 class Endpoint:
     host: str
-    port: int
+    port: int  # the serial port: one client at a time
     pid: int
+    keyboard: int = 0  # the keyboard port of the typing stand-ins (0: none)
 
 
 # --- seen from outside: start, stop, where --------------------------------------------------------
@@ -95,14 +108,17 @@ def endpoint(lab: LabParams, name: str) -> Endpoint | None:
     """The running console of host `name` (its daemon alive and listening), or None."""
     try:
         data = json.loads(endpoint_file(lab, name).read_text())
-        found = Endpoint(str(data["host"]), int(data["port"]), int(data["pid"]))
+        found = Endpoint(
+            str(data["host"]), int(data["port"]), int(data["pid"]), int(data.get("keyboard", 0))
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not _is_daemon(found.pid, lab, name):
         return None
+    # asked on the keyboard port: a probe of the serial port would take its one client's place
     with socket.socket() as s:
         s.settimeout(1.0)
-        return found if s.connect_ex((found.host, found.port)) == 0 else None
+        return found if s.connect_ex((found.host, found.keyboard or found.port)) == 0 else None
 
 
 def ensure(lab: LabParams, name: str) -> Endpoint:
@@ -215,7 +231,7 @@ def _vm_record(lab: LabParams, index: int, spec: HostSpec, console: Endpoint) ->
     return {
         "name": spec.name,
         "status": "started",
-        "addresses": [lab.address(index)],
+        "addresses": [host.current_address(spec.name) or lab.address(index)],
         # neither the ISO nor mitchellh's UTM config runs qemu-guest-agent (reference §7.1)
         "guest_agent": False,
         "mac": nic_mac(spec.name),
@@ -239,7 +255,7 @@ def write_mac_side(lab: LabParams, consoles: dict[str, Endpoint]) -> None:
     state: dict[str, Any] = (
         json.loads(state_file.read_text())
         if state_file.exists()
-        else {"vms": [], "version": "4.7.2"}
+        else {"vms": [], "version": utm_state.DEFAULT_VERSION}
     )
     by_name = {vm["name"]: vm for vm in state["vms"]}
     for index, spec in enumerate(lab.hosts):
@@ -254,6 +270,12 @@ def write_mac_side(lab: LabParams, consoles: dict[str, Endpoint]) -> None:
         if vm.get("lab_host") in consoles and vm.get("serial"):
             end = consoles[vm["lab_host"]]
             vm["serial"] = {"host": end.host, "port": end.port}
+    # UTM's keyboard input into a VM, which is not its serial port (utm_state.type_on_console)
+    state["keyboards"] = {
+        f"{end.host}:{end.port}": {"host": end.host, "port": end.keyboard}
+        for end in consoles.values()
+        if end.keyboard
+    }
     tmp = state_file.with_name(state_file.name + ".tmp")
     tmp.write_text(json.dumps(state, indent=2) + "\n")
     tmp.replace(state_file)
@@ -263,14 +285,17 @@ def write_mac_side(lab: LabParams, consoles: dict[str, Endpoint]) -> None:
 
 
 class ConsoleDaemon:
-    """One host's console: a pty with a root login shell in the host, fanned out to TCP clients."""
+    """One host's console: a pty with a root login shell in the host, served to one TCP client
+    at a time (QEMU's serial chardev), plus the keyboard port the typing stand-ins write to."""
 
     def __init__(self, name: str, host_dir: Path) -> None:
         self.name = name
         self.host_dir = host_dir
         self.sel = selectors.DefaultSelector()
         self.listener = self._listen()
-        self.clients: list[socket.socket] = []
+        self.keyboard = self._listen_keyboard()
+        self.client: socket.socket | None = None  # the serial port's one client
+        self.typists: list[socket.socket] = []  # keyboard connections: input only
         self.master: int | None = None
         self.shell: subprocess.Popen[bytes] | None = None
         self.next_spawn = 0.0
@@ -280,19 +305,40 @@ class ConsoleDaemon:
     def _listen(self) -> socket.socket:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:  # the port of the previous daemon, so UTM's VM list stays right
-            old = json.loads((self.host_dir / ENDPOINT_FILE).read_text())
-            sock.bind((LOOPBACK, int(old["port"])))
-        except (OSError, ValueError, KeyError, TypeError):
-            sock.bind((LOOPBACK, 0))
-        sock.listen(16)
+        sock.bind((LOOPBACK, self._previous("port")))
+        sock.listen(1)  # char-socket.c opens its listener with a backlog of 1
         sock.setblocking(False)
         self.sel.register(sock, selectors.EVENT_READ, "listen")
         return sock
 
+    def _listen_keyboard(self) -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((LOOPBACK, self._previous("keyboard")))
+        sock.listen(16)
+        sock.setblocking(False)
+        self.sel.register(sock, selectors.EVENT_READ, "keyboard")
+        return sock
+
+    def _previous(self, key: str) -> int:
+        """The previous daemon's port (so UTM's VM list stays right), if it is free; else 0."""
+        try:
+            port = int(json.loads((self.host_dir / ENDPOINT_FILE).read_text())[key])
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((LOOPBACK, port))
+            return port
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
     def publish(self) -> None:
         port = self.listener.getsockname()[1]
-        data = {"host": LOOPBACK, "port": port, "pid": os.getpid()}
+        data = {
+            "host": LOOPBACK,
+            "port": port,
+            "pid": os.getpid(),
+            "keyboard": self.keyboard.getsockname()[1],
+        }
         target = self.host_dir / ENDPOINT_FILE
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(json.dumps(data) + "\n")
@@ -344,26 +390,44 @@ class ConsoleDaemon:
             self.shell = None
 
     def broadcast(self, data: bytes) -> None:
-        for client in list(self.clients):
-            try:
-                client.sendall(data)
-            except OSError:
-                self.drop(client)
+        """What the console prints goes to the connected client; with none it is lost."""
+        if self.client is None:
+            return
+        try:
+            self.client.sendall(data)
+        except OSError:
+            self.drop(self.client)
 
     def drop(self, client: socket.socket) -> None:
-        if client in self.clients:
-            self.clients.remove(client)
+        if client is self.client:
+            self.client = None
+            self.sel.unregister(client)
+            # tcp_chr_disconnect_locked: accept again, the next waiting connection is served
+            self.sel.register(self.listener, selectors.EVENT_READ, "listen")
+        elif client in self.typists:
+            self.typists.remove(client)
             self.sel.unregister(client)
         client.close()
 
+    def accept(self) -> None:
+        client, _ = self.listener.accept()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.setblocking(True)
+        client.settimeout(5.0)
+        self.client = client
+        self.sel.register(client, selectors.EVENT_READ, "client")
+        # tcp_chr_new_client: no accept while connected (the listener's callback is cleared)
+        self.sel.unregister(self.listener)
+
     def on_ready(self, key: selectors.SelectorKey) -> None:
         if key.data == "listen":
-            client, _ = self.listener.accept()
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            client.setblocking(True)
-            client.settimeout(5.0)
-            self.clients.append(client)
-            self.sel.register(client, selectors.EVENT_READ, "client")
+            self.accept()
+        elif key.data == "keyboard":
+            typist, _ = self.keyboard.accept()
+            typist.setblocking(True)
+            typist.settimeout(5.0)
+            self.typists.append(typist)
+            self.sel.register(typist, selectors.EVENT_READ, "client")
         elif key.data == "pty":
             try:
                 data = os.read(key.fd, 65536)
@@ -406,9 +470,10 @@ class ConsoleDaemon:
             for key, _ in self.sel.select(timeout=0.2):
                 self.on_ready(key)
         self.hangup()
-        for client in list(self.clients):
+        for client in [*self.typists, *([self.client] if self.client else [])]:
             self.drop(client)
         self.listener.close()
+        self.keyboard.close()
         return 0
 
 

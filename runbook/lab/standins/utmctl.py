@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
 def _answer(args: argparse.Namespace) -> int:
     state = utm_state.load()
     if args.cmd == "version":
-        print(state.get("version", "4.7.2"))
+        print(state.get("version", utm_state.DEFAULT_VERSION))
         return 0
     if args.cmd == "list":
         print("UUID                                 Status   Name")
