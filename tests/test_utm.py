@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -617,3 +618,41 @@ def test_the_standins_utm_lets_utm_input_run_and_4_7_2_is_refused(standins: Path
     state_file.write_text(json.dumps(state))
     with pytest.raises(utm.RunbookError, match=r"needs UTM >= 4\.7\.3, this Mac has UTM 4\.7\.2"):
         utm.run_applescript(typing, "v", what="typing")
+
+
+def _context_01(tmp_path: Path, standins: Path, mode: str) -> Any:
+    """Notebook 01's context for one VM (vm-test-cache) on the stand-ins' UTM."""
+    from runbook.params import load
+    from runbook.secrets import SecretStore
+    from runbook.steps import Context, Mode
+    from tests.run_rig import write_params
+
+    (tmp_path / "nixos.iso").write_bytes(b"iso")
+    params = write_params(tmp_path)
+    with params.open("a") as f:
+        f.write(f"utm:\n  utmctl: {standins / 'bin' / 'utmctl'}\n  iso: {tmp_path / 'nixos.iso'}\n")
+    ctx = Context("01-create-vm", load(params), Mode(mode), False, SecretStore(tmp_path / "s"))
+    ctx.sink = lambda _record: None
+    return ctx
+
+
+def test_01_creates_once_then_is_done_and_never_calls_a_wrong_vm_done(
+    tmp_path: Path, standins: Path
+) -> None:
+    from runbook.sections import s01_create_vm
+    from runbook.steps import Outcome, StepFailed
+
+    ctx = _context_01(tmp_path, standins, "deploy")
+    vm = ctx.dep.vms[0]
+    assert ctx.run(s01_create_vm.create(ctx, vm)) is Outcome.DONE
+    assert ctx.run(s01_create_vm.create(ctx, vm)) is Outcome.ALREADY
+    assert "bridged" in ctx.records[-1]["reason"] and "disk VirtIO" in ctx.records[-1]["reason"]
+    utm.delete(vm.name, utmctl="utmctl")
+    # the old two-stage form: it fails after `make new`, leaving a VM with UTM's defaults
+    with pytest.raises(CommandError, match="SeRi"):
+        utm.run_applescript(OLD_CREATE, vm.name, "/i.iso", "en0", "", what="creating")
+    plan = _context_01(tmp_path, standins, "plan")
+    assert plan.run(s01_create_vm.create(plan, vm)) is Outcome.PLAN  # not "already done"
+    with pytest.raises(StepFailed, match=r"exists in UTM but differs \(network: no bridged"):
+        ctx.run(s01_create_vm.create(ctx, vm))
+    assert [e.name for e in utm.list_vms(utmctl="utmctl")] == [vm.name]  # no second VM
