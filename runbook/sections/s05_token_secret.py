@@ -4,8 +4,10 @@ The RSA-4096 key is made here with `cryptography` (no openssl on the VM: lesson 
 the way atticd decodes it (lesson 2), kept in the secret store, and installed over SSH as
 /var/lib/atticd/env, 0600 from the first byte. A valid secret is kept: rotating it
 invalidates every token, so only `cache.rotate_token_secret: true` makes a new one.
-The cache VM then runs its configuration (`services.atticd` with that environmentFile),
-and atticd is restarted only after the secret passed atticd's decode chain here.
+The cache VM then runs its configuration (`services.atticd` with that environmentFile, and
+the attic client notebook 06 runs: `services.atticd` installs only `atticd-atticadm`, so
+pkgs.attic-client is added to the cache's configuration where it lacks it), and atticd is
+restarted only after the secret passed atticd's decode chain here.
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ import hashlib
 import time
 import urllib.error
 import urllib.request
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from runbook import keys
-from runbook.errors import RunbookError
+from runbook.errors import InputError, RunbookError
 from runbook.models import Elevate
 from runbook.params import VM
 from runbook.secrets import Secret
 from runbook.sections.common import (
     ATTICD_ENV,
+    config_present,
     copy_and_switch,
     host_label,
     ssh_render,
@@ -30,10 +33,16 @@ from runbook.sections.common import (
 )
 from runbook.steps import TODO, Check, Context, Step
 
+if TYPE_CHECKING:
+    from runbook.nixcfg import Change
+
 NOTEBOOK: Final = "05-token-secret"
 GENERATE: Final = "generate the token secret locally (lessons 2, 6)"
 INSTALL: Final = "install /var/lib/atticd/env (0600)"
-SYSTEM: Final = "the cache VM runs services.atticd"
+SYSTEM: Final = "the cache VM runs services.atticd and has the attic client"
+CLIENT: Final = "install the attic client in the cache's configuration (pkgs.attic-client)"
+# `attic` on root's PATH (notebook 06 runs it through sudo)
+CLIENT_PROBE: Final = "command -v attic"
 HEALTH_TIMEOUT: Final = 15.0
 
 
@@ -99,20 +108,83 @@ def install_env(ctx: Context, vm: VM) -> Step:
     return Step(INSTALL, host_label(ctx, vm), cmds, probe, put, remote=True)
 
 
+def _client_changes(ctx: Context, vm: VM) -> tuple[list[Change], str]:
+    """The edit that installs pkgs.attic-client in the cache's configuration (in the file that
+    enables services.atticd), none when a module installs it; and where it is or goes."""
+    from runbook.nixcfg import (
+        Change,
+        ConfigTree,
+        cache_module,
+        edit_sequentially,
+        find_attic_client,
+        plan_package,
+        system_view,
+    )
+
+    tree = ConfigTree(ctx.dep.nixos_config)
+    view = system_view(tree, vm.name, ctx.dep.user)
+    found = find_attic_client(view).where
+    if found is not None:
+        return [], found
+    rel = cache_module(view)
+    if not (tree.root / rel).is_file():
+        raise InputError(f"{tree.root / rel}: the cache VM {vm.name}'s configuration is not there")
+    nix = tree.get(rel)
+    after = edit_sequentially(nix, [plan_package])
+    return ([Change(tree.root / rel, nix.source, after)] if after != nix.source else []), str(rel)
+
+
+def attic_client(ctx: Context, vm: VM) -> Step:
+    """`services.atticd` puts only `atticd-atticadm` on the system (nixpkgs
+    nixos/modules/services/networking/atticd.nix): notebook 06's `attic login` needs the
+    client, so the cache's configuration gets `environment.systemPackages = [
+    pkgs.attic-client ];` (the step below switches the VM to it)."""
+
+    def probe() -> Check:
+        if (missing := config_present(ctx)) is not None:
+            return missing
+        pending, where = _client_changes(ctx, vm)
+        for change in pending:
+            print(change.diff(where), end="")
+        return TODO if pending else Check(True, f"the cache's configuration installs it ({where})")
+
+    def apply() -> str:
+        from runbook.nixcfg import write_changes
+
+        pending, where = _client_changes(ctx, vm)
+        write_changes(pending)
+        return f"{where}: environment.systemPackages += [ pkgs.attic-client ]"
+
+    cmd = "edit the cache's atticd module: environment.systemPackages += [ pkgs.attic-client ]"
+    return Step(CLIENT, "localhost", [cmd], probe, apply)
+
+
 def atticd_system(ctx: Context, vm: VM) -> Step:
     """After vm/bootstrap the cache VM runs its configuration already (atticd failed there
-    for want of the env file); a VM that runs another one is switched to it, as the user."""
+    for want of the env file); a VM that runs another one, or lacks the attic client the
+    step above added, is switched to it, as the user."""
     how = user_switch(ctx, vm)
 
     def probe() -> Check:
-        out = ctx.connection(vm).run(["systemctl", "status", "atticd"], check=False).stdout
-        enabled = "; enabled;" in out
-        return Check(True, "atticd.service is part of the system") if enabled else TODO
+        if CLIENT in ctx.changed:
+            return TODO
+        conn = ctx.connection(vm)
+        out = conn.run(["systemctl", "status", "atticd"], check=False).stdout
+        if "; enabled;" not in out:
+            return TODO
+        if not conn.run(CLIENT_PROBE, elevate=Elevate.SUDO, check=False).ok:
+            print("      `attic` is not on the cache VM's PATH yet: switching")
+            return TODO
+        return Check(True, "atticd.service is part of the system; `attic` is installed")
 
     return Step(
         SYSTEM,
         host_label(ctx, vm),
-        [ssh_render(ctx, vm, "systemctl status atticd"), *how.commands],
+        [
+            ssh_render(ctx, vm, "systemctl status atticd"),
+            ssh_render(ctx, vm, CLIENT_PROBE, sudo=True),
+            *how.commands,
+        ],
         probe,
         lambda: copy_and_switch(ctx, vm, how),
         remote=True,
@@ -177,4 +249,10 @@ def restart(ctx: Context, vm: VM) -> Step:
 
 def steps(ctx: Context) -> list[Step]:
     vm = ctx.dep.cache_vm
-    return [generate(ctx), install_env(ctx, vm), atticd_system(ctx, vm), restart(ctx, vm)]
+    return [
+        generate(ctx),
+        install_env(ctx, vm),
+        attic_client(ctx, vm),
+        atticd_system(ctx, vm),
+        restart(ctx, vm),
+    ]

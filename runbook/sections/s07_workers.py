@@ -1,15 +1,20 @@
 """07 Worker VM 配置: the cache as substituter + its key as trusted in `machines/vm-shared.nix`,
 then `vm/copy` + `vm/switch` on every worker as the user (lesson 7).
 
-The edit is a splice at the parser's byte ranges (`runbook.nixcfg.plan_list_item`), so the
-file's formatting and comments survive.
+A cache named `<host>.local` resolves on NixOS only through avahi's NSS module, so the same
+edit turns on `services.avahi.enable` and `services.avahi.nssmdns4` where the workers lack them
+(nixpkgs nixos/modules/services/networking/avahi-daemon.nix).
+
+The edits are splices at the parser's byte ranges (`runbook.nixcfg.plan_list_item`,
+`plan_setting`), so the file's formatting and comments survive.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from runbook.params import VM
 from runbook.sections import s06_cache
@@ -23,6 +28,10 @@ from runbook.sections.common import (
 from runbook.sections.s06_cache import public_key_file
 from runbook.steps import TODO, Check, Context, Step, unchecked
 
+if TYPE_CHECKING:
+    from runbook.nixcfg import Change, ConfigTree
+    from runbook.nixfile import Edit, NixFile
+
 NOTEBOOK: Final = "07-workers"
 SUBSTITUTERS: Final = ("nix", "settings", "substituters")
 TRUSTED_KEYS: Final = ("nix", "settings", "trusted-public-keys")
@@ -33,21 +42,49 @@ def _public_key(ctx: Context) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
+def _needs_mdns(ctx: Context) -> bool:
+    return ctx.dep.cache.host.lower().endswith(".local")
+
+
+def _planners(ctx: Context, tree: ConfigTree) -> list[Callable[[NixFile], Edit | None]]:
+    """The worker module's edits, each planned on the file as the previous one left it: the
+    substituter and its key, and (for a `.local` cache) avahi's mDNS resolution unless every
+    worker system resolves `.local` already."""
+    from runbook.nixcfg import AVAHI_ENABLE, AVAHI_NSS, plan_list_item, plan_setting
+
+    url, key = ctx.dep.cache.url, _public_key(ctx) or ""
+    planners: list[Callable[[NixFile], Edit | None]] = [
+        lambda nix: plan_list_item(nix, SUBSTITUTERS, url, first=True),
+        lambda nix: plan_list_item(nix, TRUSTED_KEYS, key, first=True),
+    ]
+    if _needs_mdns(ctx) and not _workers_resolve_mdns(ctx, tree):
+        planners += [
+            lambda nix: plan_setting(nix, AVAHI_ENABLE, "true"),
+            lambda nix: plan_setting(nix, AVAHI_NSS, "true"),
+        ]
+    return planners
+
+
+def _workers_resolve_mdns(ctx: Context, tree: ConfigTree) -> bool:
+    from runbook.nixcfg import mdns_resolution, system_view
+
+    views = [system_view(tree, vm.name, ctx.dep.user) for vm in ctx.dep.workers]
+    return bool(views) and all(
+        all(v is True for v in mdns_resolution(view).values()) for view in views
+    )
+
+
 def configure(ctx: Context) -> Step:
     rel = ctx.dep.worker_config
     url = ctx.dep.cache.url
 
-    def changes() -> list[object]:
-        from runbook.nixcfg import ConfigTree, Plan, Problem, plan_list_item
+    def changes() -> list[Change]:
+        from runbook.nixcfg import Change, ConfigTree, edit_sequentially
 
         tree = ConfigTree(ctx.dep.nixos_config)
         nix = tree.get(Path(rel))
-        plan = Plan()
-        for path, item in ((SUBSTITUTERS, url), (TRUSTED_KEYS, _public_key(ctx) or "")):
-            edit = plan_list_item(nix, path, item, first=True)
-            if edit is not None:
-                plan.add(Problem(Path(rel), 0, f"{'.'.join(path)} lacks {item}", True), edit)
-        return list(tree.changes(plan))
+        after = edit_sequentially(nix, _planners(ctx, tree))
+        return [Change(tree.root / rel, nix.source, after)] if after != nix.source else []
 
     def probe() -> Check:
         if (missing := config_present(ctx)) is not None:
@@ -56,20 +93,28 @@ def configure(ctx: Context) -> Step:
             return unchecked("the cache's public key is not known yet (notebook 06 records it)")
         pending = changes()
         for change in pending:
-            print(change.diff(rel), end="")  # type: ignore[attr-defined]
+            print(change.diff(rel), end="")
         return TODO if pending else Check(True, f"{rel} already trusts the cache")
 
     def apply() -> str:
         from runbook.nixcfg import write_changes
 
-        write_changes(changes())  # type: ignore[arg-type]
-        return f"{rel}: substituter {url} and its key added"
+        pending = changes()
+        write_changes(pending)
+        change = pending[0] if pending else None
+        added = change is not None and change.after.count(b"nssmdns4") > change.before.count(
+            b"nssmdns4"
+        )
+        mdns = " and avahi's mDNS resolution (nssmdns4)" if added else ""
+        return f"{rel}: substituter {url}, its key{mdns} added"
 
     key = _public_key(ctx) or "<public key from notebook 06>"
     cmds = [
         f'edit {rel}: nix.settings.substituters += [ "{url}" ]',
         f'edit {rel}: nix.settings.trusted-public-keys += [ "{key}" ]',
     ]
+    if _needs_mdns(ctx):
+        cmds.append(f"edit {rel}: services.avahi.enable = true; services.avahi.nssmdns4 = true;")
     return Step(f"trust the cache in {rel}", "localhost", cmds, probe, apply)
 
 
