@@ -255,7 +255,10 @@ def test_sigint_leaves_a_valid_record_marked_interrupted(tmp_path: Path) -> None
     nbformat.write(nb, nbs / "00-sleep.ipynb")
     nbformat.write(nb, nbs / "01-after.ipynb")
     root = tmp_path / "records"
+    # A suite started in the background (`make test &`) hands its children SIGINT ignored, and
+    # Python then keeps it so: the run under test gets the handler a terminal's Ctrl-C meets.
     script = (
+        "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import sys\nfrom pathlib import Path\nfrom runbook import runner\nfrom runbook.steps import Mode\n"
         f"req = runner.RunRequest(params=Path({str(PARAMS / 'cache.yaml')!r}), mode=Mode.PLAN, "
         f"records_root=Path({str(root)!r}), secrets_dir=Path({str(tmp_path / 's')!r}), notebooks_dir=Path({str(nbs)!r}))\n"
