@@ -2,7 +2,8 @@
 
 The options read are the ones the runbook changes (see README): users, SSH login rules,
 nix.settings substituters/trusted-public-keys, services.atticd, networking.hostName,
-security.sudo.wheelNeedsPassword.
+security.sudo.wheelNeedsPassword, and environment.systemPackages (by attribute name: which
+lab programs the system has, system.PACKAGED_PROGRAMS).
 """
 
 from __future__ import annotations
@@ -40,6 +41,33 @@ OPTIONS: Final[dict[tuple[str, ...], str]] = {
     ("security", "sudo", "wheelNeedsPassword"): "bool",
 }
 LAB_UID_START: Final = system.NORMAL_UID
+
+
+def system_packages(ev: Evaluated) -> tuple[str, ...]:
+    """The attribute names in every environment.systemPackages definition of the evaluated
+    files (`pkgs.git`, `git` under `with pkgs;`, lists joined with `++`). NixOS merges the
+    modules' lists; a form the lab cannot evaluate (a variable, `lib.optionals`, `mkIf`) is
+    an error, as for the other options."""
+    from runbook.nixcfg import SYSTEM_PACKAGES, package_elements
+    from runbook.nixfile import NixFile
+
+    names: set[str] = set()
+    for path in ev.files:
+        nix = NixFile.read(path)
+        for binding in nix.find(SYSTEM_PACKAGES):
+            where = f"{path}:{binding.line}"
+            if "mkIf" in binding.wrappers:
+                raise EvalError(
+                    f"{where}: environment.systemPackages: mkIf is not evaluated by the lab"
+                )
+            packages = package_elements(binding.value, nix)
+            if not packages.decided or any(guarded for _, _, guarded in packages.elements):
+                raise EvalError(
+                    f"{where}: cannot evaluate environment.systemPackages "
+                    "(the lab reads list literals, `with pkgs;` and `++` only)"
+                )
+            names.update(text.rsplit(".", 1)[-1] for text in packages.names())
+    return tuple(sorted(names))
 
 
 def _password(ev: Evaluated, user: str) -> str | None:
@@ -104,6 +132,7 @@ def system_config(ev: Evaluated, phase: str, default_hostname: str) -> system.Sy
         trusted_public_keys=tuple(ev.strings("nix", "settings", "trusted-public-keys")),
         services=svc,
         wheel_needs_password=ev.get("security", "sudo", "wheelNeedsPassword") is True,
+        packages=system_packages(ev),
     )
 
 

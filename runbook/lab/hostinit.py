@@ -11,13 +11,16 @@ Signals: SIGHUP = reboot (the `reboot` stand-in), SIGTERM/SIGINT = power off.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from runbook.lab import services, system
 
@@ -82,9 +85,8 @@ def setup_mounts(hostroot: Path, labbin: Path) -> None:
     # Symlinks, not a bind of LABBIN: a stand-in's Path(__file__).resolve() then leads back
     # to the checkout (the attic stand-ins find the `runbook` package that way).
     SYSTEM_BIN.mkdir(parents=True)
-    for program in sorted(labbin.iterdir()):
-        if program.is_file() and os.access(program, os.X_OK):
-            (SYSTEM_BIN / program.name).symlink_to(program)
+    # only the programs the installed system has (no `attic` without pkgs.attic-client)
+    system.link_programs(SYSTEM_BIN, system.absent_programs(Path("/")), labbin)
     for alias in BIN_ALIASES:
         bind(str(SYSTEM_BIN), alias, readonly=True)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
@@ -148,11 +150,49 @@ def reap() -> None:
             return
 
 
-def reboot() -> None:
+def read_leases(hostroot: Path) -> dict[str, Any]:
+    """The lab DHCP server's answers for this host (host.write_leases), read before the
+    host's own /var/lib covers the lab's state dir; {} for a host made without them."""
+    try:
+        data: dict[str, Any] = json.loads((hostroot.parent / "lease.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data
+
+
+def renew_lease(leases: dict[str, Any]) -> str | None:
+    """At boot, the address DHCP gives the system that boots now; the new one, if it moved.
+
+    Handbook lesson 8 (reference/handbook.zh.md §8): bridged, the VM's IP comes from DHCP and
+    may change on every reboot. The live ISO keeps nothing between
+    boots (its /var is not persistent: nixpkgs `nixos/modules/profiles/installation-device.nix`),
+    so the installed system's DHCP client asks with an identity of its own and the server
+    answers it as a new client: the lab moves the host to its other lease when the phase on
+    its "disk" changed (live -> installed after bootstrap0's reboot) and keeps the address on
+    any other reboot. Nothing is announced: the Mac's ARP table learns the new address only
+    from traffic to it.
+    """
+    want = leases.get("leases", {}).get(system.read_phase(Path("/")))
+    iface, prefix = str(leases.get("interface", "eth0")), int(leases.get("prefix", 24))
+    ip = shutil.which("ip", path="/usr/sbin:/sbin:/usr/bin:/bin") or "ip"
+    shown = subprocess.run(
+        [ip, "-4", "-o", "addr", "show", "dev", iface], capture_output=True, text=True, check=False
+    ).stdout
+    if not want or f" {want}/" in shown:
+        return None
+    subprocess.run([ip, "addr", "flush", "dev", iface], check=True)
+    subprocess.run([ip, "addr", "add", f"{want}/{prefix}", "dev", iface], check=True)
+    return str(want)
+
+
+def reboot(leases: dict[str, Any]) -> None:
     kill_all(grace=1.0)
     for entry in Path("/run/lab-systemd").glob("*.pid"):
         entry.unlink(missing_ok=True)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    moved = renew_lease(leases)
+    if moved:
+        print(f"reboot: new DHCP lease {moved}", flush=True)
     boot()
 
 
@@ -163,6 +203,7 @@ def main(argv: list[str]) -> int:
     signal.set_wakeup_fd(write_fd)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: None)
+    leases = read_leases(Path(hostroot))
     setup_mounts(Path(hostroot), Path(labbin))
     boot()
     while True:
@@ -170,7 +211,7 @@ def main(argv: list[str]) -> int:
             if signum == signal.SIGCHLD:
                 reap()
             elif signum == signal.SIGHUP:
-                reboot()
+                reboot(leases)
             elif signum in (signal.SIGTERM, signal.SIGINT):
                 kill_all(grace=1.0)
                 return 0

@@ -32,6 +32,13 @@ LAB_PATH: Final = (
     "/usr/sbin:/usr/bin:/sbin:/bin"
 )
 HOST_KEY_TYPES: Final = ("ed25519",)
+# The NixOS system profile's bin directory, where a host's init links the lab's programs.
+SYSTEM_BIN: Final = Path("/run/current-system/sw/bin")
+LAB_BIN: Final = Path(__file__).resolve().parent / "bin"
+# Lab programs that a NixOS system has only when its environment.systemPackages holds their
+# package: `services.atticd` alone installs `atticd-atticadm`, not `attic` (nixpkgs
+# nixos/modules/services/networking/atticd.nix), so `attic` needs pkgs.attic-client.
+PACKAGED_PROGRAMS: Final = {"attic": "attic-client"}
 # Directories every host tree has (bind-mounted over the same paths inside the host).
 TREE_DIRS: Final = (
     "etc/ssh",
@@ -77,6 +84,7 @@ class SystemConfig:
     # service name -> environment file (or "" for none); sshd is always enabled
     services: dict[str, str] = field(default_factory=lambda: {"sshd": "", "nix-daemon": ""})
     wheel_needs_password: bool = False
+    packages: tuple[str, ...] = ()  # environment.systemPackages, by attribute name
 
 
 def hash_password(password: str) -> str:
@@ -207,17 +215,40 @@ def write_nix_conf(root: Path, cfg: SystemConfig) -> None:
     _write(root / "etc/nix/nix.conf", "\n".join(lines) + "\n")
 
 
-def write_names(root: Path, hostname: str, peers: dict[str, str]) -> None:
-    """/etc/hostname and /etc/hosts: every lab host as NAME and NAME.local (avahi's mDNS)."""
+def write_names(root: Path, hostname: str, peers: dict[str, str], mdns: bool = True) -> None:
+    """/etc/hostname and /etc/hosts: every lab host as NAME, and NAME.local (avahi's mDNS)
+    unless `mdns` is off (the live ISO runs no avahi: installation-device.nix)."""
     _write(root / "etc/hostname", hostname + "\n")
     rows = ["127.0.0.1 localhost", "::1 localhost"]
-    rows += [f"{addr} {name} {name}.local" for name, addr in sorted(peers.items())]
+    local = " {name}.local" if mdns else ""
+    rows += [f"{addr} {name}{local.format(name=name)}" for name, addr in sorted(peers.items())]
     _write(root / "etc/hosts", "\n".join(rows) + "\n")
 
 
 def write_state(root: Path, cfg: SystemConfig) -> None:
     _write(root / LAB_VAR / "phase", cfg.phase + "\n")
     _write(root / LAB_VAR / "services.json", json.dumps(cfg.services, indent=1) + "\n")
+    _write(root / LAB_VAR / "packages.json", json.dumps(sorted(cfg.packages)) + "\n")
+
+
+def absent_programs(root: Path) -> set[str]:
+    """The lab programs the host's system does not install (see PACKAGED_PROGRAMS)."""
+    try:
+        packages = set(json.loads((root / LAB_VAR / "packages.json").read_text()))
+    except (OSError, ValueError):
+        packages = set()
+    return {prog for prog, pkg in PACKAGED_PROGRAMS.items() if pkg not in packages}
+
+
+def link_programs(bin_dir: Path, absent: set[str], lab_bin: Path = LAB_BIN) -> None:
+    """Make `bin_dir` hold a link to each lab program but the `absent` ones, as a switch
+    changes what /run/current-system/sw/bin holds."""
+    for program in sorted(lab_bin.iterdir()):
+        link = bin_dir / program.name
+        if program.name in absent:
+            link.unlink(missing_ok=True)
+        elif program.is_file() and os.access(program, os.X_OK) and not link.is_symlink():
+            link.symlink_to(program)
 
 
 def apply(root: Path, cfg: SystemConfig) -> None:
@@ -227,6 +258,8 @@ def apply(root: Path, cfg: SystemConfig) -> None:
     write_sudo(root, cfg)
     write_nix_conf(root, cfg)
     write_state(root, cfg)
+    if root == Path("/") and SYSTEM_BIN.is_dir():  # inside a running host: the switch's PATH
+        link_programs(SYSTEM_BIN, absent_programs(root))
     # an installed NixOS has /etc/NIXOS (the runbook's "installed?" check, notebook 03); the
     # lab's live ISO has none, so that check can tell the phases apart
     marker = root / "etc/NIXOS"

@@ -87,6 +87,7 @@ def _toplevel_expr(cfg: system.SystemConfig) -> str:
         "services": cfg.services,
         "users": [[u.name, u.shell, list(u.groups)] for u in cfg.users],
         "permit-root-login": cfg.permit_root_login,
+        "packages": list(cfg.packages),  # a package added or removed is a new system
     }
     text = json.dumps(settings, sort_keys=True)
     name = re.sub(r"[^A-Za-z0-9+._?=-]", "-", cfg.hostname)

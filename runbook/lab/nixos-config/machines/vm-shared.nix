@@ -33,7 +33,7 @@
 
   programs.fish.enable = true;
 
-  environment.systemPackages = with pkgs; [ git gnumake rsync attic-client ];
+  environment.systemPackages = with pkgs; [ git gnumake rsync ];
 
   # The VMs find each other as <hostName>.local (nixos-utm-cache.local for the cache).
   services.avahi = {

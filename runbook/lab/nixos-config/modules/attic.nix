@@ -1,5 +1,7 @@
 # atticd from nixpkgs (no attic flake input: handbook lesson 1), served on port 8080 as
-# http://nixos-utm-cache.local:8080/ for the workers.
+# http://nixos-utm-cache.local:8080/ for the workers. Like a real checkout before the runbook,
+# no attic client here: services.atticd installs only atticd-atticadm, and notebook 05 adds
+# pkgs.attic-client to this file (notebook 06 runs `attic` on the cache VM).
 { config, pkgs, lib, ... }:
 
 {
