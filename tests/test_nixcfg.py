@@ -290,3 +290,48 @@ def test_system_view_value_follows_module_priorities(tmp_path: Path, defs, expec
     root = write(tmp_path, {"flake.nix": "{ }", **files})
     view = modules_view(ConfigTree(root), "t", [Path(f) for f in files], None)
     assert view.value(("x",)) == expected
+
+
+# -- package lists and settings (issue 10: the attic client, mDNS on the workers) ------------
+
+
+def _edit(source: str, *planners) -> str:
+    from runbook.nixcfg import edit_sequentially
+    from runbook.nixfile import NixFile
+
+    return edit_sequentially(NixFile(source.encode(), "m.nix"), list(planners)).decode()
+
+
+def test_plan_package_adds_a_binding_or_extends_the_files_list() -> None:
+    from runbook.nixcfg import plan_package
+
+    assert _edit("{ pkgs, ... }:\n{\n  a = 1;\n}\n", plan_package) == (
+        "{ pkgs, ... }:\n{\n  a = 1;\n  environment.systemPackages = [ pkgs.attic-client ];\n}\n"
+    )
+    listed = "{ pkgs, lib, ... }: {\n  environment.systemPackages = [ pkgs.git ] ++ lib.optionals false [ pkgs.x ];\n}\n"
+    assert "[ pkgs.git pkgs.attic-client ] ++" in _edit(listed, plan_package)
+    present = "{ pkgs, ... }: { environment.systemPackages = with pkgs; [ attic-client ]; }\n"
+    assert _edit(present, plan_package) == present
+    with pytest.raises(InputError, match="`pkgs` is not an argument"):
+        _edit("{ config, ... }: { a = 1; }\n", plan_package)
+    with pytest.raises(InputError, match="not a list literal"):
+        _edit("{ pkgs, mine, ... }: { environment.systemPackages = mine; }\n", plan_package)
+
+
+def test_plan_setting_sets_replaces_or_refuses() -> None:
+    from runbook.nixcfg import AVAHI_ENABLE, AVAHI_NSS, plan_setting
+
+    def enable(nix):
+        return plan_setting(nix, AVAHI_ENABLE, "true")
+
+    def nss(nix):
+        return plan_setting(nix, AVAHI_NSS, "true")
+
+    assert _edit("{ x = 1; }\n", enable, nss) == (
+        "{ x = 1; services.avahi.enable = true; services.avahi.nssmdns4 = true; }\n"
+    )
+    assert _edit("{\n  services.avahi.enable = false;\n}\n", enable) == (
+        "{\n  services.avahi.enable = true;\n}\n"
+    )
+    with pytest.raises(InputError, match="set it to true by hand"):
+        _edit("{ lib, ... }: { services.avahi.enable = lib.mkForce false; }\n", enable)
