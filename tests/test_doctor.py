@@ -45,6 +45,7 @@ ISSUE_IDS = [
     "makefile-nixname-default", "root-login-after-switch", "login-shell-fish", "sudo-nopasswd",
     "nic-name-pinned", "guest-agent", "ssh-key", "utmctl", "utm-version", "console-backend",
 ]  # fmt: skip
+ISSUE_10_IDS = ["vm-configurations", "user-key-authorized"]
 
 
 def write_key(path: Path) -> Path:
@@ -80,10 +81,24 @@ def deployment(config: Path, identity: Path, *, host: str = "nixos-utm-cache.loc
     )
 
 
+FIXTURE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA jqwang@fixture"
+
+
+def authorize(config: Path, key: Path, placeholder: str) -> None:
+    """Put `key`'s public half where the fixture's user file lists its one key."""
+    user_file = config / "users" / "jqwang" / "nixos.nix"
+    text = user_file.read_text()
+    assert placeholder in text
+    public = " ".join(key.with_name(key.name + ".pub").read_text().split()[:2])
+    user_file.write_text(text.replace(placeholder, public + " jqwang@mac"))
+
+
 @pytest.fixture
-def clean(tmp_path: Path) -> Path:
+def clean(tmp_path: Path, key: Path) -> Path:
+    """The clean fixture, its user authorizing this test's key (params identity)."""
     target = tmp_path / "nixos-config"
     shutil.copytree(CLEAN, target)
+    authorize(target, key, FIXTURE_KEY)
     return target
 
 
@@ -125,7 +140,7 @@ def write_params(path: Path, config: Path, identity: Path) -> Path:
 
 def test_every_check_of_the_issue_exists_with_its_id():
     ids = [c.id for c in CHECKS]
-    assert set(ISSUE_IDS) <= set(ids) and len(ids) == len(set(ids))
+    assert set(ISSUE_IDS + ISSUE_10_IDS) <= set(ids) and len(ids) == len(set(ids))
 
 
 def test_the_clean_fixture_is_ok_everywhere(clean: Path, key: Path):
@@ -647,3 +662,224 @@ def test_a_cache_vm_the_checkout_cannot_build_fails_once(clean: Path, key: Path)
     assert "machines/vm-aarch64-utm-cache.nix" in found["atticd-enabled"].finding
     for check in ("atticd-env-file", "cache-port-open", "avahi-publish", "hostname-matches-mdns"):
         assert found[check].status is Status.UNCHECKED
+
+
+# -- a real-shaped repo (issue 10): mitchellh/nixos-config's layout, written here -------------
+
+REALREPO = Path(__file__).parent / "fixtures" / "realrepo"
+REALREPO_CACHE = Path(__file__).parent / "fixtures" / "realrepo-cache"  # laid over realrepo
+REAL_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAII7Mv8poCQfePR/bcx+o7q9CJnd415jjZZrGeWWQ23T5"
+DARWIN = "    darwinConfigurations.macbook-pro-m1"
+CACHE_SYSTEM = (
+    '    nixosConfigurations.vm-aarch64-utm-cache = mkSystem "vm-aarch64-utm-cache" {\n'
+    '      system = "aarch64-linux";\n      user   = "jqwang";\n    };\n\n'
+)
+VMWARE_SYSTEM = (
+    '    # A VMware Fusion VM.\n    nixosConfigurations.vm-aarch64 = mkSystem "vm-aarch64" {\n'
+    '      system = "aarch64-linux";\n      user   = "jqwang";\n    };\n\n'
+)
+UTM_PIN = "  networking.interfaces.enp0s10.useDHCP = true;\n"
+
+
+@pytest.fixture
+def real(tmp_path: Path) -> Path:
+    """realrepo as cloned: its user authorizes only the user's own Mac key."""
+    target = tmp_path / "realrepo"
+    shutil.copytree(REALREPO, target)
+    return target
+
+
+@pytest.fixture
+def real_cache(real: Path, key: Path) -> Path:
+    """realrepo with a cache system (realrepo-cache's files, in the flake), authorizing this
+    test's key as the user would paste it."""
+    shutil.copytree(REALREPO_CACHE, real, dirs_exist_ok=True)
+    apply(real, [("flake.nix", DARWIN, CACHE_SYSTEM + DARWIN)])
+    authorize(real, key, REAL_KEY + " jqwang@macbook")
+    return real
+
+
+def real_deployment(config: Path, identity: Path, *, user: str = "jqwang",
+                    workers: tuple[str, ...] = ("vm-aarch64-utm",)) -> Deployment:  # fmt: skip
+    rows = "".join(f"  - {{name: {w}, role: worker, address: {w}.local}}\n" for w in workers)
+    return params.parse(
+        f"deployment: real\nnixos_config: {config}\nidentity: {identity}\nuser: {user}\nvms:\n"
+        "  - {name: vm-aarch64-utm-cache, role: cache, address: nixos-utm-cache.local}\n"
+        f"{rows}cache: {{vm: vm-aarch64-utm-cache, host: nixos-utm-cache.local}}\n",
+        "real.yaml",
+    )
+
+
+def _restore_users_key(config: Path) -> None:
+    """The user file back to the key the user had: not the deployment's identity."""
+    user_file = config / "users/jqwang/nixos.nix"
+    lines = [
+        f'      "{REAL_KEY} jqwang@macbook"' if 'jqwang@mac"' in line else line
+        for line in user_file.read_text().splitlines()
+    ]
+    user_file.write_text("\n".join(lines) + "\n")
+
+
+def _edit(*edits: Edit) -> Callable[[Path], None]:
+    return lambda config: apply(config, list(edits))
+
+
+# (case, fixture, with params, check, before, after, change); each change flips its check, and
+# any other check that changes may only become unchecked (it can no longer read what it needs).
+REAL_DEFECTS: list[tuple[str, str, bool, str, Status, Status, Callable[[Path], None]]] = [
+    ("key-not-authorized", "real_cache", True, "user-key-authorized", Status.OK, Status.FAIL,
+     _restore_users_key),
+    ("user-not-defined", "real_cache", True, "user-key-authorized", Status.OK, Status.FAIL,
+     _edit(("users/jqwang/nixos.nix", "users.users.jqwang", "users.users.mitchellh"))),
+    ("nic-unpinned", "real", False, "nic-name-pinned", Status.WARN, Status.FAIL,
+     _edit(("machines/vm-aarch64-utm.nix", UTM_PIN, ""))),
+    ("flake-user-shell", "real", False, "login-shell-fish", Status.WARN, Status.OK,
+     _edit(("users/jqwang/nixos.nix", "shell = pkgs.fish;", "shell = pkgs.bashInteractive;"))),
+    ("worker-not-in-flake", "real_cache", True, "vm-configurations", Status.OK, Status.FAIL,
+     _edit(("flake.nix", VMWARE_SYSTEM, ""))),
+    ("cache-not-in-flake", "real_cache", True, "atticd-enabled", Status.OK, Status.FAIL,
+     _edit(("flake.nix", CACHE_SYSTEM, ""))),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "fixture", "with_params", "check", "before", "after", "change"),
+    REAL_DEFECTS,
+    ids=[d[0] for d in REAL_DEFECTS],
+)
+def test_each_real_repo_defect_flips_its_own_verdict(
+    request, key, case, fixture, with_params, check, before, after, change
+):
+    config: Path = request.getfixturevalue(fixture)
+
+    def verdicts() -> dict[str, Finding]:
+        dep = real_deployment(config, key, workers=("vm-aarch64-utm", "vm-aarch64"))
+        return by_id(run_checks(dep if with_params else None, config))
+
+    first = verdicts()
+    assert first[check].status is before, first[check]
+    change(config)
+    second = verdicts()
+    assert second[check].status is after, second[check]
+    assert second[check].fix or after is Status.OK
+    others = {c for c in first if c != check and first[c].status is not second[c].status}
+    assert all(second[c].status is Status.UNCHECKED for c in others), {
+        c: (first[c].status, second[c]) for c in others
+    }
+
+
+def test_without_params_the_flakes_systems_and_users_are_read(real: Path):
+    found = by_id(run_checks(None, real))
+    assert found["login-shell-fish"].finding.startswith("vm-aarch64, vm-aarch64-utm: jqwang's")
+    assert found["sudo-nopasswd"].status is Status.OK
+    assert "vm-aarch64 (user jqwang), vm-aarch64-utm (user jqwang)" in (
+        found["vm-configurations"].finding
+    )
+    assert "macbook-pro-m1" not in found["vm-configurations"].finding  # a darwin system
+    nic = found["nic-name-pinned"]
+    assert nic.status is Status.WARN
+    assert "vm-aarch64-utm: networking.useDHCP = false (machines/vm-shared.nix:" in nic.finding
+    assert "DHCP only on enp0s10 (machines/vm-aarch64-utm.nix:8)" in nic.finding
+    user = found["user-key-authorized"]
+    assert user.status is Status.OK and "1 authorized key(s) (users/jqwang/nixos.nix:" in (
+        user.finding
+    )
+
+
+def test_the_lockout_names_the_user_the_key_and_the_console(real_cache: Path, key: Path):
+    _restore_users_key(real_cache)
+    found = by_id(run_checks(real_deployment(real_cache, key), real_cache))
+    lockout = found["user-key-authorized"]
+    assert lockout.status is Status.FAIL
+    assert "the key is not authorized for jqwang" in lockout.finding
+    assert "leaves only the console" in lockout.finding  # PermitRootLogin "no", immutable users
+    assert f"{key}.pub" in lockout.fix and "users/jqwang/nixos.nix" in lockout.fix
+    # with root's password login kept, the runbook's own login after the switch still fails
+    apply(
+        real_cache,
+        [("machines/vm-shared.nix", 'PermitRootLogin = "no"', 'PermitRootLogin = "yes"')],
+    )
+    again = by_id(run_checks(real_deployment(real_cache, key), real_cache))["user-key-authorized"]
+    assert again.status is Status.FAIL and "login after the switch (04) fails" in again.finding
+
+
+def test_a_params_user_the_flake_does_not_build_is_a_failure(real_cache: Path, key: Path):
+    found = by_id(run_checks(real_deployment(real_cache, key, user="alice"), real_cache))
+    assert found["user-key-authorized"].status is Status.FAIL
+    assert "users.users.alice is not defined (the flake builds it for user jqwang)" in (
+        found["user-key-authorized"].finding
+    )
+    assert found["login-shell-fish"].status is Status.UNCHECKED
+
+
+@pytest.mark.parametrize("authorized", [True, False])
+def test_key_files_are_read_beside_the_module(real_cache: Path, key: Path, tmp_path: Path,
+                                              authorized: bool):  # fmt: skip
+    user_file = real_cache / "users/jqwang/nixos.nix"
+    text = user_file.read_text()
+    start = text.index("    openssh.authorizedKeys.keys")
+    end = text.index("];", start) + 2
+    user_file.write_text(
+        text[:start] + "    openssh.authorizedKeys.keyFiles = [ ./authorized_keys ];" + text[end:]
+    )
+    other = write_key(tmp_path / "other")
+    public = (key if authorized else other).with_name(
+        ("id_ed25519" if authorized else "other") + ".pub"
+    )
+    (real_cache / "users/jqwang/authorized_keys").write_text(
+        "# the Mac's key\n" + public.read_text()
+    )
+    verdict = by_id(run_checks(real_deployment(real_cache, key), real_cache))["user-key-authorized"]
+    if authorized:
+        assert verdict.status is Status.OK, verdict
+        assert "users/jqwang/authorized_keys:2" in verdict.finding
+    else:
+        assert verdict.status is Status.FAIL and "users/jqwang/authorized_keys:2" in verdict.finding
+
+
+def test_credentials_file_is_the_old_name_of_environment_file(real_cache: Path, key: Path):
+    attic = ("modules/attic.nix", "environmentFile =", "credentialsFile =")
+    apply(real_cache, [attic])
+    verdict = by_id(run_checks(real_deployment(real_cache, key), real_cache))["atticd-env-file"]
+    assert verdict.status is Status.OK, verdict
+    assert "/var/lib/atticd/env (modules/attic.nix:" in verdict.finding
+    apply(real_cache, [("modules/attic.nix", '"/var/lib/atticd/env"', '"/nix/store/0000-env"')])
+    verdict = by_id(run_checks(real_deployment(real_cache, key), real_cache))["atticd-env-file"]
+    assert verdict.status is Status.FAIL and "is in /nix/store" in verdict.finding
+
+
+def test_a_worker_the_flake_does_not_build_is_named(real_cache: Path, key: Path):
+    shutil.copy(
+        real_cache / "machines/vm-aarch64-utm.nix", real_cache / "machines/vm-aarch64-utm-2.nix"
+    )
+    dep = real_deployment(real_cache, key, workers=("vm-aarch64-utm", "vm-aarch64-utm-2", "vm-x"))
+    verdict = by_id(run_checks(dep, real_cache))["vm-configurations"]
+    assert verdict.status is Status.FAIL
+    assert verdict.finding == (
+        "vms vm-aarch64-utm-2, vm-x are not among flake.nix's nixosConfigurations (flake.nix has "
+        "vm-aarch64, vm-aarch64-utm, vm-aarch64-utm-cache): the runbook runs make vm/switch "
+        "NIXNAME=<vm name>"
+    )
+
+
+def test_the_flakes_machine_name_picks_the_machine_file(real: Path):
+    apply(real, [("flake.nix", "nixosConfigurations.vm-aarch64-utm = mkSystem \"vm-aarch64-utm\"",
+                  "nixosConfigurations.utm = mkSystem \"vm-aarch64-utm\"")])  # fmt: skip
+    nic = by_id(run_checks(None, real))["nic-name-pinned"]
+    assert "utm: networking.useDHCP = false" in nic.finding
+    assert "enp0s10 (machines/vm-aarch64-utm.nix:8)" in nic.finding
+
+
+def test_cli_names_the_params_key_of_a_bad_nixos_config(tmp_path: Path, key: Path):
+    params_file = write_params(tmp_path / "p.yaml", tmp_path / "nowhere", key)
+    proc = runbook("doctor", str(params_file))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: {params_file}: key nixos_config: {tmp_path / 'nowhere'}: not a directory"
+    )
+    (tmp_path / "empty").mkdir()
+    proc = runbook("doctor", str(write_params(tmp_path / "p.yaml", tmp_path / "empty", key)))
+    assert proc.returncode == 2 and f"{params_file}: key nixos_config: " in proc.stderr
+    assert "expected a flake.nix" in proc.stderr
+    proc = runbook("doctor", "--nixos-config", str(tmp_path / "nowhere"))
+    assert proc.returncode == 2 and "--nixos-config" in proc.stderr

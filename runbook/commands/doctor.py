@@ -44,8 +44,17 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 def _context(args: argparse.Namespace) -> Context:
     deployment = params.load(args.params).deployment if args.params is not None else None
     config = args.nixos_config or (deployment.nixos_config if deployment else Path("."))
+    # the error names where the path came from: the option, or the params file's key
+    if args.nixos_config is not None:
+        source = f"--nixos-config {config}"
+    elif deployment is not None:
+        source = f"{args.params}: key nixos_config: {config}"
+    else:
+        source = f"{config} (no PARAMS or --nixos-config: the current directory)"
     if not config.is_dir():
-        raise InputError(f"--nixos-config {config}: not a directory")
+        raise InputError(f"{source}: not a directory")
+    if not (config / "flake.nix").is_file():
+        raise InputError(f"{source}: not a nixos-config checkout (expected a flake.nix in it)")
     return Context(deployment, config)
 
 

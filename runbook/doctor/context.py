@@ -45,6 +45,7 @@ LAB_SUBNET: Final = LabParams.model_fields["subnet"].default  # runbook/lab/conf
 NO_PARAMS: Final = "no params given"
 _ATTRSETS: Final = frozenset({"attrset_expression", "rec_attrset_expression"})
 CONFIGURATIONS: Final = ("outputs", "nixosConfigurations")
+NOT_A_SYSTEM: Final = "is not one of flake.nix's nixosConfigurations"
 # Options nixpkgs renamed with mkRenamedOptionModule: the old name still sets the new one
 # (nixos/modules/services/networking/atticd.nix imports the credentialsFile rename).
 RENAMED: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
@@ -125,12 +126,14 @@ class Context:
     def buildable(self, name: str) -> str | None:
         """Why the checkout cannot build system `name` as NIXNAME, or None when it can."""
         if self.systems_listed and name not in self.systems:
-            listed = ", ".join(sorted(self.systems))
-            return f"{name} is not one of flake.nix's nixosConfigurations ({listed})"
+            return NOT_A_SYSTEM
         machine = self.machine_file(name)
         if not (self.root / machine).is_file():
             return f"{machine} ({name}'s machine file, loaded by lib/mksystem.nix) not found"
         return None
+
+    def listed_systems(self) -> str:
+        return f"flake.nix has {', '.join(sorted(self.systems))}"
 
     @cached_property
     def cache_system(self) -> str | None:
@@ -158,7 +161,10 @@ class Context:
         name = self.cache_system
         if name is None:
             return "no *-cache configuration in flake.nix's nixosConfigurations (" + NO_PARAMS + ")"
-        return self.buildable(name) or self._view(name)
+        problem = self.buildable(name)
+        if problem == NOT_A_SYSTEM:
+            return f"the cache VM {name} {NOT_A_SYSTEM} ({self.listed_systems()})"
+        return problem or self._view(name)
 
     @cached_property
     def worker_systems(self) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from runbook import local
-from runbook.doctor.context import NO_PARAMS, Context
+from runbook.doctor.context import NO_PARAMS, NOT_A_SYSTEM, Context
 from runbook.doctor.model import Check, Status, Verdict, check, ok, unchecked
 from runbook.errors import tail
 from runbook.nixcfg import attic_inputs, is_attic_url, read_lock
@@ -56,11 +56,20 @@ def check_vm_configurations(ctx: Context) -> Verdict:
     )
     if ctx.deployment is None:
         return ok(f"{NO_PARAMS}: checking every nixosConfiguration: {listed}")
-    wrong = [f"vms {vm.name}: {why}" for vm, why in ctx.unbuildable_vms()]
+    bad = ctx.unbuildable_vms()
+    absent = [vm.name for vm, why in bad if why == NOT_A_SYSTEM]
+    wrong = [f"vms {vm.name}: {why}" for vm, why in bad if why != NOT_A_SYSTEM]
+    if absent:
+        verb = "is not one of" if len(absent) == 1 else "are not among"
+        wrong.insert(
+            0,
+            f"vms {', '.join(absent)} {verb} flake.nix's nixosConfigurations "
+            f"({ctx.listed_systems()})",
+        )
     if wrong:
         return Verdict(
             Status.FAIL,
-            "; ".join(wrong) + " (the runbook runs make vm/switch NIXNAME=<vm name>)",
+            "; ".join(wrong) + ": the runbook runs make vm/switch NIXNAME=<vm name>",
             "name each VM in params after its nixosConfiguration, or add it to flake.nix: "
             '`nixosConfigurations.NAME = mkSystem "NAME" { system = "aarch64-linux"; '
             'user = "USER"; };` with machines/NAME.nix',

@@ -78,6 +78,16 @@ def _user_of(ctx: Context, view: SystemView) -> str | None:
     return users[0] if len(users) == 1 else None
 
 
+def _undefined(view: SystemView, user: str) -> Verdict | None:
+    """Unchecked when the modules do not define `user` (user-key-authorized fails for it)."""
+    names = view.names_under(("users", "users"))
+    if user in names:
+        return None
+    if DYNAMIC in names:
+        return unchecked(f"users.users.${{…}}: which user {view.name} defines is not read")
+    return unchecked(f"users.users.{user} is not defined (see user-key-authorized)")
+
+
 def _root_gone(view: SystemView) -> bool:
     """PermitRootLogin is not "yes" and users are immutable: after the switch root has no
     password login and no key the runbook holds."""
@@ -139,6 +149,8 @@ def check_user_key_authorized(ctx: Context) -> Verdict:
         user = _user_of(ctx, view)
         if user is None:
             return unchecked("no user found (" + NO_PARAMS + ")")
+        if view.name == str(ctx.worker_module):  # no system to read, only the worker module
+            return unchecked(f"no VM configuration the checkout builds, only {view.name}")
         defined = view.names_under(("users", "users"))
         if user not in defined:
             if DYNAMIC in defined:
@@ -191,6 +203,8 @@ def check_login_shell_fish(ctx: Context) -> Verdict:
         user = _user_of(ctx, view)
         if user is None:
             return unchecked("no user found (" + NO_PARAMS + ")")
+        if (undefined := _undefined(view, user)) is not None:
+            return undefined
         path: tuple[str, ...] = ("users", "users", user, "shell")
         shell = view.value(path)
         if shell is None:
@@ -216,6 +230,8 @@ def check_sudo_nopasswd(ctx: Context) -> Verdict:
         user = _user_of(ctx, view)
         if user is None:
             return unchecked("no user found (" + NO_PARAMS + ")")
+        if (undefined := _undefined(view, user)) is not None:
+            return undefined
         groups = view.value(("users", "users", user, "extraGroups"))
         if (
             isinstance(groups, list)
