@@ -120,6 +120,14 @@ class Utm(_Strict):
     utmctl: Path = Path("/Applications/UTM.app/Contents/MacOS/utmctl")
     iso: Path | None = None
     network: str = Field(default="bridged", pattern=r"^(bridged|shared)$")
+    host_interface: str = Field(
+        default="en0",
+        pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,14}$",
+        description="the Mac's interface the VMs are bridged to: lesson 8's sweep and call-back",
+    )
+    bridged_subnet: ipaddress.IPv4Network | None = Field(
+        default=None, description="the bridged LAN to sweep for a VM (default: host_interface's)"
+    )
 
 
 class Console(_Strict):

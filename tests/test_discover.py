@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -18,7 +20,7 @@ from unittest import mock
 import pytest
 
 from runbook import discover, utm
-from runbook.console import backends
+from runbook.console import backends, keymap
 from runbook.errors import CommandTimeoutError
 from runbook.models import Result
 from tests.conftest import need
@@ -285,7 +287,7 @@ def test_order_failures_and_the_report(
         discover.resolve_address(target, resolver=fake_resolver({}), neighbours=list)
     msg = str(info.value)
     assert msg.startswith("no address for cache: mdns: no answer; utmctl: failed")
-    assert "console: not applicable; given: not applicable" in msg
+    assert "console: not applicable; callback: not applicable; given: not applicable" in msg
 
 
 def test_given_ip_is_the_last_resort_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -327,3 +329,233 @@ def test_console_callback_from_a_real_console_in_its_own_netns(tmp_path: Path) -
     finally:
         rig.stop()
     assert (found.address, found.method) == ("10.77.0.5", "console")
+
+
+# --- issue 9: a fresh VM on the live ISO (no avahi, no guest agent, nothing in ARP yet) -------
+
+
+def test_arp_reads_the_mac_from_utm_when_params_have_none() -> None:
+    rows = discover.parse_ip_neigh("198.51.100.13 dev en0 lladdr 5a:94:ef:e4:0c:ee REACHABLE\n")
+    asked: list[str] = []
+
+    def mac_of(vm: str) -> str:
+        asked.append(vm)
+        return MAC
+
+    found = discover.resolve_address(
+        discover.Target("198.51.100.99", vm="cache"),  # a stale IP and no MAC in the params
+        methods=("arp",),
+        neighbours=lambda: rows,
+        mac_lookup=mac_of,
+    )
+    assert (found.address, found.method, asked) == ("198.51.100.13", "arp", ["cache"])
+    assert "MAC from UTM's configuration" in found.tried[0]
+
+
+def test_arp_sweeps_the_subnet_when_the_table_does_not_know_the_vm_yet() -> None:
+    swept: list[float] = []
+    table: list[discover.Neighbour] = []  # ARP knows the VM only after traffic to it
+
+    def sweep(seconds: float) -> discover.SweepResult:
+        swept.append(seconds)
+        table.append(discover.Neighbour("198.51.100.13", discover.normalize_mac(MAC), "en0"))
+        return discover.SweepResult("198.51.100.0/24", 22, 253, ("198.51.100.13",), 1.2)
+
+    target = discover.Target("198.51.100.99", vm="cache", mac=MAC)
+    found = discover.resolve_address(
+        target, methods=("arp",), neighbours=lambda: list(table), sweep=sweep
+    )
+    assert (found.address, found.method) == ("198.51.100.13", "arp")
+    assert len(swept) == 1 and 0 < swept[0] <= discover.SWEEP_TIMEOUT
+    assert "swept 253 addresses of 198.51.100.0/24 on port 22" in found.tried[0]
+    # the table knows it now: the next search sends nothing
+    again = discover.resolve_address(
+        target, methods=("arp",), neighbours=lambda: list(table), sweep=sweep
+    )
+    assert again.address == "198.51.100.13" and len(swept) == 1
+
+
+def test_sweep_never_goes_beyond_one_slash_24_nor_to_this_machine() -> None:
+    import ipaddress
+
+    net = ipaddress.IPv4Network("10.20.0.0/16")
+    own = ipaddress.IPv4Address("10.20.3.7")
+    hosts = discover.sweep_hosts(net, own)
+    assert len(hosts) == 253 and hosts[0] == "10.20.3.1" and hosts[-1] == "10.20.3.254"
+    assert "10.20.3.7" not in hosts
+    small = discover.sweep_hosts(ipaddress.IPv4Network("10.20.3.0/29"))
+    assert small == [f"10.20.3.{i}" for i in range(1, 7)]
+
+
+def test_tcp_sweep_on_loopback_finds_the_listener_within_its_deadline() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.9", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        hosts = [f"127.0.0.{i}" for i in range(1, 15)]
+        result = discover.tcp_sweep(hosts, port, timeout=5, concurrency=4, network="127.0.0.0/28")
+        assert result.answered == ("127.0.0.9",) and result.tried == 14
+        assert result.seconds < 5
+        assert "swept 14 addresses of 127.0.0.0/28" in result.note
+        # no time left: nothing is tried at all
+        assert discover.tcp_sweep(hosts, port, timeout=0).tried == 0
+
+
+def _run_typed(command: str) -> None:
+    """What the VM's shell does with the typed call-back line (here: a local bash)."""
+    subprocess.Popen(["bash", "-c", command], stdin=subprocess.DEVNULL)
+
+
+def test_callback_source_address_is_the_vms() -> None:
+    typed: list[str] = []
+
+    def type_it(command: str) -> None:
+        typed.append(command)
+        _run_typed(command)
+
+    assert discover.tcp_callback("127.0.0.1", type_it, timeout=10) == ["127.0.0.1"]
+    (command,) = typed
+    assert command.startswith("timeout 5 bash -c 'echo RUNBOOK-HELLO-")
+    assert ">/dev/tcp/127.0.0.1/" in command
+    keymap.keys_for(command + "\n")  # every backend can type it (US layout)
+
+
+def test_callback_ignores_a_connection_without_the_token_and_has_a_deadline() -> None:
+    def stranger_first(command: str) -> None:
+        port = command.rsplit("/", 1)[1].split("'")[0]
+        _run_typed(f"echo someone-else >/dev/tcp/127.0.0.1/{port}")
+        time.sleep(0.3)
+        _run_typed(command)
+
+    assert discover.tcp_callback("127.0.0.1", stranger_first, timeout=10) == ["127.0.0.1"]
+    start = time.monotonic()
+    assert discover.tcp_callback("127.0.0.1", lambda command: None, timeout=1) == []
+    assert time.monotonic() - start < 3
+
+
+def test_the_search_has_a_deadline_and_names_every_method() -> None:
+    target = discover.Target("198.51.100.77", vm="cache", mac=MAC)
+
+    def slow_callback(seconds: float) -> list[str]:
+        time.sleep(0.3)
+        return []
+
+    with pytest.raises(discover.AddressNotFoundError) as info:
+        discover.resolve_address(
+            target,
+            methods=("callback", "arp", "given"),
+            callback=slow_callback,
+            neighbours=list,
+            probe=lambda address: False,
+            timeout=0.2,
+        )
+    msg = str(info.value)
+    assert msg.startswith("no address for cache: callback: no answer")
+    assert "arp: skipped: the search's 0.2s deadline passed" in msg
+    assert "given: skipped" in msg
+
+
+def test_typed_answers_are_taken_unprobed_when_sshd_may_be_down() -> None:
+    target = discover.Target("cache.local", vm="cache")
+    found = discover.resolve_address(
+        target,
+        methods=("callback",),
+        callback=lambda seconds: ["198.51.100.13"],
+        probe=lambda address: False,  # sshd has no host keys (lesson 3)
+        unprobed=discover.TYPED_METHODS,
+    )
+    assert (found.address, found.method) == ("198.51.100.13", "callback")
+
+
+# macOS `ifconfig en0`
+IFCONFIG_EN0 = """\
+en0: flags=8863<UP,BROADCAST,SMART,RUNNING,SIMPLEX,MULTICAST> mtu 1500
+\tether 3c:22:fb:01:02:64
+\tinet6 fe80::1%en0 prefixlen 64 secured scopeid 0x6
+\tinet 192.168.1.23 netmask 0xffffff00 broadcast 192.168.1.255
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        (IFCONFIG_EN0, "192.168.1.23/24"),
+        ("\tinet 10.0.8.2 netmask 0xfffff000 broadcast 10.0.15.255\n", "10.0.8.2/20"),
+    ],
+)
+def test_parse_ifconfig_macos(text: str, want: str) -> None:
+    assert str(discover.parse_ifconfig(text)) == want
+
+
+def test_parse_ip_addr_and_interface_argv(
+    monkeypatch: pytest.MonkeyPatch, no_real_commands: mock.MagicMock
+) -> None:
+    out = "5: rblabs    inet 10.231.23.1/24 scope global rblabs\\       valid_lft forever\n"
+    assert str(discover.parse_ip_addr(out)) == "10.231.23.1/24"
+    monkeypatch.setattr(sys, "platform", "linux")
+    no_real_commands.side_effect = None
+    no_real_commands.return_value = Result("ip", 0, out, "", 0.1)
+    assert str(discover.interface_address("rblabs")) == "10.231.23.1/24"
+    assert no_real_commands.call_args.args[0] == ["ip", "-4", "-o", "addr", "show", "dev", "rblabs"]
+    monkeypatch.setattr(sys, "platform", "darwin")
+    no_real_commands.return_value = Result("ifconfig", 1, "", "interface en9 does not exist", 0.1)
+    assert discover.interface_address("en9") is None
+    assert no_real_commands.call_args.args[0] == ["ifconfig", "en9"]
+
+
+# --- notebook 02 on a fresh VM: the password is typed first ------------------------------------
+
+
+class _FakeConsole:
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.label = "cache's console (utm-input)"
+
+    def close(self) -> None:
+        self.events.append("close")
+
+
+def test_02_types_the_password_first_when_the_vm_is_not_found_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runbook.params import load
+    from runbook.secrets import SecretStore
+    from runbook.sections import s02_console
+    from runbook.sections.vm_console import MacSide
+    from runbook.steps import Context, Mode, Outcome
+    from tests.run_rig import PARAMS
+
+    events: list[str] = []
+    console = _FakeConsole(events)
+
+    class Lazy:
+        def __init__(self, ctx: object, vm: object) -> None:
+            pass
+
+        def __call__(self) -> tuple[MacSide, _FakeConsole]:
+            return MacSide("utmctl"), console
+
+        def close(self) -> None:
+            events.append("close")
+
+    def resolve(mac: MacSide, vm: object, con: object, **kw: object) -> discover.Resolution:
+        events.append(f"resolve typing={kw.get('typing', True)}")
+        if kw.get("typing") is False:  # the check: nothing typed, nothing found yet
+            raise discover.AddressNotFoundError("no address for cache: arp: no answer")
+        return discover.Resolution("198.51.100.13", "callback", "called back")
+
+    monkeypatch.setattr(s02_console, "LazyConsole", Lazy)
+    monkeypatch.setattr(s02_console, "resolve", resolve)
+    monkeypatch.setattr(s02_console, "type_password", lambda con, pw: events.append("type"))
+    monkeypatch.setattr(s02_console, "save_screen", lambda *a: None)
+    monkeypatch.setattr(
+        s02_console, "root_login", lambda ctx, vm, where, pw: (True, f"root logs in at {where}")
+    )
+    ctx = Context(
+        s02_console.NOTEBOOK, load(PARAMS / "cache.yaml"), Mode.DEPLOY, False,
+        SecretStore(tmp_path / "secrets"),
+    )  # fmt: skip
+    ctx.store.put("live-root-password", "Typed-First-1")
+    assert ctx.run(s02_console.set_root_password(ctx, ctx.dep.cache_vm)) is Outcome.DONE
+    assert events == ["resolve typing=False", "close", "type", "resolve typing=True", "close"]
+    assert ctx.records[-1]["reason"].endswith("root logs in at 198.51.100.13")

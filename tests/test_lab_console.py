@@ -11,8 +11,10 @@ password never reaches the record.
 from __future__ import annotations
 
 import os
+import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -54,6 +56,7 @@ def _deployment(tmp: Path) -> dict[str, Any]:
         ],
         "cache": {"vm": "rbc-live", "host": LIVE},
         "console": {"backend": "utm-input"},
+        "utm": {"host_interface": "rblabc"},  # the lab's bridge plays the Mac's en0
         "lab": LAB,
     }
 
@@ -82,6 +85,7 @@ def lab() -> Iterator[list[Any]]:
     from runbook.lab import lifecycle
 
     hosts = lifecycle.up(LAB)
+    _AFTER_UP.extend(_neighbours("rblabc"))
     try:
         yield hosts
     finally:
@@ -94,6 +98,17 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("console-lab")
     (tmp / "params.yaml").write_text(yaml.safe_dump(_deployment(tmp)))
     return tmp
+
+
+_AFTER_UP: list[str] = []  # the bridge's ARP entries right after lab up
+
+
+def _neighbours(dev: str) -> list[str]:
+    """This machine's (the Mac side's) ARP entries on `dev` that know a MAC."""
+    out = subprocess.run(
+        ["ip", "neigh", "show", "dev", dev], capture_output=True, text=True, check=False
+    ).stdout
+    return [line for line in out.splitlines() if "lladdr" in line]
 
 
 def _lab_params() -> Any:
@@ -146,6 +161,133 @@ def _scan_for(root: Path, secret: str) -> list[str]:
     return hits
 
 
+# --- one client at a time, as QEMU's serial chardev (no lab needed) ---------------------------
+
+
+class _LocalConsole:
+    """runbook.lab.console.ConsoleDaemon with a local bash on its pty instead of a lab host's
+    root shell, served by a thread on 127.0.0.1 (no namespaces, no root)."""
+
+    def __init__(self, tmp: Path) -> None:
+        import pty
+        import threading
+
+        from runbook.lab.console import ConsoleDaemon
+
+        class Daemon(ConsoleDaemon):
+            def spawn(self) -> bool:
+                master, slave = pty.openpty()
+                rc = tmp / "bashrc"
+                rc.write_text(
+                    "PS1='vm# '\n"
+                    # passwd as shadow prompts (02 waits for each prompt), sudo a no-op
+                    "passwd() { read -rsp 'New password: ' a; echo; "
+                    "read -rsp 'Retype new password: ' b; echo; "
+                    '[ "$a" = "$b" ] && echo \'passwd: password updated successfully\'; }\n'
+                    "sudo() { :; }\n"
+                )
+                self.shell = subprocess.Popen(
+                    ["bash", "--noprofile", "--rcfile", str(rc), "-i"],
+                    stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                    env={"PATH": "/usr/bin:/bin", "TERM": "dumb", "HOME": str(tmp)},
+                )  # fmt: skip
+                os.close(slave)
+                os.set_blocking(master, False)
+                self.master = master
+                self.sel.register(master, selectors.EVENT_READ, "pty")
+                return True
+
+        self.daemon = Daemon("local", tmp)
+        self.port = int(self.daemon.listener.getsockname()[1])
+        self.keyboard = int(self.daemon.keyboard.getsockname()[1])
+        self.thread = threading.Thread(target=self.daemon.loop, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.daemon.running = False
+        self.thread.join(10)
+
+
+@pytest.fixture
+def local_console(tmp_path: Path) -> Iterator[_LocalConsole]:
+    rig = _LocalConsole(tmp_path)
+    yield rig
+    rig.stop()
+
+
+def test_a_second_client_waits_unserved_until_the_first_leaves(
+    local_console: _LocalConsole,
+) -> None:
+    from runbook.console.backends import SerialConsole
+    from runbook.errors import CommandError
+
+    first = SerialConsole("127.0.0.1", local_console.port)
+    first.send("echo first-$((1+1))\n")
+    first.read_until(r"first-2\s", 10)
+    # the kernel completes the second connection (backlog), but nobody reads or writes it
+    second = SerialConsole("127.0.0.1", local_console.port)
+    second.send("echo second-$((2+2))\n")
+    with pytest.raises(CommandError, match="no match within 2 s"):
+        second.read_until(r"second-4\s", 2)
+    first.drain(0.3)
+    assert "second" not in first.transcript  # its keys never reached the console
+    first.close()
+    # the first one left: the second is served now, what it sent is read at last
+    second.send("\n")
+    assert second.read_until(r"second-4\s", 10)
+    second.close()
+
+
+def test_the_old_two_connection_pattern_times_out(local_console: _LocalConsole) -> None:
+    """Notebook 02's old watcher + typist: a reader connection, then the backend's own."""
+    from runbook.console.backends import SerialBackend
+    from runbook.errors import CommandError
+
+    watcher = SerialBackend(port=local_console.port).session()
+    watcher.drain(0.3)
+    typist = SerialBackend(port=local_console.port)
+    typist.type_text("vm", "echo typed-$((6*7))\n")
+    with pytest.raises(CommandError, match="no match within 3 s"):
+        watcher.read_until(r"typed-42\s", 3)
+    watcher.close()
+    typist.close()
+
+
+def test_02_types_the_password_over_one_shared_connection(local_console: _LocalConsole) -> None:
+    """The product's path: typing, the prompt waits and a command's answer all go through
+    the serial backend's one connection, so a one-client console serves all of them."""
+    from runbook.console.backends import SerialBackend
+    from runbook.params import VM
+    from runbook.secrets import Secret
+    from runbook.sections.s02_console import type_password
+    from runbook.sections.vm_console import VmConsole, run_marked
+
+    serial = SerialBackend(port=local_console.port)
+    con = VmConsole(VM(name="vm", role="cache", address="vm.local"), serial, serial)
+    type_password(con, Secret("Shared-Conn-Pw-5"))
+    assert "password updated successfully" in serial.last_transcript
+    marked = run_marked(con, serial.session(), "echo answer-$((6*7))", "T")
+    assert marked is not None and "answer-42" in marked
+    con.close()
+    # it left the console: a new client is served at once
+    assert "back" in SerialBackend(port=local_console.port).run("vm", "echo ba''ck", r"back\s", 5)
+
+
+def test_keyboard_port_types_while_the_serial_port_has_its_client(
+    local_console: _LocalConsole,
+) -> None:
+    """UTM's keyboard input is not the serial port: the typing stand-ins write to the
+    console's keyboard port, whatever client holds the serial port."""
+    from runbook.console.backends import SerialBackend
+
+    reader = SerialBackend(port=local_console.port)
+    reader.session().drain(0.3)
+    with socket.create_connection(("127.0.0.1", local_console.keyboard), timeout=5) as keys:
+        keys.sendall(b"echo keys-$((3*3))\r")
+    assert reader.session().read_until(r"keys-9\s", 10)
+    reader.close()
+
+
 # --- the consoles -------------------------------------------------------------------------------
 
 
@@ -155,9 +297,16 @@ def test_console_is_a_root_shell_inside_the_host(lab: list[Any]) -> None:
 
     ports = {h.name: h.console_port for h in lifecycle.status(LAB)}
     assert all(ports.values()), ports
-    out = SerialBackend(port=ports["rbc-live"]).run(
-        "rbc-live", "echo $((6*7))-ok; hostname; id -u; ip -4 -o addr show dev eth0", r"/\d+ ", 10
-    )
+    console = SerialBackend(port=ports["rbc-live"])
+    try:
+        out = console.run(
+            "rbc-live",
+            "echo $((6*7))-ok; hostname; id -u; ip -4 -o addr show dev eth0",
+            r"/\d+ ",
+            10,
+        )
+    finally:
+        console.close()
     text = clean_console_text(out)
     assert "42-ok" in text and "rbc-live\n0\n" in text and f"inet {LIVE}/" in text
 
@@ -192,9 +341,14 @@ def test_every_backend_types_into_the_lab_console(
         monkeypatch.setenv(key, value)
     port = console.port(params, "rbc-inst")
     typer = make_backend(backend, serial_port=port)
+    # one client at a time on the serial port: the serial backend reads on its own connection
+    reader = typer if isinstance(typer, SerialBackend) else SerialBackend(port=port)
     marker = f"/tmp/typed-{backend}"
-    typer.type_text("rbc-inst", f"echo 'Shift: A-Z_(1+1)!' > {marker}\n")
-    out = SerialBackend(port=port).run("rbc-inst", f"cat {marker}", r"\(1\+1\)!\s", 10)
+    try:
+        typer.type_text("rbc-inst", f"echo 'Shift: A-Z_(1+1)!' > {marker}\n")
+        out = reader.run("rbc-inst", f"cat {marker}", r"\(1\+1\)!\s", 10)
+    finally:
+        reader.close()
     assert "Shift: A-Z_(1+1)!" in out
 
 
@@ -211,7 +365,9 @@ def test_01_02_create_set_password_and_find_the_address(lab: list[Any], work: Pa
     record = _newest_record(work)
     log = (record / "run.log").read_text()
     assert "created vm-rbc-worker" in log
-    assert "10.231.12.11 (params say 10.231.12.99), found by console" in log  # lesson 8
+    # lesson 8: the MAC from UTM's configuration, found in ARP after the sweep
+    assert "10.231.12.11 (params say 10.231.12.99), found by arp" in log
+    assert "MAC from UTM's configuration" in log and "swept 253 addresses of 10.231.12.0/24" in log
     assert "with the password works" in log
     screen = record / "console" / "rbc-live-02-root-password.txt"
     assert screen.stat().st_mode & 0o777 == 0o600
@@ -276,6 +432,61 @@ def test_90_steps_recover_a_dead_sshd_and_rerun_is_already_done(
     assert _openssh(INST, work / "known_hosts", strict="yes").returncode == 0
 
 
+def test_the_live_host_is_as_bare_as_the_iso(lab: list[Any]) -> None:
+    """No ARP entry before traffic, no guest agent, no avahi (.local) inside the live host."""
+    assert _AFTER_UP == []  # lab up sent nothing to the hosts: the Mac knows no MAC yet
+    hosts_file = _in_host("rbc-live", "cat /etc/hosts").stdout
+    assert "rbc-inst" in hosts_file and ".local" not in hosts_file
+    assert "rbc-live.local" in _in_host("rbc-inst", "cat /etc/hosts").stdout
+
+
+def test_a_serial_console_serves_one_client_at_a_time(lab: list[Any]) -> None:
+    from runbook.console.backends import SerialConsole
+    from runbook.errors import CommandError
+    from runbook.lab import console
+
+    port = console.port(_lab_params(), "rbc-inst")
+    assert port is not None
+    first = SerialConsole("127.0.0.1", port)
+    second = SerialConsole("127.0.0.1", port)  # the kernel's backlog takes it
+    try:
+        second.send("echo second-$((2+2))\n")
+        with pytest.raises(CommandError, match="no match within 2 s"):
+            second.read_until(r"second-4\s", 2)
+        first.close()
+        second.send("\n")
+        assert second.read_until(r"second-4\s", 10)
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize("backend", ["utm-input", "hammerspoon"])
+def test_the_call_back_finds_the_vm_with_a_backend_that_cannot_read(
+    lab: list[Any], work: Path, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-shot listener on the Mac's bridged address (the lab bridge's 10.231.12.1): the
+    typed command connects to it, and the connection's source is the VM's address."""
+    from runbook.console.backends import make_backend
+    from runbook.lab import console
+    from runbook.sections import s02_console
+    from runbook.sections.vm_console import VmConsole, mac_side, resolve
+    from runbook.steps import open_context
+
+    for key, value in console.mac_env(_lab_params()).items():
+        monkeypatch.setenv(key, value)
+    ctx = open_context(
+        s02_console.NOTEBOOK, str(work / "params.yaml"), "deploy", secrets_dir=str(work / "s")
+    )
+    try:
+        vm = ctx.dep.vm("rbc-live")  # its params address is stale
+        con = VmConsole(vm, make_backend(backend), None)  # nothing to read back
+        found = resolve(mac_side(ctx), vm, con, methods=("callback",))
+    finally:
+        ctx.close()
+    assert (found.address, found.method) == (LIVE, "callback"), found
+
+
 def test_console_comes_back_after_the_host_reboots(lab: list[Any]) -> None:
     from runbook.console.backends import SerialBackend
     from runbook.lab import console, host
@@ -298,3 +509,32 @@ def test_console_comes_back_after_the_host_reboots(lab: list[Any]) -> None:
             time.sleep(0.3)
     assert "back-5" in out
     assert console.endpoint(params, "rbc-live") == before  # same daemon, same port
+
+
+def test_the_installed_system_comes_back_at_a_new_lease(lab: list[Any]) -> None:
+    """bootstrap0's reboot (live -> installed) gives the host another address; any other
+    reboot keeps it; the Mac side learns the new one only from traffic (last: it moves
+    rbc-live)."""
+    from runbook.lab import host, lifecycle
+
+    params = _lab_params()
+    assert params.lease_address(0) == "10.231.12.13"
+    # what nixos-install leaves on the "disk": the installed phase
+    assert _in_host("rbc-live", "echo installed > /var/lib/runbook-lab/phase").returncode == 0
+    pid = host.init_pid("rbc-live")
+    assert pid is not None
+    os.kill(pid, signal.SIGHUP)  # the reboot
+    deadline = time.monotonic() + 20
+    while host.current_address("rbc-live") != "10.231.12.13":
+        assert time.monotonic() < deadline, host.current_address("rbc-live")
+        time.sleep(0.2)
+    assert {h.name: h.address for h in lifecycle.status(LAB)}["rbc-live"] == "10.231.12.13"
+    assert not [n for n in _neighbours("rblabc") if n.startswith("10.231.12.13 ")]
+    deadline = time.monotonic() + 20
+    while not host.reachable("10.231.12.13"):  # sshd is back, at the new address only
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert [n for n in _neighbours("rblabc") if n.startswith("10.231.12.13 ")]
+    os.kill(pid, signal.SIGHUP)  # another reboot, same system: same lease
+    time.sleep(2)
+    assert host.current_address("rbc-live") == "10.231.12.13"

@@ -615,8 +615,19 @@ class SerialConsole:
             got += text
 
 
+SERIAL_TYPE_PAUSE: Final = 0.2
+
+
 class SerialBackend:
-    """A TCP serial console at host:port; `vm` only labels messages (the port names the VM)."""
+    """A TCP serial console at host:port; `vm` only labels messages (the port names the VM).
+
+    QEMU's `-chardev socket,server=on` serves one client at a time: once a client is
+    connected it stops accepting until that client leaves (qemu/qemu `chardev/char-socket.c`,
+    `tcp_chr_new_client` clears the listener's accept callback, `tcp_chr_disconnect_locked`
+    sets it again), so a second connection waits in the kernel's backlog, unread. Typing,
+    reading and the address call-back therefore share `session()`, this backend's one
+    connection, until `close()`.
+    """
 
     name = "serial"
 
@@ -625,27 +636,27 @@ class SerialBackend:
         self.last_transcript = ""
         self._session: SerialConsole | None = None
 
-    def connect(self) -> SerialConsole:
-        """An open console to read and write (use it as a context manager)."""
-        return SerialConsole(self.host, self.port, self.timeout)
-
-    def _console(self) -> SerialConsole:
-        # One connection for the backend's life: a TCP serial port may serve one client
-        # only, and a reader left over from a closed connection could take the output.
+    def session(self) -> SerialConsole:
+        """The one open connection to the console (opened on first use, kept until close)."""
         if self._session is None:
-            self._session = self.connect()
+            self._session = SerialConsole(self.host, self.port, self.timeout)
         return self._session
 
     def close(self) -> None:
+        """Leave the console: the next client (ours later, or a user's `nc`) is served."""
         if self._session is not None:
+            self.last_transcript = self._session.transcript or self.last_transcript
             self._session.close()
             self._session = None
 
     def type_text(self, vm: str, text: str | Secret) -> None:
         try:
-            console = self._console()
+            console = self.session()
+            # sent only: what the console answers stays unread for whoever waits for it on
+            # this same connection (a prompt, a marker); the pause lets the program read it
+            # before the next keys (passwd and `read -s` flush input typed ahead)
             console.send(text)
-            console.drain(0.2)
+            time.sleep(SERIAL_TYPE_PAUSE)
             self.last_transcript = console.transcript
         except (OSError, ConnectError):
             self.close()
@@ -655,7 +666,7 @@ class SerialBackend:
     def run(self, vm: str, command: str, done: str, timeout: float = 30.0) -> str:
         """Type `command` + Enter and return the console text up to the regex `done`."""
         try:
-            console = self._console()
+            console = self.session()
             console.drain(0.2)
             console.send(command + "\n")
             match = console.read_until(done, timeout)

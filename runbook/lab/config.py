@@ -63,7 +63,14 @@ class LabParams(BaseModel):
         return self.state_dir / "known_hosts"
 
     def address(self, index: int) -> str:
+        """Host `index`'s address when the lab comes up (its first DHCP lease)."""
         return str(self.subnet.network_address + FIRST_HOST + index)
+
+    def lease_address(self, index: int) -> str:
+        """Host `index`'s address once it boots as another DHCP client (the installed system
+        after the live ISO, see hostinit.renew_lease): the next free one after every host's
+        first lease, as a DHCP server hands out its pool."""
+        return str(self.subnet.network_address + FIRST_HOST + len(self.hosts) + index)
 
     @property
     def gateway(self) -> str:
@@ -94,6 +101,7 @@ def from_mapping(data: dict[str, Any], source: str = "lab params") -> LabParams:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise InputError(f"{source}: lab.{where}: {err['msg']}") from None
-    if len(params.hosts) > params.subnet.num_addresses - FIRST_HOST - 1:
+    # every host has two leases: the one it comes up with, and the installed system's
+    if 2 * len(params.hosts) > params.subnet.num_addresses - FIRST_HOST - 1:
         raise InputError(f"{source}: lab.hosts: too many hosts for {params.subnet}")
     return params

@@ -465,6 +465,10 @@ class ConsoleDaemon:
     def serve(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "running", False))
         self.publish()
+        return self.loop()
+
+    def loop(self) -> int:
+        """Serve until `running` is cleared; then hang up and close everything."""
         while self.running:
             self.tick()
             for key, _ in self.sel.select(timeout=0.2):

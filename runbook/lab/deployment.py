@@ -53,6 +53,8 @@ def deployment(
             for i, n in enumerate(names)
         ],
         "cache": {"vm": names[0], "host": addr(0), "port": 8080, "name": "main"},
+        # the lab's bridge plays the Mac's bridged interface (lesson 8's sweep and call-back)
+        "utm": {"host_interface": bridge},
         "lab": {
             "state_dir": str(state_dir),
             "subnet": subnet,

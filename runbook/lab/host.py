@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +25,7 @@ logger: Final = logging.getLogger(__name__)
 
 LAB_BIN: Final = Path(__file__).resolve().parent / "bin"
 BOOT_TIMEOUT: Final = 20.0
+LEASE_FILE: Final = "lease.json"  # in the host's dir, beside its tree: the DHCP server's answers
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,35 @@ def initial_config(params: LabParams, spec: HostSpec, client_pubkey: str) -> sys
     )
 
 
+def lease_file(params: LabParams, name: str) -> Path:
+    return params.host_dir(name) / LEASE_FILE
+
+
+def write_leases(params: LabParams, spec: HostSpec) -> None:
+    """What the lab's DHCP server gives this host's NIC, by the system that asks: the phase it
+    comes up in keeps the first address, the other phase gets the next free one (see
+    hostinit.renew_lease for why a reinstalled system is a new client)."""
+    index = params.hosts.index(spec)
+    other = Phase.INSTALLED if spec.phase is Phase.LIVE else Phase.LIVE
+    data = {
+        "interface": "eth0",
+        "prefix": params.subnet.prefixlen,
+        "leases": {
+            spec.phase.value: params.address(index),
+            other.value: params.lease_address(index),
+        },
+    }
+    lease_file(params, spec.name).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def current_address(name: str) -> str | None:
+    """The host's IPv4 address now (`ip -n NS -4 -o addr show dev eth0`), None when it has
+    none; asked inside the host's namespace, so no packet is sent (no ARP entry appears)."""
+    result = run(["ip", "-n", netns(name), "-4", "-o", "addr", "show", "dev", "eth0"], check=False)
+    found = re.search(r"\binet (\d+\.\d+\.\d+\.\d+)/", result.stdout)
+    return found[1] if found else None
+
+
 def prepare(params: LabParams, spec: HostSpec, peers: dict[str, str], client_pubkey: str) -> None:
     """A fresh tree for the host: directories, accounts, sshd, nix.conf, new host keys."""
     root = tree(params, spec.name)
@@ -73,9 +105,10 @@ def prepare(params: LabParams, spec: HostSpec, peers: dict[str, str], client_pub
     (params.host_dir(spec.name) / "etc-work").mkdir()
     os.chmod(root / "tmp", 0o1777)
     os.chmod(root / "root", 0o711)  # traversable: the project Python may live under /root
-    system.write_names(root, spec.name, peers)
+    system.write_names(root, spec.name, peers, mdns=spec.phase is not Phase.LIVE)
     system.apply(root, initial_config(params, spec, client_pubkey))
     system.new_host_keys(root)
+    write_leases(params, spec)
 
 
 def start(params: LabParams, spec: HostSpec) -> None:

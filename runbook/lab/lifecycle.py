@@ -117,8 +117,14 @@ def _working_config(params: LabParams, pubkey: str) -> None:
         keyfile.write_text(pubkey + "\n")
 
 
-def _healthy(params: LabParams, index: int, spec: HostSpec) -> bool:
-    return host.init_pid(spec.name) is not None and host.reachable(params.address(index), 0.3)
+def _healthy(spec: HostSpec) -> bool:
+    """Init alive and sshd active, read from the host's own /run: no packet to the host, so
+    the Mac side's ARP table stays as a fresh VM leaves it (empty until traffic)."""
+    pid = host.init_pid(spec.name)
+    if pid is None:
+        return False
+    root = Path(f"/proc/{pid}/root")
+    return services.state(services.load_unit("sshd"), root) == "active"
 
 
 def _destroy_host(params: LabParams | None, name: str) -> None:
@@ -155,11 +161,13 @@ def up(params: LabParams | Path | str | dict[str, Any] | None = None) -> list[Ho
         json.dumps({"params": lab.model_dump(mode="json")}, indent=1)
     )
     peers = {spec.name: lab.address(i) for i, spec in enumerate(lab.hosts)}
-    todo = [(i, s) for i, s in enumerate(lab.hosts) if not _healthy(lab, i, s)]
+    todo = [(i, s) for i, s in enumerate(lab.hosts) if not _healthy(s)]
     with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
         list(pool.map(lambda item: _create(lab, item[0], item[1], peers, pubkey), todo))
     _write_known_hosts(lab)
     console.ensure_all(lab)  # each host's console on a loopback port, and UTM's VM list
+    # the Mac knows a VM's MAC only after traffic to it (reference §7.3): none yet
+    net.flush_neighbours(lab)
     logger.info(
         "lab up: %d host(s), %d (re)created, %.2f s",
         len(lab.hosts),
@@ -220,7 +228,7 @@ def status(params: LabParams | Path | str | dict[str, Any] | None = None) -> lis
         out.append(
             HostStatus(
                 name=spec.name,
-                address=lab.address(i),
+                address=host.current_address(spec.name) or lab.address(i),
                 port=SSH_PORT,
                 user="root" if phase == Phase.LIVE.value else lab.user,
                 identity=str(lab.identity_path),

@@ -57,6 +57,13 @@ def create_host_net(params: LabParams, index: int, name: str) -> None:
     _ip("-n", ns, "link", "set", "lo", "up")
 
 
+def flush_neighbours(params: LabParams) -> None:
+    """Forget this machine's (the Mac side's) ARP entries on the lab bridge: as for a VM that
+    just booted, its MAC is learned only from traffic to it (`ip neigh flush dev BRIDGE`)."""
+    if link_exists(params.bridge):
+        _ip("neigh", "flush", "dev", params.bridge, check=False)
+
+
 def veth_name(params: LabParams, index: int) -> str:
     return f"{params.bridge}v{index}"  # IFNAMSIZ: bridge names are at most 12 characters
 

@@ -4,9 +4,11 @@ The password is typed on the VM's console with the params' backend (lesson 4: UT
 code`, Hammerspoon raw key events, Quartz, or the serial port), read from the secret store or
 RUNBOOK_ROOT_PASSWORD and never shown: plans print `*****`, `passwd` does not echo, and with a
 serial console each prompt is waited for so nothing is typed ahead of it. The address is
-resolved now (lesson 8: mDNS, `utmctl ip-address`, ARP by MAC, the console call-back, then the
-params' address), and the step passes only when a fresh SSH login as root with that password
-works there. The address found is kept in the run's record (`addresses.json`) for notebooks
+resolved now (lesson 8: mDNS, `utmctl ip-address`, ARP by MAC after a sweep of the bridged
+subnet, the console read back or a typed call-back, then the params' address); on the live
+ISO (no avahi, no guest agent, nothing in ARP yet) a fresh VM may not be found before
+anything is typed, so the check then says "not found yet" and the password is typed first.
+The step passes only when a fresh SSH login as root with that password works there. The address found is kept in the run's record (`addresses.json`) for notebooks
 03-09 of the same run, instead of the params' one; a later run finds it again.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from runbook.discover import CALLBACK_COMMAND
+from runbook.discover import CALLBACK_COMMAND, AddressNotFoundError, callback_command
 from runbook.errors import ConnectError, HostKeyChangedError, RunbookError
 from runbook.params import VM
 from runbook.remote import Connection
@@ -109,12 +111,16 @@ def type_password(con: VmConsole, password: Secret) -> None:
 def set_root_password(ctx: Context, vm: VM) -> Step:
     console = LazyConsole(ctx, vm)
 
-    def address() -> str:
-        mac, con = console()
-        return resolve(mac, vm, con).address
-
     def probe() -> Check:
-        where = address()
+        # A check types nothing: without avahi, a guest agent or ARP traffic (the live ISO),
+        # a fresh VM may not be found yet, and then the password is typed first (lesson 8).
+        mac, con = console()
+        try:
+            where = resolve(mac, vm, con, typing=False).address
+        except AddressNotFoundError as exc:
+            return Check(False, f"not found yet, so the password is typed first ({exc})")
+        finally:
+            console.close()
         ok, detail = root_login(ctx, vm, where, _password(ctx))
         if ok:
             return Check(True, detail)
@@ -124,12 +130,16 @@ def set_root_password(ctx: Context, vm: VM) -> Step:
 
     def action() -> str:
         password = _password(ctx)
-        _, con = console()
+        mac, con = console()
         try:
-            type_password(con, password)
+            try:
+                type_password(con, password)
+            finally:
+                save_screen(ctx, con, "02-root-password")
+            # now the VM may be found by what it answers on its console (lesson 8)
+            where = resolve(mac, vm, con).address
         finally:
-            save_screen(ctx, con, "02-root-password")
-        where = address()
+            console.close()
         ok, detail = root_login(ctx, vm, where, password)
         if not ok:
             raise RunbookError(f"typed the password on {con.label}, but SSH still fails: {detail}")
@@ -153,21 +163,29 @@ def find_address(ctx: Context, vm: VM) -> Step:
             con: VmConsole | None = open_console(ctx, mac, vm)
         except RunbookError:
             con = None
-        found = resolve(mac, vm, con)
+        try:
+            found = resolve(mac, vm, con)
+        finally:
+            if con is not None:
+                con.close()
         moved = "" if found.address == vm.address else f" (params say {vm.address})"
         # 03-09 of this run use it (runbook.steps.with_run_addresses); never a later run
         record_address(ctx.record_dir, vm.name, found.address, found.method)
         return f"{found.address}{moved}, found by {found.method}; tried: {'; '.join(found.tried)}"
 
-    mac_hint = f"arp -an | grep -i ' {vm.mac.lower()} '" if vm.mac else "# arp: no MAC in params"
+    mac_of = vm.mac.lower() if vm.mac else f"<MAC of {vm.name} in UTM's configuration>"
+    where = ctx.dep.utm.bridged_subnet or f"{ctx.dep.utm.host_interface}'s subnet"
+    hello = callback_command(f"<{ctx.dep.utm.host_interface}'s address>", "<port>", "<nonce>")
     return Step(
         f"find {vm.name}'s address (lesson 8)",
         "localhost",
         [
             f"# mDNS: {vm.address}" if not vm.address[0].isdigit() else "# mDNS: params give an IP",
             f"utmctl ip-address {vm.name}   # needs the guest agent: not on the ISO",
-            mac_hint,
-            f"[{vm.name} console] {CALLBACK_COMMAND} ⏎   # call-back, read on the serial console",
+            f"# ARP knows a VM only after traffic: port {vm.port} across {where} (a /24 at most)",
+            f"arp -an | grep -i ' {mac_of} '",
+            f"[{vm.name} console] {CALLBACK_COMMAND} ⏎   # read back on a serial console",
+            f"[{vm.name} console] {hello} ⏎   # any backend: the caller's address is the VM's",
         ],
         action=action,
         remote=True,

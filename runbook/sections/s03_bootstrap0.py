@@ -26,8 +26,8 @@ from runbook.sections.common import (
     render,
 )
 from runbook.sections.s01_create_vm import listed
-from runbook.sections.vm_console import MacSide, VmConsole, mac_side, open_console, resolve
-from runbook.steps import Check, Context, Step, record_address
+from runbook.sections.vm_console import MacSide, mac_side, resolve
+from runbook.steps import Check, Context, Step, record_address, run_addresses
 
 NOTEBOOK: Final = "03-bootstrap0"
 MAKEFILE_DISK: Final = (
@@ -37,7 +37,10 @@ MAKEFILE_DISK: Final = (
 INSTALLED_SCRIPT: Final = "test -e /etc/NIXOS && ! test -e /iso"
 SSH_DROPPED: Final = 255  # ssh's exit when the reboot closes the session under it
 REBOOT_TIMEOUT: Final = 180.0
-SAME_ADDRESS_WAIT: Final = 30.0  # then the address is looked up again (lesson 8)
+# Then the address is looked up again, and again every RESOLVE_EVERY: a reboot may bring a
+# new DHCP lease (lesson 8), and the reinstalled system asks as a new client.
+SAME_ADDRESS_WAIT: Final = 10.0
+RESOLVE_EVERY: Final = 10.0
 LOGIN_TIMEOUT: Final = 5.0
 INSTALL_FINISHED: Final = "installation finished!"  # nixos-install's last line
 STOP_TIMEOUT: Final = 60.0  # a guest asked to power down gets this long, then it is forced
@@ -84,7 +87,7 @@ def bootstrap0(ctx: Context, vm: VM) -> Step:
         cmds.insert(
             0,
             f"# the Makefile partitions {MAKEFILE_DISK}; this VM's disk is {disk}: "
-            f"runbook doctor {ctx.dep.nixos_config} --fix first",
+            f"`runbook doctor {ctx.loaded.path}` names the fix (makefile-disk-device)",
         )
     b = ctx.dep.bootstrap
     return Step(
@@ -149,34 +152,41 @@ def back_after_reboot(
     after: str = "bootstrap0's reboot",
 ) -> str:
     """Where the VM answers (`login` works) once back from a reboot: this run's address, else,
-    if it stays silent, wherever it is found now (lesson 8: a reboot may change it); kept for
-    the rest of the run."""
+    if it stays silent, wherever it is found now, looked up every RESOLVE_EVERY seconds
+    (lesson 8: a reboot may bring a new lease); kept for the rest of the run. Nothing is
+    typed on the console: after a reboot it shows a login prompt."""
     start = time.monotonic()
-    address = vm.address
+    address, method = vm.address, ""
+    next_lookup = start + SAME_ADDRESS_WAIT
+    mac: MacSide | None = None
     while not login(ctx, vm, address):
-        waited = time.monotonic() - start
-        if waited > REBOOT_TIMEOUT:
+        now = time.monotonic()
+        if now - start > REBOOT_TIMEOUT:
             raise RunbookError(
                 f"{vm.name} did not come back from {after} within {REBOOT_TIMEOUT:g}s "
                 f"({who} at {address}): check its console"
             )
-        if waited > SAME_ADDRESS_WAIT and address == vm.address:
+        if now >= next_lookup:
+            next_lookup = now + RESOLVE_EVERY
             try:
-                mac = mac_side(ctx)
-                found = resolve(mac, vm, _console(ctx, mac, vm))
-            except RunbookError:
-                continue
-            address = found.address
-            record_address(ctx.record_dir, vm.name, address, found.method)
+                mac = mac or mac_side(ctx)
+                found = resolve(mac, vm, None, typing=False, timeout=RESOLVE_EVERY * 2)
+            except RunbookError as exc:
+                print(f"      {vm.name}: not found yet after {after} ({exc})")
+            else:
+                if found.address != address:
+                    print(f"      {vm.name}: now at {found.address} (found by {found.method})")
+                address, method = found.address, found.method
         time.sleep(0.3)
+    if address != vm.address:
+        record_address(ctx.record_dir, vm.name, address, method)
     return address
 
 
-def _console(ctx: Context, mac: MacSide, vm: VM) -> VmConsole | None:
-    try:
-        return open_console(ctx, mac, vm)
-    except RunbookError:
-        return None
+def this_run(ctx: Context, vm: VM) -> VM:
+    """`vm` at the address this run found last (02, or a reboot earlier in this notebook)."""
+    found = run_addresses(ctx.record_dir).get(vm.name) if ctx.record_dir else None
+    return vm.model_copy(update={"address": found["address"]}) if found else vm
 
 
 def installed_login(ctx: Context, vm: VM, address: str) -> bool:
@@ -242,7 +252,7 @@ def remove_iso(ctx: Context, vm: VM) -> Step:
         "localhost (UTM)",
         cmds,
         probe=probe,
-        action=lambda: boot_from_disk(ctx, mac, vm),
+        action=lambda: boot_from_disk(ctx, mac, this_run(ctx, vm)),  # bootstrap0 may move it
     )
 
 

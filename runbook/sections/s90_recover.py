@@ -91,24 +91,30 @@ def recover(ctx: Context, vm: VM) -> Step:
         return resolve(mac, vm, con, sshd_may_be_down=True).address
 
     def probe() -> Check:
-        where = address()
+        try:
+            where = address()
+        finally:
+            console.close()  # one client at a time on a serial console: leave it
         state["address"] = where
         return fresh_login(ctx, vm, where)
 
     def action() -> str:
         _, con = console()
-        where = state.get("address") or address()
-        banner = sshd_banner(where, vm.port)
-        if banner is not None:
-            why = fresh_login(ctx, vm, where).reason
-            raise RunbookError(
-                f"sshd on {vm.name} ({where}) answers ({banner}), so its host keys are there; "
-                f"logins fail for another reason: {why}"
-            )
         try:
-            pinned = recover_on_console(ctx, con, where)
+            where = state.get("address") or address()
+            banner = sshd_banner(where, vm.port)
+            if banner is not None:
+                why = fresh_login(ctx, vm, where).reason
+                raise RunbookError(
+                    f"sshd on {vm.name} ({where}) answers ({banner}), so its host keys are "
+                    f"there; logins fail for another reason: {why}"
+                )
+            try:
+                pinned = recover_on_console(ctx, con, where)
+            finally:
+                save_screen(ctx, con, "90-host-keys")
         finally:
-            save_screen(ctx, con, "90-host-keys")
+            console.close()
         after = fresh_login(ctx, vm, where)
         if not after.done:
             raise RunbookError(f"after {' and '.join(FIX)} on {con.label}: {after.reason}")

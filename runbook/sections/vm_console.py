@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import logging
 import os
 import re
@@ -34,13 +35,19 @@ from runbook.console.backends import (
     make_backend,
 )
 from runbook.discover import (
-    AddressNotFoundError,
-    Probe,
+    METHODS,
+    SEARCH_TIMEOUT,
+    TYPED_METHODS,
     Resolution,
+    SweepResult,
     Target,
+    interface_address,
     resolve_address,
     serial_callback,
+    sweep_hosts,
+    tcp_callback,
     tcp_probe,
+    tcp_sweep,
 )
 from runbook.errors import RunbookError
 from runbook.hostkeys import KnownHosts, entry_name
@@ -69,10 +76,14 @@ BANNER_TIMEOUT: Final = 5.0
 
 @dataclass(frozen=True)
 class MacSide:
-    """Where utmctl is, and the lab when the lab plays the Mac."""
+    """Where utmctl is, the Mac's bridged interface (params `utm.host_interface`, and
+    `utm.bridged_subnet` when the LAN to sweep is not that interface's), and the lab when the
+    lab plays the Mac."""
 
     utmctl: str
     lab: LabParams | None = None
+    host_interface: str = "en0"
+    bridged_subnet: ipaddress.IPv4Network | None = None
 
     @property
     def where(self) -> str:
@@ -82,12 +93,15 @@ class MacSide:
 def mac_side(ctx: Context) -> MacSide:
     """The Mac side of this deployment; in the lab, its stand-ins go on this process's PATH."""
     lab = ctx.dep.lab
+    bridged = {"host_interface": ctx.dep.utm.host_interface}
+    bridged_subnet = ctx.dep.utm.bridged_subnet
     if lab is None:
-        return MacSide(str(ctx.dep.utm.utmctl))
+        return MacSide(str(ctx.dep.utm.utmctl), None, **bridged, bridged_subnet=bridged_subnet)
     from runbook.lab import console as lab_console
 
     os.environ.update(lab_console.mac_env(lab))
-    return MacSide(str(lab_console.mac_dir(lab) / "bin" / "utmctl"), lab)
+    utmctl = str(lab_console.mac_dir(lab) / "bin" / "utmctl")
+    return MacSide(utmctl, lab, **bridged, bridged_subnet=bridged_subnet)
 
 
 def lab_host(lab: LabParams, dep_vms: tuple[VM, ...], vm: VM) -> tuple[int, HostSpec]:
@@ -119,6 +133,15 @@ class VmConsole:
     def label(self) -> str:
         read = f", read back on {self.reader.host}:{self.reader.port}" if self.reader else ""
         return f"{self.vm.name}'s console ({self.backend.name}{read})"
+
+    def type_line(self, text: str) -> None:
+        """Type `text` and Enter with the backend (no read-back)."""
+        self.backend.type_text(self.vm.name, text + "\n")
+
+    def close(self) -> None:
+        """Leave the serial console (one client at a time, like QEMU's): the next is served."""
+        if self.reader is not None:
+            self.reader.close()
 
 
 def serial_endpoint(ctx: Context, mac: MacSide, vm: VM) -> tuple[str, int] | None:
@@ -158,6 +181,11 @@ class LazyConsole:
             self._opened = mac, open_console(self._ctx, mac, self._vm)
         return self._opened
 
+    def close(self) -> None:
+        """Leave the console's one connection (a later use connects again)."""
+        if self._opened is not None:
+            self._opened[1].close()
+
 
 def plan_typing(ctx: Context, vm: VM, lines: list[str]) -> list[str]:
     """How typed lines show in a plan, secrets as *****: for utm-input UTM's readable
@@ -172,14 +200,18 @@ def plan_typing(ctx: Context, vm: VM, lines: list[str]) -> list[str]:
 
 @contextmanager
 def watching(con: VmConsole) -> Iterator[SerialConsole | None]:
-    """A reader connection held open while typing (None without a serial console)."""
+    """The serial console's one connection, read while typing (None without a serial
+    console). It is the same connection the serial backend types on and the address
+    call-back reads (SerialBackend.session): QEMU serves one client at a time."""
     if con.reader is None:
         yield None
         return
-    with con.reader.connect() as watch:
-        watch.drain(0.2)
+    watch = con.reader.session()
+    watch.drain(0.2)
+    try:
         yield watch
         watch.drain(0.2)
+    finally:
         con.reader.last_transcript = watch.transcript
 
 
@@ -253,48 +285,53 @@ def save_screen(ctx: Context, con: VmConsole, label: str) -> Path | None:
 
 
 def resolve(
-    mac: MacSide, vm: VM, con: VmConsole | None, *, sshd_may_be_down: bool = False
+    mac: MacSide,
+    vm: VM,
+    con: VmConsole | None,
+    *,
+    sshd_may_be_down: bool = False,
+    typing: bool = True,
+    methods: tuple[str, ...] = METHODS,
+    timeout: float = SEARCH_TIMEOUT,
 ) -> Resolution:
-    """The VM's address now: mDNS, `utmctl ip-address` (params' utmctl), ARP by MAC, the
-    console call-back, the params' address; each must answer on the SSH port. With
-    `sshd_may_be_down` (lesson 3), what the VM itself prints on its console is taken as is."""
-    target = Target.from_params(vm)
-    probe = tcp_probe(vm.port)
-    callback = serial_callback(con.reader, vm.name) if con and con.reader else None
-    tried: list[str] = []
-    for methods in (("mdns",), ("utmctl",), ("arp", "console", "given")):
-        if methods == ("utmctl",):
-            found = _via_utmctl(mac, vm, probe, tried)
-            if found is not None:
-                return Resolution(found, "utmctl", "answered the probe", tuple(tried))
-            continue
-        try:
-            got = resolve_address(target, methods=methods, console=callback, probe=probe)
-        except AddressNotFoundError as exc:
-            tried.append(str(exc).split(": ", 1)[-1])
-            continue
-        return Resolution(got.address, got.method, got.detail, (*tried, *got.tried))
-    if sshd_may_be_down and callback is not None:
-        got = resolve_address(target, methods=("console",), console=callback)
-        return Resolution(got.address, got.method, "printed on the console", (*tried, *got.tried))
-    raise AddressNotFoundError(f"no address for {vm.name}: " + "; ".join(tried))
+    """The VM's address now (lesson 8): mDNS, `utmctl ip-address` (params' utmctl), ARP by
+    the MAC (params', else UTM's configuration) after a sweep of the bridged subnet's SSH
+    port, the console: read back over serial, or a typed call-back to a one-shot listener on
+    the Mac's bridged address (any backend), then the params' address. Each answer must
+    accept a connection on the SSH port; with `sshd_may_be_down` (lesson 3) what the VM
+    itself says on its console or call-back is taken as is. Without `typing` nothing is typed
+    on the console (a check, or a VM just rebooted to a login prompt)."""
+    bridged = interface_address(mac.host_interface)
+    network = mac.bridged_subnet or (bridged.network if bridged is not None else None)
+    if bridged is None:
+        logger.info(
+            "%s: no IPv4 address on %s (params utm.host_interface)", vm.name, mac.host_interface
+        )
+    own = bridged.ip if bridged is not None else None
+    sweep = None
+    if network is not None:
+        hosts, swept = sweep_hosts(network, own), str(network)
 
+        def sweep(seconds: float) -> SweepResult:
+            return tcp_sweep(hosts, vm.port, timeout=seconds, network=swept)
 
-def _via_utmctl(mac: MacSide, vm: VM, probe: Probe, tried: list[str]) -> str | None:
-    # discover's own utmctl method uses the default utmctl path; the params may name another.
-    if not utm.runs_here():
-        tried.append("utmctl: not applicable (no UTM here)")
-        return None
-    try:
-        found = [a for a in utm.ip_addresses(vm.name, utmctl=mac.utmctl) if ":" not in a]
-    except RunbookError as exc:
-        tried.append(f"utmctl: failed: {exc}")
-        return None
-    for address in found:
-        if probe(address):
-            return address
-    tried.append(f"utmctl: {', '.join(found) or 'no answer'}")
-    return None
+    reader = serial_callback(con.reader, vm.name) if typing and con and con.reader else None
+    caller = None
+    if typing and con is not None and own is not None:
+        listen, typist = str(own), con.type_line
+        caller = lambda seconds: tcp_callback(listen, typist, seconds)
+    return resolve_address(
+        Target.from_params(vm),
+        methods=methods,
+        console=reader,
+        callback=caller,
+        probe=tcp_probe(vm.port),
+        unprobed=TYPED_METHODS if sshd_may_be_down else (),
+        mac_lookup=utm.mac_address if utm.runs_here() else None,
+        sweep=sweep,
+        utmctl=mac.utmctl,
+        timeout=timeout,
+    )
 
 
 # --- sshd (lesson 3) ----------------------------------------------------------------------------

@@ -225,9 +225,15 @@ def drive_rows(vm: dict[str, Any]) -> list[str]:
 
 
 def type_on_console(vm: dict[str, Any], text: str) -> None:
-    """Send typed text to the VM's TCP serial console; Enter arrives as CR, like a keyboard."""
+    """Send typed text to the VM's lab console; Enter arrives as CR, like a keyboard.
+
+    UTM types through SPICE, not through the serial port, whose one client may be the
+    runbook's reader (QEMU serves one at a time, runbook/lab/console.py): so the text goes to
+    the console's keyboard port (`keyboards` in the state, written by lab up), and to the
+    serial port only for a console that has none (a test rig)."""
     serial = vm.get("serial")
     if not serial:
         raise OSError(f"VM {vm['name']!r} has no lab console (no serial port in the state)")
-    with socket.create_connection((serial["host"], int(serial["port"])), timeout=5) as sock:
+    keyboard = load().get("keyboards", {}).get(f"{serial['host']}:{serial['port']}") or serial
+    with socket.create_connection((keyboard["host"], int(keyboard["port"])), timeout=5) as sock:
         sock.sendall(text.replace("\n", "\r").encode())

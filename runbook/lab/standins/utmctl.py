@@ -17,6 +17,12 @@ from typing import Any
 from runbook.lab.standins import utm_state
 
 EVENT_FAILED = "Error from event: The operation couldn\u2019t be completed. (OSStatus error -2700.)"
+# UTM's ScriptingError texts (utmapp/UTM `Scripting/UTMScriptingVirtualMachineImpl.swift`):
+# `withGuestAgent` throws notRunning unless the VM is started, then guestAgentNotRunning when
+# QEMU has no guest agent channel answering. Neither the NixOS ISO
+# (`nixos/modules/profiles/installation-device.nix`) nor mitchellh's UTM config enables
+# `services.qemuGuest`, so every lab VM's `guest_agent` is false and `ip-address` fails.
+NOT_RUNNING = "The virtual machine is not running."
 NO_AGENT = "The QEMU guest agent is not running or not installed on the guest."
 
 
@@ -65,7 +71,9 @@ def _run(args: argparse.Namespace, state: dict[str, Any], vm: dict[str, Any]) ->
     elif args.cmd == "delete":
         state["vms"].remove(vm)
     elif args.cmd == "ip-address":
-        if vm["status"] != "started" or not vm.get("guest_agent"):
+        if vm["status"] != "started":
+            return _event_error(NOT_RUNNING)
+        if not vm.get("guest_agent"):
             return _event_error(NO_AGENT)
         for address in sorted(vm["addresses"], key=lambda a: ":" in a):  # IPv4 first
             print(address)
