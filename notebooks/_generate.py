@@ -20,6 +20,7 @@ PARAMETERS = """\
 params = "../params/cache.yaml"  # the deployment's params file
 mode = "plan"  # plan: render the commands and check what it can, touch nothing; deploy: apply
 confirm = False  # True confirms dangerous steps (bootstrap0 wipes the disk); `runbook deploy --yes`
+force_checks = False  # True goes on although a doctor check fails; `runbook deploy --force-checks`
 secrets_dir = ""  # the secret store; empty: $RUNBOOK_SECRETS or ~/.local/state/runbook/secrets
 record_dir = ""  # this run's record folder, set by `runbook deploy`/`plan`
 """
@@ -53,7 +54,12 @@ On a machine without the checkout or UTM (a Linux box), those checks say *unchec
         [
             ("## The deployment", "ctx.run(s.architecture(ctx))"),
             ("## Files and host tools", "ctx.run(s.paths(ctx))\nctx.run(s.host_tools(ctx))"),
-            ("## The nixos-config, read with a real Nix parser", "ctx.run(s.doctor_report(ctx))"),
+            (
+                "## The nixos-config, read with a real Nix parser\n\n"
+                "A check that fails stops a deploy here, before anything is touched; "
+                "`runbook deploy --force-checks` (force_checks=True) goes on anyway.",
+                "ctx.run(s.doctor_report(ctx, force_checks))",
+            ),
             ("## Lesson 1: nixpkgs' attic, not the attic flake", "ctx.run(s.attic_flake(ctx))"),
             (
                 "## Lesson 3: build every toplevel here before any switch",

@@ -52,6 +52,7 @@ class RunRequest:
     mode: Mode
     records_root: Path
     confirm: bool = False
+    force_checks: bool = False  # go on although a doctor check fails (notebook 00)
     from_: str | None = None
     only: tuple[str, ...] = ()
     resume: Path | None = None
@@ -217,6 +218,7 @@ def _run_notebooks(req: RunRequest, plan: Plan, stream: Stream, store: SecretSto
         "params": str(plan.loaded.path.resolve()),
         "mode": str(plan.mode),
         "confirm": bool(req.confirm),
+        "force_checks": bool(req.force_checks),
         "secrets_dir": str(store.root),
         "record_dir": str(plan.record.resolve()),
     }

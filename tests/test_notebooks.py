@@ -16,7 +16,7 @@ from runbook.secrets import SecretStore
 from tests.run_rig import PARAMS, REPO, guard_env, runbook, scan
 
 NOTEBOOKS = REPO / "notebooks"
-SECTION_PARAMETERS = {"params", "mode", "confirm", "secrets_dir", "record_dir"}
+SECTION_PARAMETERS = {"params", "mode", "confirm", "force_checks", "secrets_dir", "record_dir"}
 HANDBOOK = ("00", "01", "02", "03", "04", "05", "06", "07", "08", "09", "90")
 ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
 

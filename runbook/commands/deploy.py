@@ -1,5 +1,5 @@
 """`runbook plan PARAMS` and `runbook deploy PARAMS [--from N] [--only N,...] [--resume RECORD]
-[--yes] [--records DIR]`: run the handbook's notebooks with papermill into a record.
+[--yes] [--force-checks] [--records DIR]`: run the handbook's notebooks with papermill into a record.
 
 `plan` renders every step's commands and checks what it can without touching anything or
 connecting anywhere; `deploy` applies. Bad params exit 2 before any kernel starts.
@@ -34,13 +34,18 @@ def _common(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     plan = sub.add_parser("plan", help="show every step's commands and checks; change nothing")
     _common(plan)
-    plan.set_defaults(func=handle, mode=Mode.PLAN, resume=None, yes=False)
+    plan.set_defaults(func=handle, mode=Mode.PLAN, resume=None, yes=False, force_checks=False)
     deploy = sub.add_parser("deploy", help="run the notebooks in order into a record")
     _common(deploy)
     deploy.add_argument(
         "--resume", metavar="RECORD", help="continue a failed or interrupted record"
     )
     deploy.add_argument("--yes", action="store_true", help="confirm dangerous steps (disk wipe)")
+    deploy.add_argument(
+        "--force-checks",
+        action="store_true",
+        help="go on although a `runbook doctor` check fails (00 stops the deploy otherwise)",
+    )
     deploy.set_defaults(func=handle, mode=Mode.DEPLOY)
 
 
@@ -59,6 +64,7 @@ def handle(args: argparse.Namespace) -> int:
         mode=args.mode,
         records_root=root,
         confirm=bool(args.yes),
+        force_checks=bool(args.force_checks),
         from_=args.from_,
         only=only,
         resume=resume,

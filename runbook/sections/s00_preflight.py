@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from runbook import local
+from runbook.errors import RunbookError
 from runbook.params import VM, check_paths
 from runbook.sections.common import config_present, in_lab, render
 from runbook.steps import DONE, TODO, Check, Context, Step, unchecked
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 NOTEBOOK: Final = "00-architecture-preflight"
 HOST_TOOLS: Final = ("nix", "ssh", "rsync", "make")
 LESSON_1_CHECKS: Final = frozenset({"attic-flake-input", "attic-module-import"})
+FIXED_HERE: Final = LESSON_1_CHECKS  # attic_flake (the step after the doctor) fixes these
 
 
 def architecture(ctx: Context) -> Step:
@@ -74,21 +76,46 @@ def host_tools(ctx: Context) -> Step:
     )
 
 
-def doctor_report(ctx: Context) -> Step:
+def doctor_report(ctx: Context, force_checks: bool = False) -> Step:
+    """The doctor's table; a check that fails stops a deploy here, before anything is touched
+    (the wipe is in 03), unless `force_checks` (`runbook deploy --force-checks`). The lesson-1
+    failures do not stop it: the next step of this notebook fixes them."""
     cmd = render(["runbook", "doctor", str(ctx.loaded.path)])
+    blocking: list[str] = []
 
     def probe() -> Check:
         if (missing := config_present(ctx)) is not None:
             return missing
-        from runbook.doctor import failed, render_text, run_checks
+        from runbook.doctor import Status, render_text, run_checks
 
         findings = run_checks(ctx.dep, ctx.dep.nixos_config)
         for line in render_text(findings).splitlines():
             print(f"      {line}")
-        bad = "some checks fail" if failed(findings) else "no check fails"
-        return Check(True, f"{bad}; the fixable ones are fixed below and in 07")
+        fails = [f for f in findings if f.status is Status.FAIL]
+        blocking[:] = [f.check for f in fails if f.check not in FIXED_HERE]
+        fixed = [f.check for f in fails if f.check in FIXED_HERE]
+        later = f"; {', '.join(fixed)} fixed by the next step" if fixed else ""
+        if not blocking:
+            return Check(True, f"no check fails{later}")
+        names = ", ".join(blocking)
+        if force_checks:
+            return Check(True, f"failing: {names}; going on as --force-checks asks{later}")
+        if ctx.planning:
+            print(f"      a deploy stops here: {names} fail; {_go_on(ctx)}")
+            return Check(True, f"failing: {names} (a deploy stops here){later}")
+        return TODO
 
-    return Step("check the nixos-config (runbook doctor)", "localhost", [cmd], probe=probe)
+    def stop() -> str:
+        raise RunbookError(
+            f"runbook doctor: {', '.join(blocking)} fail (the table above says why and how to "
+            f"fix). Nothing was touched: fix the configuration or the params, or {_go_on(ctx)}"
+        )
+
+    return Step("check the nixos-config (runbook doctor)", "localhost", [cmd], probe, stop)
+
+
+def _go_on(ctx: Context) -> str:
+    return f"go on anyway with `runbook deploy {ctx.loaded.path} --force-checks`"
 
 
 def attic_flake(ctx: Context) -> Step:
@@ -178,7 +205,7 @@ def steps(ctx: Context) -> list[Step]:
         architecture(ctx),
         paths(ctx),
         host_tools(ctx),
-        doctor_report(ctx),
+        doctor_report(ctx),  # the panel's: force_checks is the notebook's parameter
         attic_flake(ctx),
         *(toplevel_build(ctx, vm) for vm in ctx.dep.vms),
     ]
