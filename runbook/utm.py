@@ -335,7 +335,9 @@ def create_vm_record(spec: NewVm) -> str:
 
     UTM applies the whole record before it creates anything (Scripting/
     UTMScriptingCreateCommand.swift: `updateConfiguration(from: record)`, then `data.create`),
-    so a key it cannot take fails the command and leaves no half-made VM. Shapes from
+    so an error there (e.g. an `index` with no element) fails the command and leaves no
+    half-made VM. Keys or values UTM does not know it skips without a word, which is why 01
+    reads the result back (`vm_config`, `config_differences`). Shapes from
     Scripting/UTM.sdef and UTMScriptingConfigImpl.swift: lists of records for drives, network
     interfaces, displays and serial ports; a record with `index` updates that element (the
     create command starts with one default NIC), one without appends a new one, and elements
