@@ -41,6 +41,10 @@ class HostKeyChangedError(ConnectError):
     """The host presented a key other than the one in known_hosts."""
 
 
+class AuthenticationRefusedError(ConnectError):
+    """sshd answered (its host key checked) but refused the user's key or password."""
+
+
 class CommandError(RunbookError):
     """A command exited with a code the caller did not accept."""
 

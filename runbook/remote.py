@@ -21,6 +21,7 @@ from typing import Final, Self
 import paramiko
 
 from runbook.errors import (
+    AuthenticationRefusedError,
     CommandError,
     CommandTimeoutError,
     ConnectError,
@@ -136,8 +137,10 @@ class Connection:
                 transport.auth_password(h.user, self._password.reveal())
             else:
                 raise ConnectError(f"no identity or password for {h.label}")
-        except paramiko.AuthenticationException as exc:
-            raise ConnectError(f"authentication as {h.label} refused: {exc}") from None
+        except paramiko.AuthenticationException as exc:  # BadAuthenticationType too
+            raise AuthenticationRefusedError(
+                f"authentication as {h.label} refused: {exc}"
+            ) from None
         except paramiko.SSHException as exc:
             raise ConnectError(f"SSH error authenticating {h.label}: {exc}") from None
 

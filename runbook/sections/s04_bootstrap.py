@@ -7,10 +7,17 @@ Lesson 7: after the switch root cannot log in; the next step proves the user + k
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Final
 
-from runbook.errors import CommandError, ConnectError, HostKeyChangedError, RunbookError
+from runbook.errors import (
+    AuthenticationRefusedError,
+    CommandError,
+    ConnectError,
+    HostKeyChangedError,
+    RunbookError,
+)
 from runbook.models import Elevate, Result
 from runbook.params import VM
 from runbook.remote import Connection
@@ -29,6 +36,8 @@ from runbook.sections.common import (
 )
 from runbook.sections.vm_console import key_fingerprint, parse_public_keys, pin_host_keys
 from runbook.steps import Check, Context, Step
+
+logger: Final = logging.getLogger(__name__)
 
 NOTEBOOK: Final = "04-bootstrap"
 REPAIR_SSHD: Final = "ssh-keygen -A && systemctl restart sshd"
@@ -119,6 +128,8 @@ def fresh_login(ctx: Context, vm: VM, keeper: Connection) -> str:
         check = login_works(ctx, vm)
     except HostKeyChangedError:
         raise
+    except AuthenticationRefusedError as exc:  # sshd and its host keys are fine: no repair
+        raise key_not_authorized(ctx, vm, exc) from None
     except ConnectError as exc:
         print(
             f"      fresh SSH failed after the switch ({exc}): repairing sshd over the kept session"
@@ -137,6 +148,20 @@ def fresh_login(ctx: Context, vm: VM, keeper: Connection) -> str:
     if not check.done:
         raise RunbookError("sudo -n failed for the user: check wheelNeedsPassword = false")
     return f"fresh SSH login: {check.reason}"
+
+
+def key_not_authorized(ctx: Context, vm: VM, exc: AuthenticationRefusedError) -> RunbookError:
+    """sshd answered with the known host key and refused the key: the configuration does not
+    authorize it (lesson 7), which `ssh-keygen -A` cannot mend. Short: a step's error shows
+    its last 400 characters."""
+    user = ctx.dep.user
+    logger.info("%s: %s", vm.name, exc)
+    return RunbookError(
+        f"the key is not authorized for {user} on {vm.name}: sshd refused {ctx.dep.identity} "
+        "with its host keys intact (nothing repaired); add its .pub to users.users."
+        f"{user}.openssh.authorizedKeys.keys (doctor check user-key-authorized) and switch "
+        "again, from the console if root's login is off (notebook 90)"
+    )
 
 
 def repair_over(ctx: Context, vm: VM, keeper: Connection) -> None:
@@ -174,8 +199,14 @@ def atticd_pending(ctx: Context, vm: VM, argv: list[str], result: Result) -> str
 
 
 def user_login(ctx: Context, vm: VM) -> Step:
+    def probe() -> Check:
+        try:
+            return login_works(ctx, vm)
+        except AuthenticationRefusedError as exc:
+            raise key_not_authorized(ctx, vm, exc) from None
+
     def require() -> str:
-        check = login_works(ctx, vm)
+        check = probe()
         if not check.done:
             raise RunbookError("sudo -n failed for the user: check wheelNeedsPassword = false")
         return check.reason
@@ -184,7 +215,7 @@ def user_login(ctx: Context, vm: VM) -> Step:
         f"fresh SSH login to {vm.name} as {ctx.dep.user} + key, sudo (lesson 7)",
         host_label(ctx, vm),
         [ssh_render(ctx, vm, "sudo -n true")],
-        probe=lambda: login_works(ctx, vm),
+        probe=probe,
         action=require,
         remote=True,
     )
