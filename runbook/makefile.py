@@ -15,7 +15,9 @@ from typing import Final
 
 logger: Final = logging.getLogger(__name__)
 
-_ASSIGN: Final = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*(\?=|:=|::=|\+=|=)\s*(.*)$")
+# `override NAME = value` keeps the Makefile's value against make's command line (GNU make
+# manual, "The override Directive"); without it a command-line variable wins.
+_ASSIGN: Final = re.compile(r"^(override\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*(\?=|:=|::=|\+=|=)\s*(.*)$")
 _TARGET: Final = re.compile(r"^([^\s:=#][^:=]*):(?!=)")
 
 
@@ -25,6 +27,7 @@ class MakeVar:
     value: str
     line: int
     darwin: bool | None  # True inside `ifeq ($(UNAME),Darwin)`, False in its else, None outside
+    override: bool = False  # `override NAME = ...`: make's command line cannot replace it
 
 
 @dataclass(frozen=True)
@@ -54,11 +57,20 @@ class Makefile:
                 conds.pop()
             elif (assign := _ASSIGN.match(text)) is not None:
                 darwin = next((c for c in reversed(conds) if c is not None), None)
-                variables.append(MakeVar(assign[1], assign[3], number, darwin))
+                variables.append(
+                    MakeVar(assign[2], assign[4], number, darwin, override=bool(assign[1]))
+                )
             elif (rule := _TARGET.match(line)) is not None:
                 target = rule[1].strip()
                 recipes.setdefault(target, [])
         return cls(tuple(variables), {k: tuple(v) for k, v in recipes.items()})
+
+    def overridden(self, name: str) -> MakeVar | None:
+        """The `override` assignment of `name` that applies on a Mac, if there is one."""
+        found = [
+            v for v in self.variables if v.name == name and v.override and v.darwin is not False
+        ]
+        return found[0] if found else None
 
     def on_mac(self, name: str) -> MakeVar | None:
         """The definition of `name` that applies when make runs on a Mac (last one wins)."""

@@ -122,9 +122,10 @@ def test_bootstrap0_is_dangerous_and_uses_the_makefile(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     step = s03_bootstrap0.bootstrap0(ctx, ctx.dep.cache_vm)
     assert step.dangerous and step.remote
-    assert step.plan()[-1].endswith(
-        "vm/bootstrap0 NIXADDR=nixos-utm-cache.local NIXNAME=vm-aarch64-utm-cache"
-    )
+    assert (  # root on the live ISO: the password, the host key checked (SSH_OPTIONS)
+        "vm/bootstrap0 NIXADDR=nixos-utm-cache.local NIXNAME=vm-aarch64-utm-cache "
+        "'SSH_OPTIONS=-o PubkeyAuthentication=no -o UserKnownHostsFile="
+    ) in step.plan()[-1]
     assert "/dev/vda" in step.plan()[0]  # the Makefile's /dev/sda vs UTM's VirtIO disk
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Final
 
 from runbook import local
+from runbook.errors import CommandError, ConnectError, HostKeyChangedError, InputError, RunbookError
 from runbook.models import Elevate, Result
 from runbook.params import VM
 from runbook.secrets import Secret, write_private
@@ -39,10 +40,14 @@ def ssh_render(
 def make_argv(
     ctx: Context, target: str, vm: VM, *, user: str | None = None, name: bool = True
 ) -> list[str]:
-    """`[env NIXUSER=...] make -C <nixos-config> <target> NIXADDR=... [NIXPORT=...] [NIXNAME=...]`.
+    """`[env NIXUSER=...] make -C <nixos-config> <target> NIXADDR=... [NIXPORT=...] [NIXNAME=...]
+    SSH_OPTIONS=...`: the one argv the plan shows and the step runs.
 
     NIXUSER goes in make's environment, never on its command line: a command-line variable
-    would override the `NIXUSER=root $(MAKE) vm/copy` inside vm/bootstrap (§1).
+    would override the `NIXUSER=root $(MAKE) vm/copy` inside vm/bootstrap (§1). SSH_OPTIONS
+    goes on the command line for exactly that reason: it replaces the Makefile's
+    `SSH_OPTIONS=-o PubkeyAuthentication=no -o UserKnownHostsFile=/dev/null ...` (an ordinary
+    `=` assignment; GNU make manual, "Overriding Variables"), in sub-makes too (MAKEFLAGS).
     """
     argv = ["env", f"NIXUSER={user}"] if user else []
     argv += ["make", "-C", str(ctx.dep.nixos_config), target, f"NIXADDR={vm.address}"]
@@ -50,7 +55,34 @@ def make_argv(
         argv.append(f"NIXPORT={vm.port}")
     if name:
         argv.append(f"NIXNAME={vm.name}")
+    argv.append(f"SSH_OPTIONS={ssh_options(ctx, key=user == ctx.dep.user)}")
     return argv
+
+
+# make hands SSH_OPTIONS to sh and to rsync's -e unquoted: a path in it must be one plain word
+_PLAIN_PATH: Final = re.compile(r"^[A-Za-z0-9_./@%+=:,-]+$")
+
+
+def _plain(key: str, path: Path) -> str:
+    if not _PLAIN_PATH.match(str(path)):
+        raise InputError(
+            f"key {key}: {str(path)!r}: expected a path without spaces or shell characters "
+            "(make passes it to ssh through sh and rsync -e)"
+        )
+    return str(path)
+
+
+def ssh_options(ctx: Context, *, key: bool) -> str:
+    """The Makefile's SSH_OPTIONS as the runbook runs it: the host key checked against the
+    deployment's known_hosts (the Makefile checks none), and as the installed user the
+    identity only, never a password (BatchMode: no prompt). root before the switch has no
+    key yet (the live ISO, then bootstrap0's `initialPassword`): password only, as upstream."""
+    known = _plain("known_hosts", ctx.dep.known_hosts_path)
+    checked = f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes"
+    if key:
+        identity = _plain("identity", ctx.dep.identity)
+        return f"-i {identity} -o IdentitiesOnly=yes {checked} -o BatchMode=yes"
+    return f"-o PubkeyAuthentication=no {checked}"
 
 
 def make_target(argv: Sequence[str]) -> str:
@@ -99,7 +131,7 @@ def login_works(ctx: Context, vm: VM) -> Check:
 
 @contextmanager
 def askpass_env(password: Secret | None) -> Iterator[dict[str, str]]:
-    """SSH_ASKPASS for the Makefile's password-only ssh (PubkeyAuthentication=no, §1)."""
+    """SSH_ASKPASS for root's password-only ssh before the switch (ssh_options)."""
     if password is None:
         yield {}
         return
@@ -116,16 +148,70 @@ def askpass_env(password: Secret | None) -> Iterator[dict[str, str]]:
 
 
 def run_make(argv: list[str], password: Secret | None) -> str:
-    result = make_result(argv, password, check=True)
+    result = make_result(argv, password)
+    if result.exit_code != 0:
+        raise CommandError(
+            host="localhost", command=result.command, exit_code=result.exit_code,
+            stderr=result.stderr or result.stdout,
+        )  # fmt: skip
     return f"{make_target(argv)} finished in {result.duration:.1f}s"
 
 
 def make_result(argv: list[str], password: Secret | None, *, check: bool = False) -> Result:
-    """Run a make target, its lines printed as they come; the result, whatever its exit."""
+    """Run a make target, its lines printed as they come; the result, whatever its exit
+    (a host key ssh refused is its own error, whatever `check`)."""
+    refuse_overridden_options(argv)
     # the lines arrive on local.run's reader threads: bound to this step's output here
     echo = line_printer()
     with askpass_env(password) as env:
-        return local.run(argv, env=env, check=check, on_line=lambda _s, line: echo(f"      {line}"))
+        result = local.run(
+            argv, env=env, check=check, on_line=lambda _s, line: echo(f"      {line}")
+        )
+    if result.exit_code != 0:
+        host_key_refused(argv, result)
+    return result
+
+
+def _arg(argv: Sequence[str], name: str) -> str | None:
+    return next((a.split("=", 1)[1] for a in argv if a.startswith(f"{name}=")), None)
+
+
+def refuse_overridden_options(argv: Sequence[str]) -> None:
+    """`override SSH_OPTIONS = ...` in the checkout would ignore the runbook's SSH_OPTIONS:
+    then ssh would ask a password and check no host key. Refused before make runs."""
+    from runbook.makefile import Makefile
+
+    if _arg(argv, "SSH_OPTIONS") is None:
+        return
+    path = Path(argv[argv.index("-C") + 1]) / "Makefile"
+    if path.is_file() and (var := Makefile.read(path).overridden("SSH_OPTIONS")) is not None:
+        raise RunbookError(
+            f"{path}:{var.line}: `override SSH_OPTIONS` keeps the Makefile's ssh options against "
+            "the runbook's (key, host key checked): drop `override` there"
+        )
+
+
+_HOST_KEY_CHANGED: Final = "REMOTE HOST IDENTIFICATION HAS CHANGED"
+_HOST_KEY_FAILED: Final = "Host key verification failed."
+
+
+def host_key_refused(argv: Sequence[str], result: Result) -> None:
+    """Raise when ssh under make refused the host key (StrictHostKeyChecking=yes)."""
+    out = result.stdout + "\n" + result.stderr
+    if _HOST_KEY_FAILED not in out:
+        return
+    options = _arg(argv, "SSH_OPTIONS") or ""
+    known = next(
+        (o.split("=", 1)[1] for o in options.split() if o.startswith("UserKnownHostsFile=")),
+        "known_hosts",
+    )
+    where = f"{make_target(argv)} to {_arg(argv, 'NIXADDR')}"
+    if _HOST_KEY_CHANGED in out:
+        raise HostKeyChangedError(
+            f"{where}: ssh refused the host key: it is not the one {known} has for this "
+            "address; check the VM's keys on its console before trusting new ones"
+        )
+    raise ConnectError(f"{where}: ssh refused the host key: {known} has none for this address")
 
 
 _MAKE_ERROR: Final = re.compile(r"^make(?:\[\d+\])?: \*\*\* \[[^\]]*\] Error (\d+)$", re.MULTILINE)
@@ -215,7 +301,7 @@ def keystroke(vm: VM, text: str | Secret) -> str:
     )
 
 
-# -- the lab, passwords for the Makefile's password-only ssh, parallel hosts, config digests --
+# -- the lab, parallel hosts, config digests --
 
 MAKEFILE_EXCLUDES: Final = ("vendor", ".git", ".git-crypt", ".jj", "iso")  # vm/copy's rsync
 CONFIG_MARKER: Final = "/var/lib/runbook/switched-config"  # digest of the last switched copy
@@ -224,15 +310,6 @@ CONFIG_MARKER: Final = "/var/lib/runbook/switched-config"  # digest of the last 
 def in_lab(ctx: Context) -> bool:
     """The deployment is the local lab (params with a `lab:` section): UTM is played by it."""
     return ctx.dep.lab is not None
-
-
-def user_password(ctx: Context) -> Secret | None:
-    """The installed user's password, which the Makefile's ssh asks for (PubkeyAuthentication=no):
-    the lab's, else `<user>-password` in the secret store (else ssh asks on the terminal)."""
-    lab = ctx.dep.lab
-    if lab is not None and ctx.dep.user in lab.passwords:
-        return Secret(lab.passwords[ctx.dep.user], f"lab password of {ctx.dep.user}")
-    return ctx.secret(f"{ctx.dep.user}-password")
 
 
 def config_files(root: Path) -> dict[str, str]:
@@ -303,8 +380,11 @@ def user_switch(ctx: Context, vm: VM) -> UserSwitch:
 
 
 def copy_and_switch(ctx: Context, vm: VM, how: UserSwitch) -> str:
-    """Run both targets with the user's password for askpass, then mark the VM switched."""
-    run_make(how.copy, user_password(ctx))
-    detail = run_make(how.switch, user_password(ctx))
+    """Run both targets as the user with the key (no password: SSH_OPTIONS), then mark the
+    VM switched. The runbook's own login first: the key works and the host key is known
+    (learned on first use) before make's ssh checks it strictly."""
+    ctx.connection(vm).run("true")
+    run_make(how.copy, None)
+    detail = run_make(how.switch, None)
     mark_switched(ctx, vm)
     return detail
