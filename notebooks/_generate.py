@@ -185,7 +185,11 @@ passed atticd's decode chain here.""",
                 "ctx.run(s.install_env(ctx, ctx.dep.cache_vm))",
             ),
             (
-                "## The cache VM runs `services.atticd` (its configuration, switched as the user)",
+                "## The attic client in the cache's configuration (notebook 06 runs `attic`)",
+                "ctx.run(s.attic_client(ctx, ctx.dep.cache_vm))",
+            ),
+            (
+                "## The cache VM runs `services.atticd` and has `attic` (switched as the user)",
                 "ctx.run(s.atticd_system(ctx, ctx.dep.cache_vm))",
             ),
             (

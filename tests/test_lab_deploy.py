@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -89,7 +90,11 @@ def test_full_deploy_of_the_lab(rig: Rig) -> None:
     done = {s["notebook"][:2] for s in steps if s["outcome"] == "done"}
     assert {"05", "06", "07", "08"} <= done, done
     push = next(s for s in steps if s["step"].startswith("push the store"))
-    assert push["outcome"] == "done" and "pushed 2 of 2 paths" in push["reason"], push
+    # every path of the cache VM's systems (two generations: 04's switch, then 05's with the
+    # attic client) is built locally, so pushed: none is signed by an upstream key
+    assert push["outcome"] == "done" and re.search(r"pushed (\d+) of \1 paths", push["reason"]), (
+        push
+    )
     print(f"full lab deploy: {d.seconds:.1f} s (goal < {DEPLOY_GOAL_S:g} s)")
     assert d.seconds < DEPLOY_GOAL_S * 1.5, d.seconds  # slack for a loaded CI machine
 
