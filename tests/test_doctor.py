@@ -883,3 +883,22 @@ def test_cli_names_the_params_key_of_a_bad_nixos_config(tmp_path: Path, key: Pat
     assert "expected a flake.nix" in proc.stderr
     proc = runbook("doctor", "--nixos-config", str(tmp_path / "nowhere"))
     assert proc.returncode == 2 and "--nixos-config" in proc.stderr
+
+
+def test_lab_up_authorizes_the_lab_key_where_a_user_puts_theirs(tmp_path: Path, key: Path):
+    """The lab's nixos-config lists jqwang's keys inline (as users/mitchellh/nixos.nix does);
+    `lab up` adds the lab key to that list in its working copy, and the doctor reads it."""
+    from runbook.lab.lifecycle import authorize_key
+
+    config = tmp_path / "nixos-config"
+    shutil.copytree(LAB_CONFIG, config)
+    before = by_id(run_checks(deployment(config, key), config))["user-key-authorized"]
+    assert before.status is Status.FAIL and "the key is not authorized for jqwang" in before.finding
+    public = " ".join(key.with_name(key.name + ".pub").read_text().split()[:2]) + " runbook-lab"
+    authorize_key(config, "jqwang", public)
+    after = by_id(run_checks(deployment(config, key), config))["user-key-authorized"]
+    assert after.status is Status.OK and "(users/jqwang/nixos.nix:" in after.finding
+    written = (config / "users/jqwang/nixos.nix").read_bytes()
+    authorize_key(config, "jqwang", public)  # a second `lab up` changes nothing
+    assert (config / "users/jqwang/nixos.nix").read_bytes() == written
+    assert f'openssh.authorizedKeys.keys = [ "{public}" ];'.encode() in written

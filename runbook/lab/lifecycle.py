@@ -109,12 +109,27 @@ def _write_passwords(params: LabParams) -> None:
 def _working_config(params: LabParams, pubkey: str) -> None:
     """The lab's nixos-config checkout (what a user clones), with the lab key authorized."""
     dest = params.state_dir / "nixos-config"
-    if dest.exists() or not TEMPLATE.is_dir():
+    if not dest.exists() and TEMPLATE.is_dir():
+        shutil.copytree(TEMPLATE, dest)
+    if dest.is_dir():
+        authorize_key(dest, params.user, pubkey)
+
+
+def authorize_key(config: Path, user: str, pubkey: str) -> None:
+    """Put `pubkey` in `users.users.USER.openssh.authorizedKeys.keys` of the user's file, as a
+    user pastes their Mac's key (mitchellh/nixos-config users/mitchellh/nixos.nix lists it
+    inline): a splice at the parser's byte ranges; nothing when it is there already."""
+    from runbook.nixcfg import plan_list_item, write_keeping_mode
+    from runbook.nixfile import NixFile, apply_edits
+
+    rel = Path("users") / user / "nixos.nix"
+    if not (config / rel).is_file():
         return
-    shutil.copytree(TEMPLATE, dest)
-    keyfile = dest / "users" / params.user / "authorized_keys"
-    if keyfile.parent.is_dir():
-        keyfile.write_text(pubkey + "\n")
+    nix = NixFile.read(config / rel)
+    keys = ("users", "users", user, "openssh", "authorizedKeys", "keys")
+    edit = plan_list_item(nix, keys, pubkey)
+    if edit is not None:
+        write_keeping_mode(config / rel, apply_edits(nix.source, [edit], str(rel)))
 
 
 def _healthy(spec: HostSpec) -> bool:
