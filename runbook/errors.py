@@ -46,7 +46,7 @@ class AuthenticationRefusedError(ConnectError):
 
 
 class CommandError(RunbookError):
-    """A command exited with a code the caller did not accept."""
+    """A command exited with a code the caller did not accept (or never exited: see below)."""
 
     def __init__(
         self,
@@ -61,19 +61,51 @@ class CommandError(RunbookError):
         self.command = mask(command)
         self.returncode = exit_code
         self.stderr_tail = tail(stderr)
-        what = reason or f"exited with {exit_code}"
-        msg = f"on {host}: `{command}` {what}"
+        self.outcome = mask(reason or f"exited with {exit_code}")
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        msg = f"on {self.host}: `{self.command}` {self.outcome}"
         if self.stderr_tail:
             msg += f"; stderr tail: {self.stderr_tail}"
-        super().__init__(msg)
+        return msg
+
+    @property
+    def summary(self) -> str:
+        """What happened, without the command: `exit 3` or why there is no exit code."""
+        return f"exit {self.returncode}" if self.returncode is not None else self.outcome
 
 
 class CommandTimeoutError(CommandError):
     """A command ran past its timeout and was stopped."""
 
 
+class CommandStalledError(CommandError):
+    """A transfer moved no byte either way for its stall bound and was stopped."""
+
+
 class ConnectionLostError(CommandError):
-    """The connection dropped while a command ran."""
+    """The connection dropped while a command ran: `connection to HOST lost during ...`."""
+
+    @property
+    def summary(self) -> str:
+        return f"connection to {self.host} lost during the command: {self.outcome}"
+
+    def _message(self) -> str:
+        msg = f"connection to {self.host} lost during `{self.command}`: {self.outcome}"
+        if self.stderr_tail:
+            msg += f"; stderr tail: {self.stderr_tail}"
+        return msg
+
+
+class RunLockedError(RunbookError):
+    """Another live process runs this deployment (or this record): refused before anything runs."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class RecordWriteError(RunbookError):
+    """The records root cannot be written (disk full, read-only): the run stops."""
 
 
 def tail(text: str, lines: int = 5, width: int = 400) -> str:

@@ -61,8 +61,8 @@ class KnownHosts:
                 if not replace:
                     raise HostKeyChangedError(
                         f"host key for {name} changed: known_hosts {self.path} has {old}, "
-                        f"the host now presents {key.get_name()} {fingerprint(key)}; if the host "
-                        "was reinstalled, accept the new key with --replace-host-key"
+                        f"the host now presents {key.get_name()} {fingerprint(key)} (compare "
+                        "it with the VM's keys on its console before trusting it)"
                     )
                 logger.warning(
                     "replacing host key for %s: old %s, new %s %s",

@@ -1,4 +1,4 @@
-"""Frozen value types shared by the seams: results, hosts, privilege."""
+"""Frozen value types shared by the seams: results, hosts, privilege, deadlines."""
 
 from __future__ import annotations
 
@@ -42,6 +42,29 @@ class Result:
 
 
 @dataclass(frozen=True)
+class Deadlines:
+    """How long remote work may take, in seconds; each bound holds when the peer vanishes.
+
+    A host that misses `keepalive_count` keepalives sent `keepalive` seconds apart is dead
+    (OpenSSH's ServerAliveInterval/ServerAliveCountMax). `command` bounds one command's wall
+    time; a transfer is judged by progress instead: no byte either way for `stall` seconds.
+    The deployment's `timeouts:` params fill these (runbook.params.Timeouts).
+    """
+
+    connect: float = 10.0
+    command: float = 3600.0
+    stall: float = 300.0
+    keepalive: float = 5.0
+    keepalive_count: int = 3
+
+    @property
+    def dead_after(self) -> float:
+        """The longest a dead peer goes unnoticed: one interval before the first unanswered
+        keepalive, then `keepalive_count` intervals without an answer."""
+        return self.keepalive * (self.keepalive_count + 1)
+
+
+@dataclass(frozen=True)
 class Host:
     """A remote target. It never holds a password: passwords are `Secret`s passed apart."""
 
@@ -52,6 +75,7 @@ class Host:
     identity: Path | None = None
     role: str = "worker"
     known_hosts: Path | None = field(default=None, compare=False)
+    deadlines: Deadlines = field(default=Deadlines(), compare=False)
 
     @property
     def label(self) -> str:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from runbook.errors import InputError
 from runbook.lab.config import LabParams
-from runbook.models import Host
+from runbook.models import Deadlines, Host
 
 _LABEL: Final = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 HOSTNAME_RE: Final = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
@@ -135,6 +135,24 @@ class Console(_Strict):
     serial_port: int | None = Field(default=None, ge=1, le=65535)
 
 
+class Timeouts(_Strict):
+    """Deadlines in seconds (issue 13): every remote wait ends, even when the peer vanishes."""
+
+    connect: float = Field(default=10, gt=0, le=600, description="TCP connect + SSH handshake")
+    command: float = Field(default=3600, gt=0, le=86400, description="one remote command")
+    stall: float = Field(
+        default=300, gt=0, le=86400, description="a transfer with no byte either way this long"
+    )
+    keepalive: float = Field(default=5, gt=0, le=300, description="seconds between keepalives")
+    keepalive_count: int = Field(default=3, ge=1, le=100, description="missed = host dead")
+    step: float = Field(default=7200, gt=0, le=172800, description="one step, in the runner")
+
+    def deadlines(self) -> Deadlines:
+        return Deadlines(
+            self.connect, self.command, self.stall, self.keepalive, self.keepalive_count
+        )
+
+
 class Deployment(_Strict):
     deployment: str = Field(pattern=NAME_RE)
     nixos_config: Path
@@ -147,6 +165,7 @@ class Deployment(_Strict):
     cache: Cache
     utm: Utm = Utm()
     console: Console = Console()
+    timeouts: Timeouts = Timeouts()
     lab: LabParams | None = None
 
     @field_validator("nixos_config", "identity", "known_hosts", mode="before")
@@ -195,6 +214,7 @@ class Deployment(_Strict):
             identity=self.identity if installed else None,
             role=vm.role.value,
             known_hosts=self.known_hosts_path,
+            deadlines=self.timeouts.deadlines(),
         )
 
 

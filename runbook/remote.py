@@ -4,6 +4,14 @@ The only module that touches paramiko. One transport per host, reused for every 
 (like OpenSSH's ControlPersist) and reopened on demand after a drop. TCP_NODELAY on the
 socket matters: without it Nagle + delayed ACK cost ~40 ms a round trip on loopback
 (shared/reference/lab-notes.md, "SSH round trips").
+
+Every wait has a deadline that holds when the peer vanishes (`models.Deadlines`, from the
+params' `timeouts:`). paramiko's `set_keepalive` only sends; a watcher thread here sends
+`keepalive@openssh.com` with want-reply (as OpenSSH's ServerAliveInterval does) and closes
+the transport after `keepalive_count` intervals without an answer, so a frozen host or a cut
+link ends the command as `connection to HOST lost during ...` within `Deadlines.dead_after`.
+A command's wall time is bounded by `command`; a transfer (`put`, or `run(transfer=True)`)
+by progress instead: no byte either way for `stall` seconds.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import codecs
 import logging
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,13 +32,14 @@ import paramiko
 from runbook.errors import (
     AuthenticationRefusedError,
     CommandError,
+    CommandStalledError,
     CommandTimeoutError,
     ConnectError,
     ConnectionLostError,
     HostKeyChangedError,
 )
 from runbook.hostkeys import KnownHosts, entry_name, fingerprint
-from runbook.models import Elevate, Host, Result
+from runbook.models import Deadlines, Elevate, Host, Result
 from runbook.secrets import Secret, mask
 from runbook.shell import Wrapped, install_file_script, wrap
 
@@ -37,9 +47,58 @@ logger: Final = logging.getLogger(__name__)
 
 LineSink = Callable[[str, str], None]
 
-CONNECT_TIMEOUT: Final = 10.0
-KEEPALIVE_INTERVAL: Final = 15
+CONNECT_TIMEOUT: Final = Deadlines().connect
+KEEPALIVE_REQUEST: Final = "keepalive@openssh.com"  # what OpenSSH's ServerAliveInterval sends
 _POLL: Final = 0.05
+_CHUNK: Final = 32768
+
+
+class _Liveness:
+    """Sends a want-reply keepalive every `interval` s; after `count` intervals without an
+    answer the peer is dead: `reason` says so and the transport is closed, which ends every
+    wait on it (channel reads, exec_command, a send blocked on a full TCP buffer)."""
+
+    def __init__(self, transport: paramiko.Transport, interval: float, count: int) -> None:
+        self.transport = transport
+        self.interval = interval
+        self.count = count
+        self.reason: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="ssh-keepalive", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _ping(self, answered: threading.Event) -> None:
+        try:
+            self.transport.global_request(KEEPALIVE_REQUEST, wait=True)
+        except (paramiko.SSHException, EOFError, OSError):
+            return  # the transport is going away; the watcher sees that
+        if self.transport.is_active():  # global_request also returns when the link closes
+            answered.set()
+
+    def _watch(self) -> None:
+        answered = threading.Event()
+        answered.set()  # nothing outstanding yet
+        missed = 0
+        while not self._stop.wait(self.interval):
+            if not self.transport.is_active():
+                return
+            if answered.is_set():
+                missed = 0
+                answered.clear()
+                threading.Thread(target=self._ping, args=(answered,), daemon=True).start()
+                continue
+            missed += 1
+            if missed >= self.count:
+                self.reason = (
+                    f"the host stopped answering: no reply to {self.count} keepalives over "
+                    f"{self.count * self.interval:g} s (host frozen or network cut?)"
+                )
+                logger.debug("%s", self.reason)
+                self.transport.close()
+                return
 
 
 class Connection:
@@ -52,8 +111,9 @@ class Connection:
         password: Secret | None = None,
         known_hosts: Path | None = None,
         replace_host_key: bool = False,
-        connect_timeout: float = CONNECT_TIMEOUT,
+        connect_timeout: float | None = None,
         on_line: LineSink | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.host = host
         self._password = password
@@ -62,9 +122,11 @@ class Connection:
             raise ValueError("a known_hosts path is required")
         self.known_hosts = KnownHosts(kh)
         self.replace_host_key = replace_host_key
-        self.connect_timeout = connect_timeout
+        self.deadlines = deadlines or host.deadlines
+        self.connect_timeout = connect_timeout or self.deadlines.connect
         self.on_line = on_line
         self._transport: paramiko.Transport | None = None
+        self._liveness: _Liveness | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -77,6 +139,9 @@ class Connection:
         self.close()
 
     def close(self) -> None:
+        if self._liveness is not None:
+            self._liveness.stop()
+            self._liveness = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -97,14 +162,17 @@ class Connection:
             raise ConnectError(f"cannot reach {h.label}: {exc.strerror or exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = paramiko.Transport(sock)
+        transport.banner_timeout = self.connect_timeout
+        transport.auth_timeout = max(self.connect_timeout, 30.0)
         try:
             self._negotiate(transport)
             self._authenticate(transport)
         except BaseException:
             transport.close()
             raise
-        transport.set_keepalive(KEEPALIVE_INTERVAL)
         self._transport = transport
+        d = self.deadlines
+        self._liveness = _Liveness(transport, d.keepalive, d.keepalive_count)
         return transport
 
     def _negotiate(self, transport: paramiko.Transport) -> None:
@@ -124,8 +192,24 @@ class Connection:
                 "notebook 90)"
             ) from None
         key = transport.get_remote_server_key()
-        status = self.known_hosts.verify(name, key, replace=self.replace_host_key)
+        try:
+            status = self.known_hosts.verify(name, key, replace=self.replace_host_key)
+        except HostKeyChangedError as exc:
+            raise HostKeyChangedError(f"{exc}; {self._replace_command()}") from None
         logger.debug("host key %s for %s: %s", fingerprint(key), name, status)
+
+    def _replace_command(self) -> str:
+        """A command that accepts the new key (`runbook exec` has --replace-host-key; deploy
+        and the notebooks do not, on purpose): run it only once the console showed the VM's
+        new keys are the ones presented."""
+        h = self.host
+        port = "" if h.port == 22 else f":{h.port}"
+        auth = f"--identity {h.identity}" if h.identity is not None else "--password-env VAR"
+        return (
+            f"if the host was reinstalled, accept its new key with `runbook exec "
+            f"ssh://{h.user}@{h.address}{port} {auth} --known-hosts {self.known_hosts.path} "
+            "--replace-host-key -- true`, then run again"
+        )
 
     def _authenticate(self, transport: paramiko.Transport) -> None:
         h = self.host
@@ -157,12 +241,20 @@ class Connection:
         ok_codes: Sequence[int] = (0,),
         timeout: float | None = None,
         display: str | None = None,
+        transfer: bool = False,
     ) -> Result:
-        """Run a bash script (str) or argv (sequence) on the host; the login shell never parses it."""
+        """Run a bash script (str) or argv (sequence) on the host; the login shell never parses it.
+
+        `timeout` bounds the wall time (default `deadlines.command`). A `transfer` is judged
+        by progress instead: it fails when no byte moves either way for `deadlines.stall`
+        seconds, however long it runs (unless `timeout` is given too).
+        """
         if elevate is Elevate.SUDO and self.host.user == "root":
             elevate = Elevate.NONE  # the live ISO's root needs no sudo (and may lack it)
         wrapped = wrap(command, elevate=elevate, env=env, cwd=cwd)
-        return self._execute(wrapped, display or wrapped.display, check, ok_codes, timeout)
+        wall = timeout if timeout is not None else (None if transfer else self.deadlines.command)
+        stall = self.deadlines.stall if transfer else None
+        return self._execute(wrapped, display or wrapped.display, check, ok_codes, wall, stall)
 
     def sudo(self, command: str | Sequence[str], **kwargs: object) -> Result:
         """`run` as root through passwordless sudo."""
@@ -184,7 +276,7 @@ class Connection:
         shown = (
             f"put {path} (mode {mode:04o}{', owner ' + owner if owner else ''}, {len(data)} bytes)"
         )
-        return self.run(script, elevate=elevate, display=shown)
+        return self.run(script, elevate=elevate, display=shown, transfer=True)
 
     def _execute(
         self,
@@ -193,6 +285,7 @@ class Connection:
         check: bool,
         ok_codes: Sequence[int],
         timeout: float | None,
+        stall: float | None,
     ) -> Result:
         transport = self.connect()
         label = self.host.label
@@ -200,15 +293,10 @@ class Connection:
         start = time.monotonic()
         try:
             chan = transport.open_session(timeout=self.connect_timeout)
-            chan.exec_command(wrapped.command)
-            chan.sendall(wrapped.stdin)
-            chan.shutdown_write()
+            chan.exec_command(wrapped.command)  # waits for the reply, or the transport's close
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            self.close()
-            raise ConnectionLostError(
-                host=label, command=display, exit_code=None, reason=f"could not start: {exc}"
-            ) from None
-        out, err, code = self._collect(chan, transport, display, timeout, start)
+            raise self._lost(display, "", f"the command could not start ({exc})") from None
+        out, err, code = self._collect(chan, transport, display, wrapped.stdin, timeout, stall)
         result = Result(display, code, out, err, time.monotonic() - start, host=label)
         if check and code not in ok_codes:
             raise CommandError(host=label, command=display, exit_code=code, stderr=result.stderr)
@@ -219,50 +307,90 @@ class Connection:
         chan: paramiko.Channel,
         transport: paramiko.Transport,
         display: str,
+        stdin: bytes,
         timeout: float | None,
-        start: float,
+        stall: float | None,
     ) -> tuple[str, str, int]:
+        """Feed stdin as the window allows while reading output (neither side can block the
+        other), until the exit status, the deadline, a stall, or the transport's end."""
         streams = {
             "stdout": _LineSplitter("stdout", self._emit),
             "stderr": _LineSplitter("stderr", self._emit),
         }
+        start = last_progress = time.monotonic()
         deadline = None if timeout is None else start + timeout
         label = self.host.label
-        while True:
-            while chan.recv_ready():
-                streams["stdout"].feed(chan.recv(65536))
-            while chan.recv_stderr_ready():
-                streams["stderr"].feed(chan.recv_stderr(65536))
-            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                break
-            if chan.closed or not transport.is_active():
-                if chan.exit_status_ready():
+        sent = 0  # bytes of stdin sent so far
+        if not stdin:
+            chan.shutdown_write()
+        try:
+            while True:
+                moved = False
+                while chan.recv_ready():
+                    streams["stdout"].feed(chan.recv(65536))
+                    moved = True
+                while chan.recv_stderr_ready():
+                    streams["stderr"].feed(chan.recv_stderr(65536))
+                    moved = True
+                if sent < len(stdin) and chan.send_ready():
+                    n = chan.send(stdin[sent : sent + _CHUNK])
+                    sent += n
+                    moved = moved or n > 0
+                    if sent == len(stdin):
+                        chan.shutdown_write()
+                now = time.monotonic()
+                if moved:
+                    last_progress = now
+                if (
+                    chan.exit_status_ready()
+                    and not chan.recv_ready()
+                    and not chan.recv_stderr_ready()
+                ):
                     break
-                raise self._lost(display, streams["stderr"].text())
-            if deadline is not None and time.monotonic() > deadline:
-                chan.close()
-                raise CommandTimeoutError(
-                    host=label,
-                    command=display,
-                    exit_code=None,
-                    stderr=streams["stderr"].text(),
-                    reason=f"timed out after {timeout:g} s",
-                )
-            select.select([chan], [], [], _POLL)
+                if chan.closed or not transport.is_active():
+                    if chan.exit_status_ready():
+                        break
+                    raise self._lost(display, streams["stderr"].text())
+                if deadline is not None and now > deadline:
+                    chan.close()
+                    raise CommandTimeoutError(
+                        host=label,
+                        command=display,
+                        exit_code=None,
+                        stderr=streams["stderr"].text(),
+                        reason=f"timed out after {timeout:g} s (timeouts.command)",
+                    )
+                if stall is not None and now - last_progress > stall:
+                    chan.close()
+                    raise CommandStalledError(
+                        host=label,
+                        command=display,
+                        exit_code=None,
+                        stderr=streams["stderr"].text(),
+                        reason=f"stalled: no byte sent or received for {stall:g} s "
+                        f"(timeouts.stall; {sent} of {len(stdin)} bytes sent)",
+                    )
+                if not moved:
+                    select.select([chan], [], [], _POLL)
+        except (OSError, EOFError, paramiko.SSHException) as exc:  # a send on a dying link
+            raise self._lost(display, streams["stderr"].text(), f"sending failed ({exc})") from None
         code = chan.recv_exit_status()
         chan.close()
         if code == -1:  # closed without an exit status: the session died under us
             raise self._lost(display, streams["stderr"].text())
         return streams["stdout"].text(), streams["stderr"].text(), code
 
-    def _lost(self, display: str, stderr: str) -> ConnectionLostError:
+    def _lost(self, display: str, stderr: str, why: str = "") -> ConnectionLostError:
+        dead = self._liveness.reason if self._liveness is not None else None
         self.close()
         return ConnectionLostError(
             host=self.host.label,
             command=display,
             exit_code=None,
             stderr=stderr,
-            reason="lost its connection before it finished (host rebooted or sshd stopped?)",
+            reason=dead
+            or why
+            or "the connection closed before the command finished (host rebooted or sshd stopped?)",
         )
 
     def _emit(self, stream: str, line: str) -> None:

@@ -391,7 +391,7 @@ def _as_failure(exc: Exception, notebook: str, step: Step) -> StepFailed:
     if isinstance(exc, StepFailed):
         return exc
     if isinstance(exc, CommandError):
-        error = f"exit {exc.returncode}" + (
+        error = exc.summary + (  # `exit N`, or why it never exited (connection lost, ...)
             f"; stderr tail: {exc.stderr_tail}" if exc.stderr_tail else ""
         )
         return StepFailed(
