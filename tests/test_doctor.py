@@ -902,3 +902,23 @@ def test_lab_up_authorizes_the_lab_key_where_a_user_puts_theirs(tmp_path: Path, 
     authorize_key(config, "jqwang", public)  # a second `lab up` changes nothing
     assert (config / "users/jqwang/nixos.nix").read_bytes() == written
     assert f'openssh.authorizedKeys.keys = [ "{public}" ];'.encode() in written
+
+
+def test_fix_authorizes_the_identity_for_the_user(real_cache: Path, key: Path, tmp_path: Path):
+    _restore_users_key(real_cache)
+    params_file = tmp_path / "real.yaml"
+    params_file.write_text(
+        f"deployment: real\nnixos_config: {real_cache}\nidentity: {key}\nvms:\n"
+        "  - {name: vm-aarch64-utm-cache, role: cache, address: nixos-utm-cache.local}\n"
+        "cache: {vm: vm-aarch64-utm-cache, host: nixos-utm-cache.local}\n"
+    )
+    diff = runbook("doctor", str(params_file), "--diff")
+    public = " ".join(key.with_name(key.name + ".pub").read_text().split())
+    assert f'+      "{public}"\n' in diff.stdout, diff.stdout
+    fixed = runbook("doctor", str(params_file), "--fix", "--json")
+    rows = {r["check"]: r["status"] for r in json.loads(fixed.stdout)}
+    assert rows["user-key-authorized"] == "ok", fixed.stdout
+    text = (real_cache / "users/jqwang/nixos.nix").read_text()
+    assert f'"{REAL_KEY} jqwang@macbook"\n      "{public}"\n    ];' in text  # the Mac's key kept
+    runbook("doctor", str(params_file), "--fix")
+    assert (real_cache / "users/jqwang/nixos.nix").read_text() == text

@@ -35,7 +35,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
     action = parser.add_mutually_exclusive_group()
     action.add_argument(
-        "--fix", action="store_true", help="make the safe fixes (lesson 1, worker substituter)"
+        "--fix",
+        action="store_true",
+        help="make the safe fixes (lesson 1, worker substituter, the identity's key for the user)",
     )
     action.add_argument("--diff", action="store_true", help="print the safe fixes as a diff")
     parser.set_defaults(func=handle)

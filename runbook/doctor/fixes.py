@@ -1,5 +1,6 @@
 """The safe fixes `runbook doctor --fix` makes (and `--diff` shows): lesson 1's attic
-input, its references and lock nodes, and the workers' cache substituter."""
+input, its references and lock nodes, the workers' cache substituter, and the deployment's
+own key for its user (lesson 7)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from runbook.doctor.context import Context
 from runbook.doctor.model import Finding, Status
 from runbook.doctor.run import run_context
 from runbook.doctor.worker_checks import SUBSTITUTERS
+from runbook.errors import InputError
 from runbook.nixcfg import (
     Change,
     Plan,
@@ -30,7 +32,9 @@ from runbook.params import Deployment
 logger: Final = logging.getLogger(__name__)
 
 
-FIXABLE: Final = frozenset({"attic-flake-input", "attic-module-import", "worker-substituter"})
+FIXABLE: Final = frozenset(
+    {"attic-flake-input", "attic-module-import", "worker-substituter", "user-key-authorized"}
+)
 
 
 def plan_fixes(
@@ -52,7 +56,36 @@ def plan_fixes(
         edit = plan_list_item(worker, SUBSTITUTERS, ctx.target.url, first=True)
         if edit is not None:
             plan.edits.setdefault(ctx.worker_module, []).append(edit)
+    if "user-key-authorized" in failing:
+        _plan_identity_key(ctx, plan)
     return plan
+
+
+def _plan_identity_key(ctx: Context, plan: Plan) -> None:
+    """The identity's public key into `users.users.USER.openssh.authorizedKeys.keys` of the
+    file that lists the user's keys, else of the one that defines the user; nothing when the
+    user is not defined or the key cannot be read (those need the user's decision)."""
+    identity, user = ctx.identity_key, ctx.user
+    if not isinstance(identity, tuple) or user is None or ctx.deployment is None:
+        return
+    keys = ("users", "users", user, "openssh", "authorizedKeys", "keys")
+    files = sorted(ctx.parsed.items())
+    target = next(((rel, nix) for rel, nix in files if nix.find(keys)), None) or next(
+        ((rel, nix) for rel, nix in files if nix.under(("users", "users", user))), None
+    )
+    if target is None:
+        return
+    public = ctx.deployment.identity.with_name(ctx.deployment.identity.name + ".pub")
+    try:
+        comment = public.read_text().split()[2:3]
+    except OSError:
+        comment = []
+    try:
+        edit = plan_list_item(target[1], keys, " ".join([*identity, *comment]))
+    except InputError:  # the keys are not a list literal: the user edits them
+        return
+    if edit is not None:
+        plan.edits.setdefault(target[0], []).append(edit)
 
 
 def _plan_lock(ctx: Context, flake: NixFile, plan: Plan) -> None:

@@ -191,7 +191,7 @@ def check_user_key_authorized(ctx: Context) -> Verdict:
             f"the key is not authorized for {user}: identity's {shown} is not among "
             f"users.users.{user}.openssh.authorizedKeys ({has}); {_locked_out(view)}",
             f"add the line of {public}.pub to users.users.{user}.openssh.authorizedKeys.keys"
-            f" (users/{view.user or user}/nixos.nix)",
+            f" (users/{view.user or user}/nixos.nix; `runbook doctor PARAMS --fix` does this)",
         )
 
     return _each_system(ctx, judge)
