@@ -26,7 +26,9 @@ from tests.deploy_rig import Deploy, run_deploy
 
 STATE = Path("/var/lib/runbook-lab-firstinstall")
 SUBNET, BRIDGE = "10.231.13.0/24", "rblabf"
-CACHE, WORKER = "10.231.13.11", "10.231.13.12"
+CACHE, WORKER = "10.231.13.11", "10.231.13.12"  # the live ISO's leases
+# bootstrap0's reboot comes back as another DHCP client, at the next free addresses (lesson 8)
+NEW_CACHE, NEW_WORKER = "10.231.13.13", "10.231.13.14"
 STALE = "10.231.13.99"  # the worker's address in the params: nothing answers there
 HOSTS = ("nixos-utm-cache", "nixos-utm-worker1")
 DEPLOY_VMS = ("vm-aarch64-utm-cache", "vm-aarch64-utm")  # 01 creates them, with the ISO
@@ -95,12 +97,23 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     lab.down(params)
     lab.up(params)
     try:
+        assert _neighbours() == []  # lab up sent the hosts nothing: no ARP entry yet
         keys = {a: _host_key(a) for a in (CACHE, WORKER)}
+        # as on a Mac that never talked to the new VMs: 02 must fill the ARP table itself
+        subprocess.run(["ip", "neigh", "flush", "dev", BRIDGE], check=True)
         rig = Rig(params, secrets, records, Deploy(0, "", 0.0, records), keys)
         rig.first = rig.deploy()
         yield rig
     finally:
         lab.down(params)
+
+
+def _neighbours() -> list[str]:
+    """This machine's (the Mac side's) ARP entries on the lab bridge that know a MAC."""
+    out = subprocess.run(
+        ["ip", "neigh", "show", "dev", BRIDGE], capture_output=True, text=True, check=False
+    ).stdout
+    return [line for line in out.splitlines() if "lladdr" in line]
 
 
 def _steps(record: Path) -> list[dict[str, str]]:
@@ -158,17 +171,22 @@ def test_first_install_deploy_goes_through_01_to_08(rig: Rig) -> None:
     assert all("fresh SSH login" in r for r in switched.values()), switched
     (worker_switch,) = [r for h, r in switched.items() if "cache" not in h]
     assert "exit 4" not in worker_switch
-    # 02's addresses are this run's, handed to 03-09 in the record
+    # 02 found the live ISO (MAC from UTM's configuration, ARP after the sweep) and handed
+    # it to 03; 03 found the new lease after bootstrap0's reboot and handed that to 04-09
     addresses = json.loads((d.record / "addresses.json").read_text())
     assert {k: v["address"] for k, v in addresses.items()} == {
-        "vm-aarch64-utm-cache": CACHE, "vm-aarch64-utm": WORKER,
+        "vm-aarch64-utm-cache": NEW_CACHE, "vm-aarch64-utm": NEW_WORKER,
     }  # fmt: skip
-    assert addresses["vm-aarch64-utm"]["method"] == "console"
+    assert {v["method"] for v in addresses.values()} == {"arp"}
     assert (d.record / "addresses.json").stat().st_mode & 0o777 == 0o600
     log = (d.record / "run.log").read_text()
-    assert f"{WORKER} (params say {STALE}), found by console" in log
-    assert f"vm-aarch64-utm: {WORKER} (found by console in this run)" in log
-    assert f"NIXADDR={WORKER}" in log and f"NIXADDR={STALE}" not in log
+    assert f"{WORKER} (params say {STALE}), found by arp" in log
+    assert "MAC from UTM's configuration" in log and f"addresses of {SUBNET} on port 22" in log
+    assert f"vm-aarch64-utm: {WORKER} (found by arp in this run)" in log  # 03
+    assert f"vm-aarch64-utm: now at {NEW_WORKER} (found by arp)" in log  # after the reboot
+    assert f"vm-aarch64-utm: {NEW_WORKER} (found by arp in this run)" in log  # 04-09
+    assert f"NIXADDR={WORKER}" in log and f"NIXADDR={NEW_WORKER}" in log
+    assert f"NIXADDR={STALE}" not in log
     # 03 removes the ISO 01 attached; in the lab only the stand-ins' UTM state changes
     removed = [s for s in steps if s["step"].startswith("remove the ISO from ")]
     assert [s["outcome"] for s in removed] == ["done", "done"], removed
@@ -180,7 +198,7 @@ def test_first_install_deploy_goes_through_01_to_08(rig: Rig) -> None:
 
 
 def test_root_refused_after_04_and_the_user_with_key_works(rig: Rig) -> None:
-    for address in (CACHE, WORKER):
+    for address in (NEW_CACHE, NEW_WORKER):
         for password in (BOOTSTRAP0_ROOT, LIVE_ROOT):
             refused = _ssh("root", address, password)
             assert refused.returncode == 255 and "Permission denied" in refused.stderr, refused
@@ -192,10 +210,10 @@ def test_bootstrap0_replaced_the_host_keys_and_logged_both(rig: Rig) -> None:
     from runbook.sections.common import known_fingerprints
 
     log = (rig.first.record / "run.log").read_text()
-    for address in (CACHE, WORKER):
-        now = _host_key(address)
+    for address, new in ((CACHE, NEW_CACHE), (WORKER, NEW_WORKER)):
+        now = _host_key(new)  # the reinstalled system, at its new lease
         assert now != rig.keys_before[address]  # the reinstall made new keys
-        (new_fp,) = known_fingerprints(STATE / "known_hosts", address)
+        (new_fp,) = known_fingerprints(STATE / "known_hosts", new)
         old_fp = _fingerprint(rig.keys_before[address])
         assert f"host key of {address}: was {old_fp}; now {new_fp}" in log
 
@@ -207,6 +225,12 @@ def _fingerprint(b64: str) -> str:
 
 
 def test_a_second_deploy_changes_nothing(rig: Rig) -> None:
+    # The reinstall came back at a new lease (lesson 8), so the cache IP in the params is
+    # stale, and 07 gave the workers the one this run found: a user who gives IPs updates
+    # them (the handbook's advice is the mDNS name, which the lab's Mac side cannot resolve).
+    data = yaml.safe_load(rig.params.read_text())
+    data["vms"][0]["address"] = data["cache"]["host"] = NEW_CACHE
+    rig.params.write_text(yaml.safe_dump(data, sort_keys=False))
     again = rig.deploy()
     assert again.rc == 0, again.out[-3000:]
     changed = [
@@ -220,7 +244,7 @@ def test_a_second_deploy_changes_nothing(rig: Rig) -> None:
     assert _utm_drives() == {vm: [(False, None)] for vm in DEPLOY_VMS}
     # its own addresses, found again by its own 02: nothing carried over from the first run
     assert json.loads((again.record / "addresses.json").read_text())["vm-aarch64-utm"]["found"]
-    assert f"{WORKER} (params say {STALE}), found by console" in again.out
+    assert f"{NEW_WORKER} (params say {STALE}), found by arp" in again.out
     assert "replacing host key" not in again.out and "was ssh-ed25519" not in again.out
 
 
@@ -233,7 +257,10 @@ def test_remove_iso_starts_a_vm_left_stopped(rig: Rig, monkeypatch: pytest.Monke
     from runbook.steps import Outcome, open_context
 
     monkeypatch.chdir(rig.params.parent)
-    ctx = open_context(s03_bootstrap0.NOTEBOOK, str(rig.params), "deploy", False, str(rig.secrets))
+    ctx = open_context(
+        s03_bootstrap0.NOTEBOOK, str(rig.params), "deploy", False, str(rig.secrets),
+        str(rig.first.record),  # the run's addresses: the cache is at its new lease
+    )  # fmt: skip
     assert ctx.dep.lab is not None
     for key, value in console.mac_env(ctx.dep.lab).items():  # restored after the test
         monkeypatch.setenv(key, value)
@@ -254,7 +281,7 @@ def test_the_worker_substitutes_from_the_cache(rig: Rig) -> None:
         s for s in _steps(rig.first.record) if s["step"].startswith("substitute the cache VM's")
     ]
     assert sub["outcome"] == "done"
-    assert f"' from 'http://{CACHE}:8080/main'" in sub["reason"]
+    assert f"' from 'http://{NEW_CACHE}:8080/main'" in sub["reason"]
     assert "copying path '/nix/store/" in sub["reason"]
 
 
@@ -269,20 +296,23 @@ def test_04_repairs_lost_host_keys_over_the_kept_session(
     from runbook.steps import open_context
 
     monkeypatch.chdir(rig.params.parent)
-    ctx = open_context(s04_bootstrap.NOTEBOOK, str(rig.params), "deploy", False, str(rig.secrets))
+    ctx = open_context(
+        s04_bootstrap.NOTEBOOK, str(rig.params), "deploy", False, str(rig.secrets),
+        str(rig.first.record),  # the run's addresses: the cache is at its new lease
+    )  # fmt: skip
     vm = ctx.dep.cache_vm
     keeper = ctx.connection(vm)  # the session held open across the "switch"
-    old = _host_key(CACHE)
+    old = _host_key(NEW_CACHE)
     broken = exec_in(HOSTS[0], ["sh", "-c", "rm -f /etc/ssh/ssh_host_* && systemctl restart sshd"])
     assert broken.exit_code != 0  # sshd: no hostkeys available -- exiting
-    assert "Connection refused" in _ssh("jqwang", CACHE).stderr
+    assert "Connection refused" in _ssh("jqwang", NEW_CACHE).stderr
     try:
         detail = s04_bootstrap.fresh_login(ctx, vm, keeper)
     finally:
         ctx.close()
     assert "repaired over the kept session" in detail, detail
-    assert _host_key(CACHE) != old  # ssh-keygen -A made new keys, pinned from the session
-    user = _ssh("jqwang", CACHE)  # OpenSSH, strict, with the pinned key
+    assert _host_key(NEW_CACHE) != old  # ssh-keygen -A made new keys, pinned from the session
+    user = _ssh("jqwang", NEW_CACHE)  # OpenSSH, strict, with the pinned key
     assert user.stdout.split() == ["/usr/bin/fish", "root"], user.stderr
 
 
@@ -295,7 +325,10 @@ def test_an_unexpected_host_key_change_is_still_refused(rig: Rig) -> None:
     kh_before = (STATE / "known_hosts").read_text()
     refused = rig.deploy("--only", "02,04")  # 02: this run's address for 04
     assert refused.rc == 1, refused.out[-3000:]
-    assert "host key for" in refused.out and "changed" in refused.out
+    # (a long reason is shown by its tail: HostKeyChangedError's end, hostkeys.py)
+    assert (
+        "the host now presents ssh-ed25519" in refused.out and "--replace-host-key" in refused.out
+    )
     assert "set root's password on vm-aarch64-utm" in refused.out  # 02 refused it, typed nothing
     # 03 and 04's steps refuse it too (their checks never read it as "not installed yet")
     from runbook.sections import s03_bootstrap0, s04_bootstrap
@@ -311,11 +344,12 @@ def test_an_unexpected_host_key_change_is_still_refused(rig: Rig) -> None:
             str(rig.first.record),
         )
         step = getattr(module, make_step)(ctx, ctx.dep.vm("vm-aarch64-utm"))
-        with pytest.raises(StepFailed, match=r"host key for 10\.231\.13\.12 changed"):
+        changed = r"host now presents ssh-ed25519 .* ssh://\w+@10\.231\.13\.14 "
+        with pytest.raises(StepFailed, match=changed):
             ctx.run(step)
         ctx.close()
     assert (STATE / "known_hosts").read_text() == kh_before  # nothing accepted it
-    blocked = _ssh("jqwang", WORKER)
+    blocked = _ssh("jqwang", NEW_WORKER)
     assert blocked.returncode == 255 and "HOST IDENTIFICATION HAS CHANGED" in blocked.stderr
 
 
