@@ -36,6 +36,7 @@ PARAMS: dict[str, Any] = {
     ],
 }
 CACHE, WORKER1, LIVE = "10.231.7.11", "10.231.7.12", "10.231.7.13"
+NEW_LIVE = "10.231.7.16"  # the installed worker2's lease: the next free after the 3 first ones
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -402,21 +403,31 @@ def test_zz_handbook_bootstrap_moves_live_host_to_installed(lab: list[Any]) -> N
 
     key_live = _host_key(LIVE)
     _make("vm/bootstrap0", "root", LIVE, "vm-aarch64-utm")  # ends in reboot: the session drops
-    key_installed = _host_key(LIVE)
+    # the reinstalled system is a new DHCP client: it comes back at another lease (lesson 8)
+    moved = NEW_LIVE
+    deadline = time.monotonic() + 20
+    while {h.name: h.address for h in lab_api.status(PARAMS)}["rbt-worker2"] != moved:
+        assert time.monotonic() < deadline, "worker2 did not move to its new lease"
+        time.sleep(0.2)
+    key_installed = _host_key(moved)
     assert key_installed != key_live  # a reinstall gives new host keys
-    # the lab's known_hosts still has the live ISO's key: OpenSSH refuses passwords then
-    stale = ssh("root", LIVE, "true", password="root")
-    assert "man-in-the-middle" in stale.stderr
-    fresh = ssh("root", LIVE, "true", password="root", known_hosts="/dev/null")
+    old = subprocess.run(
+        ["ssh-keyscan", "-T", "2", "-t", "ed25519", LIVE],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert not old.stdout.strip()  # nothing answers at the live ISO's lease any more
+    fresh = ssh("root", moved, "true", password="root", known_hosts="/dev/null")
     assert fresh.returncode == 0, fresh.stderr  # bootstrap0's config: PermitRootLogin yes
-    boot = _make("vm/bootstrap", "jqwang", LIVE, "vm-aarch64-utm")
+    boot = _make("vm/bootstrap", "jqwang", moved, "vm-aarch64-utm")
     assert "activating the configuration" in boot.stderr, boot.stderr
-    _host_key(LIVE)  # back after the final `sudo reboot`
-    refused = ssh("root", LIVE, "true", password="root", known_hosts="/dev/null")
+    _host_key(moved)  # back after the final `sudo reboot`
+    refused = ssh("root", moved, "true", password="root", known_hosts="/dev/null")
     assert refused.returncode == 255 and "Permission denied" in refused.stderr
     user = ssh(
         "jqwang",
-        LIVE,
+        moved,
         "echo $SHELL; sudo -n id -un",
         password="jqwang-lab",
         known_hosts="/dev/null",
