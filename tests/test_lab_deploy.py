@@ -89,6 +89,10 @@ def test_full_deploy_of_the_lab(rig: Rig) -> None:
     assert not [s for s in steps if s["outcome"] == "failed"]
     done = {s["notebook"][:2] for s in steps if s["outcome"] == "done"}
     assert {"05", "06", "07", "08"} <= done, done
+    # the lab's nixos-config installs no attic client (services.atticd gives only
+    # atticd-atticadm): 05 adds it to modules/attic.nix and switches the cache to get `attic`
+    client = next(s for s in steps if s["step"].startswith("install the attic client"))
+    assert client["outcome"] == "done" and "modules/attic.nix" in client["reason"], client
     push = next(s for s in steps if s["step"].startswith("push the store"))
     # every path of the cache VM's systems (two generations: 04's switch, then 05's with the
     # attic client) is built locally, so pushed: none is signed by an upstream key
