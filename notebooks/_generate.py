@@ -63,7 +63,7 @@ On a machine without the checkout or UTM (a Linux box), those checks say *unchec
             ("## Lesson 1: nixpkgs' attic, not the attic flake", "ctx.run(s.attic_flake(ctx))"),
             (
                 "## Lesson 3: build every toplevel here before any switch",
-                "ctx.run_parallel([s.toplevel_build(ctx, vm) for vm in ctx.dep.vms])",
+                "ctx.run_parallel([s.toplevel_build(ctx, vm) for vm in ctx.dep.owned_vms])",
             ),
         ],
     ),
@@ -79,8 +79,8 @@ AppleScript has no display unless one is given, and the console typing of notebo
 In the lab (params with `lab:`), UTM is played by the lab's stand-ins and each VM's serial port
 is its host's console.""",
         [
-            ("## Create", "ctx.run_parallel([s.create(ctx, vm) for vm in ctx.dep.vms])"),
-            ("## Start from the ISO", "ctx.run_parallel([s.start(ctx, vm) for vm in ctx.dep.vms])"),
+            ("## Create", "ctx.run_parallel([s.create(ctx, vm) for vm in ctx.dep.owned_vms])"),
+            ("## Start from the ISO", "ctx.run_parallel([s.start(ctx, vm) for vm in ctx.dep.owned_vms])"),
         ],
     ),
     (
@@ -101,11 +101,11 @@ mDNS, ARP by the VM's MAC, `utmctl ip-address`, or the console.""",
             ("## The live root password, in the secret store", "ctx.run(s.password_stored(ctx))"),
             (
                 "## Type it on each console (lesson 4)",
-                "ctx.run_parallel([s.set_root_password(ctx, vm) for vm in ctx.dep.vms])",
+                "ctx.run_parallel([s.set_root_password(ctx, vm) for vm in ctx.dep.owned_vms])",
             ),
             (
                 "## Find each address (lesson 8)",
-                "ctx.run_parallel([s.find_address(ctx, vm) for vm in ctx.dep.vms])",
+                "ctx.run_parallel([s.find_address(ctx, vm) for vm in ctx.dep.owned_vms])",
             ),
         ],
     ),
@@ -126,11 +126,11 @@ drive that holds an image), starts it from disk and waits for an SSH login.""",
         [
             (
                 "## bootstrap0 (dangerous)",
-                "ctx.run_parallel([s.bootstrap0(ctx, vm) for vm in ctx.dep.vms])",
+                "ctx.run_parallel([s.bootstrap0(ctx, vm) for vm in ctx.dep.owned_vms])",
             ),
             (
                 "## Remove the ISO, boot from disk",
-                "ctx.run_parallel([s.remove_iso(ctx, vm) for vm in ctx.dep.vms])",
+                "ctx.run_parallel([s.remove_iso(ctx, vm) for vm in ctx.dep.owned_vms])",
             ),
         ],
     ),
@@ -152,16 +152,16 @@ step says so.""",
         [
             (
                 "## Lesson 3: build first",
-                "ctx.run_parallel([s.s00_preflight.toplevel_build(ctx, vm) for vm in ctx.dep.vms])",
+                "ctx.run_parallel([s.s00_preflight.toplevel_build(ctx, vm) for vm in ctx.dep.owned_vms])",
             ),
-            ("## vm/copy as root", "ctx.run_parallel([s.copy(ctx, vm) for vm in ctx.dep.vms])"),
+            ("## vm/copy as root", "ctx.run_parallel([s.copy(ctx, vm) for vm in ctx.dep.owned_vms])"),
             (
                 "## vm/switch as root, a session kept open",
-                "ctx.run_parallel([s.switch(ctx, vm) for vm in ctx.dep.vms])",
+                "ctx.run_parallel([s.switch(ctx, vm) for vm in ctx.dep.owned_vms])",
             ),
             (
                 "## Lesson 7: the user logs in now",
-                "ctx.run_parallel([s.user_login(ctx, vm) for vm in ctx.dep.vms])",
+                "ctx.run_parallel([s.user_login(ctx, vm) for vm in ctx.dep.owned_vms])",
             ),
         ],
     ),
@@ -179,22 +179,22 @@ from the first byte. A valid secret is kept (rotating it invalidates every token
 `cache.rotate_token_secret: true` rotates), and atticd is restarted only after the secret
 passed atticd's decode chain here.""",
         [
-            ("## Generate locally (lessons 2, 6)", "ctx.run(s.generate(ctx))"),
+            ("## Generate locally (lessons 2, 6)", 'ctx.run_each([s.generate(ctx) for _ in ctx.dep.owned_cache], none="the cache VM is a reference: another deployment installs its atticd")'),
             (
                 "## Install /var/lib/atticd/env (0600)",
-                "ctx.run(s.install_env(ctx, ctx.dep.cache_vm))",
+                'ctx.run_each([s.install_env(ctx, vm) for vm in ctx.dep.owned_cache])',
             ),
             (
                 "## The attic client in the cache's configuration (notebook 06 runs `attic`)",
-                "ctx.run(s.attic_client(ctx, ctx.dep.cache_vm))",
+                'ctx.run_each([s.attic_client(ctx, vm) for vm in ctx.dep.owned_cache])',
             ),
             (
                 "## The cache VM runs `services.atticd` and has `attic` (switched as the user)",
-                "ctx.run(s.atticd_system(ctx, ctx.dep.cache_vm))",
+                'ctx.run_each([s.atticd_system(ctx, vm) for vm in ctx.dep.owned_cache])',
             ),
             (
                 "## Validate the secret as atticd will, restart atticd, `GET /` 200",
-                "ctx.run(s.restart(ctx, ctx.dep.cache_vm))",
+                'ctx.run_each([s.restart(ctx, vm) for vm in ctx.dep.owned_cache])',
             ),
         ],
     ),
@@ -243,7 +243,7 @@ pushed to the cache.""",
             ),
             (
                 "## The cache VM's new system goes to the cache too",
-                'ctx.run_each([s.push_new_system(ctx)] if ctx.dep.workers else [], none="no worker VMs")',
+                'ctx.run_each([s.push_new_system(ctx) for _ in ctx.dep.owned_cache if ctx.dep.workers], none="the cache VM is a reference: not switched here" if ctx.dep.workers else "no worker VMs")',
             ),
         ],
     ),
@@ -276,8 +276,8 @@ Each VM's toplevel is built here first (lesson 3). A VM that already runs this c
             (
                 "## Build, copy, switch",
                 (
-                    "ctx.run_parallel([s.s00_preflight.toplevel_build(ctx, vm) for vm in ctx.dep.vms])\n"
-                    "ctx.run_parallel([s.update(ctx, vm) for vm in ctx.dep.vms])"
+                    "ctx.run_parallel([s.s00_preflight.toplevel_build(ctx, vm) for vm in ctx.dep.owned_vms])\n"
+                    "ctx.run_parallel([s.update(ctx, vm) for vm in ctx.dep.owned_vms])"
                 ),
             ),
         ],
@@ -293,7 +293,7 @@ regenerate them. Each step first tries a fresh SSH login; only when that fails i
         [
             (
                 "## Recover, every VM at once",
-                "ctx.run_parallel([s.recover(ctx, vm) for vm in ctx.dep.vms])",
+                "ctx.run_parallel([s.recover(ctx, vm) for vm in ctx.dep.owned_vms])",
             )
         ],
     ),

@@ -74,6 +74,11 @@ class VM(_Strict):
     port: int = Field(default=22, ge=1, le=65535)
     mac: str | None = Field(default=None, pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
     disk_interface: DiskInterface = DiskInterface.VIRTIO
+    reference: bool = Field(
+        default=False,
+        description="another deployment's VM (e.g. the cache a worker uses): read, never "
+        "created, typed on, installed or switched by this one",
+    )
 
     @field_validator("address")
     @classmethod
@@ -179,6 +184,8 @@ class Deployment(_Strict):
         names = [v.name for v in vms]
         if len(set(names)) != len(names):
             raise ValueError("VM names must be unique")
+        if all(v.reference for v in vms):
+            raise ValueError("every VM is a reference: a deployment must own at least one")
         return vms
 
     # -- derived ---------------------------------------------------------------
@@ -195,6 +202,20 @@ class Deployment(_Strict):
             if v.name == name:
                 return v
         raise InputError(f"deployment {self.deployment}: no VM named {name!r}")
+
+    @property
+    def owned_vms(self) -> tuple[VM, ...]:
+        """The VMs this deployment creates, installs and switches: all but its references.
+        The one place that says so; sections that change a VM iterate these."""
+        return tuple(v for v in self.vms if not v.reference)
+
+    def owns(self, vm: VM) -> bool:
+        return not vm.reference
+
+    @property
+    def owned_cache(self) -> tuple[VM, ...]:
+        """The cache VM when this deployment owns it (its atticd is installed here), else ()."""
+        return (self.cache_vm,) if self.owns(self.cache_vm) else ()
 
     @property
     def cache_vm(self) -> VM:

@@ -207,5 +207,5 @@ def steps(ctx: Context) -> list[Step]:
         host_tools(ctx),
         doctor_report(ctx),  # the panel's: force_checks is the notebook's parameter
         attic_flake(ctx),
-        *(toplevel_build(ctx, vm) for vm in ctx.dep.vms),
+        *(toplevel_build(ctx, vm) for vm in ctx.dep.owned_vms),
     ]

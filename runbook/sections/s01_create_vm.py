@@ -154,4 +154,4 @@ def start(ctx: Context, vm: VM) -> Step:
 
 
 def steps(ctx: Context) -> list[Step]:
-    return [s for vm in ctx.dep.vms for s in (create(ctx, vm), start(ctx, vm))]
+    return [s for vm in ctx.dep.owned_vms for s in (create(ctx, vm), start(ctx, vm))]

@@ -296,4 +296,4 @@ def _stop(mac: MacSide, vm: VM) -> None:
 
 
 def steps(ctx: Context) -> list[Step]:
-    return [s for vm in ctx.dep.vms for s in (bootstrap0(ctx, vm), remove_iso(ctx, vm))]
+    return [s for vm in ctx.dep.owned_vms for s in (bootstrap0(ctx, vm), remove_iso(ctx, vm))]

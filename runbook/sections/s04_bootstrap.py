@@ -223,7 +223,7 @@ def user_login(ctx: Context, vm: VM) -> Step:
 
 def steps(ctx: Context) -> list[Step]:
     out: list[Step] = []
-    for vm in ctx.dep.vms:
+    for vm in ctx.dep.owned_vms:
         out += [
             s00_preflight.toplevel_build(ctx, vm),
             copy(ctx, vm),

@@ -135,7 +135,8 @@ def deploy_worker(ctx: Context, vm: VM) -> Step:
 
 def switched_vms(ctx: Context) -> list[VM]:
     """Every VM whose configuration imports the edited module: the workers and the cache VM."""
-    return [ctx.dep.cache_vm, *ctx.dep.workers] if ctx.dep.workers else []
+    vms = [ctx.dep.cache_vm, *ctx.dep.workers] if ctx.dep.workers else []
+    return [vm for vm in vms if ctx.dep.owns(vm)]  # a referenced cache is not switched here
 
 
 def push_new_system(ctx: Context) -> Step:
@@ -151,5 +152,5 @@ def steps(ctx: Context) -> list[Step]:
     return [
         configure(ctx),
         *(deploy_worker(ctx, vm) for vm in switched_vms(ctx)),
-        push_new_system(ctx),
+        *([push_new_system(ctx)] if ctx.dep.owns(ctx.dep.cache_vm) else []),
     ]

@@ -36,6 +36,6 @@ def update(ctx: Context, vm: VM) -> Step:
 
 def steps(ctx: Context) -> list[Step]:
     out = []
-    for vm in ctx.dep.vms:
+    for vm in ctx.dep.owned_vms:
         out += [s00_preflight.toplevel_build(ctx, vm), update(ctx, vm)]
     return out

@@ -134,4 +134,4 @@ def recover(ctx: Context, vm: VM) -> Step:
 
 
 def steps(ctx: Context) -> list[Step]:
-    return [recover(ctx, vm) for vm in ctx.dep.vms]
+    return [recover(ctx, vm) for vm in ctx.dep.owned_vms]
