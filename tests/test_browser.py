@@ -197,9 +197,9 @@ def _plan_and_use_the_panel(lab: Lab, page: Any) -> Any:
     _open_and_run_all(lab, page, NOTEBOOK)
 
     # top to bottom in plan mode: the step outcome lines and the summary
-    summary = _output(page, f"{NOTEBOOK}: 4 step(s)")
+    summary = _output(page, f"{NOTEBOOK}: 5 step(s)")
     summary.wait_for()
-    assert "1 plan, 3 unchecked" in summary.inner_text()
+    assert "1 plan, 4 unchecked" in summary.inner_text()
     assert _output(page, "[plan] generate the token secret locally").count() == 1
     assert _output(page, "[unchecked: plan mode does not connect to").count() == 1
     for noise in ("Traceback", "<Outcome."):

@@ -179,7 +179,7 @@ def test_root_password_step_succeeds_when_its_picture_fails(
     monkeypatch.setattr(vm_console, "open_console", lambda c, mac, v: con)
     monkeypatch.setattr(vm_console, "BLIND_PAUSE", 0)
     found = SimpleNamespace(address="192.0.2.7")
-    monkeypatch.setattr(s02_console, "resolve", lambda mac, v, c: found)
+    monkeypatch.setattr(s02_console, "resolve", lambda mac, v, c, **kw: found)
     logins = iter([(False, "Permission denied"), (True, "fresh SSH login works")])
     monkeypatch.setattr(s02_console, "root_login", lambda *a: next(logins))
     monkeypatch.setattr(s02_console, "installed_login", lambda *a: False)
