@@ -80,7 +80,10 @@ In the lab (params with `lab:`), UTM is played by the lab's stand-ins and each V
 is its host's console.""",
         [
             ("## Create", "ctx.run_parallel([s.create(ctx, vm) for vm in ctx.dep.owned_vms])"),
-            ("## Start from the ISO", "ctx.run_parallel([s.start(ctx, vm) for vm in ctx.dep.owned_vms])"),
+            (
+                "## Start from the ISO",
+                "ctx.run_parallel([s.start(ctx, vm) for vm in ctx.dep.owned_vms])",
+            ),
         ],
     ),
     (
@@ -154,7 +157,10 @@ step says so.""",
                 "## Lesson 3: build first",
                 "ctx.run_parallel([s.s00_preflight.toplevel_build(ctx, vm) for vm in ctx.dep.owned_vms])",
             ),
-            ("## vm/copy as root", "ctx.run_parallel([s.copy(ctx, vm) for vm in ctx.dep.owned_vms])"),
+            (
+                "## vm/copy as root",
+                "ctx.run_parallel([s.copy(ctx, vm) for vm in ctx.dep.owned_vms])",
+            ),
             (
                 "## vm/switch as root, a session kept open",
                 "ctx.run_parallel([s.switch(ctx, vm) for vm in ctx.dep.owned_vms])",
@@ -179,22 +185,25 @@ from the first byte. A valid secret is kept (rotating it invalidates every token
 `cache.rotate_token_secret: true` rotates), and atticd is restarted only after the secret
 passed atticd's decode chain here.""",
         [
-            ("## Generate locally (lessons 2, 6)", 'ctx.run_each([s.generate(ctx) for _ in ctx.dep.owned_cache], none="the cache VM is a reference: another deployment installs its atticd")'),
+            (
+                "## Generate locally (lessons 2, 6)",
+                'ctx.run_each([s.generate(ctx) for _ in ctx.dep.owned_cache], none="the cache VM is a reference: another deployment installs its atticd")',
+            ),
             (
                 "## Install /var/lib/atticd/env (0600)",
-                'ctx.run_each([s.install_env(ctx, vm) for vm in ctx.dep.owned_cache])',
+                "ctx.run_each([s.install_env(ctx, vm) for vm in ctx.dep.owned_cache])",
             ),
             (
                 "## The attic client in the cache's configuration (notebook 06 runs `attic`)",
-                'ctx.run_each([s.attic_client(ctx, vm) for vm in ctx.dep.owned_cache])',
+                "ctx.run_each([s.attic_client(ctx, vm) for vm in ctx.dep.owned_cache])",
             ),
             (
                 "## The cache VM runs `services.atticd` and has `attic` (switched as the user)",
-                'ctx.run_each([s.atticd_system(ctx, vm) for vm in ctx.dep.owned_cache])',
+                "ctx.run_each([s.atticd_system(ctx, vm) for vm in ctx.dep.owned_cache])",
             ),
             (
                 "## Validate the secret as atticd will, restart atticd, `GET /` 200",
-                'ctx.run_each([s.restart(ctx, vm) for vm in ctx.dep.owned_cache])',
+                "ctx.run_each([s.restart(ctx, vm) for vm in ctx.dep.owned_cache])",
             ),
         ],
     ),
@@ -211,14 +220,24 @@ masked in every output. The cache's public key, read from `attic cache info` (on
 for the workers (07). attic skips paths signed by cache.nixos.org unless `cache.upstream_filter`
 is false: the push reports its counts, and a push that uploads nothing fails.""",
         [
-            ("## Admin token", "ctx.run(s.make_token(ctx, ctx.dep.cache_vm))"),
-            ("## attic login", "ctx.run(s.login(ctx, ctx.dep.cache_vm))"),
-            ("## Create the cache", "ctx.run(s.create(ctx, ctx.dep.cache_vm))"),
+            (
+                "## A cache this deployment only references (workers): read it, change nothing",
+                "ctx.run_each([s.read_cache(ctx, vm) for vm in ctx.dep.referenced_cache])",
+            ),
+            (
+                "## Admin token",
+                "ctx.run_each([s.make_token(ctx, vm) for vm in ctx.dep.owned_cache])",
+            ),
+            ("## attic login", "ctx.run_each([s.login(ctx, vm) for vm in ctx.dep.owned_cache])"),
+            (
+                "## Create the cache",
+                "ctx.run_each([s.create(ctx, vm) for vm in ctx.dep.owned_cache])",
+            ),
             (
                 "## Make it public (and record its key)",
-                "ctx.run(s.make_public(ctx, ctx.dep.cache_vm))",
+                "ctx.run_each([s.make_public(ctx, vm) for vm in ctx.dep.owned_cache])",
             ),
-            ("## Push the store", "ctx.run(s.push(ctx, ctx.dep.cache_vm))"),
+            ("## Push the store", "ctx.run_each([s.push(ctx, vm) for vm in ctx.dep.owned_cache])"),
         ],
     ),
     (

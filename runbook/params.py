@@ -218,6 +218,11 @@ class Deployment(_Strict):
         return (self.cache_vm,) if self.owns(self.cache_vm) else ()
 
     @property
+    def referenced_cache(self) -> tuple[VM, ...]:
+        """The cache VM when this deployment only references it (read, never changed), else ()."""
+        return () if self.owns(self.cache_vm) else (self.cache_vm,)
+
+    @property
     def cache_vm(self) -> VM:
         return self.vm(self.cache.vm)
 

@@ -7,13 +7,15 @@ params/cache.yaml owns its one VM: every step for it is still planned.
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
-from runbook.errors import InputError
+from runbook.errors import InputError, RunbookError
 from runbook.params import load
 from runbook.secrets import SecretStore
 from runbook.sections import (
@@ -115,3 +117,60 @@ def test_a_deployment_owns_at_least_one_vm(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(InputError, match=r"key vms: every VM is a reference"):
         load(path)
+
+
+def test_the_worker_plan_only_reads_the_referenced_cache_in_06(
+    plans: dict[str, list[dict[str, str]]],
+) -> None:
+    in_06 = [s["step"] for s in plans["worker.yaml"] if s["notebook"] == "06"]
+    assert in_06 == ["read cache main on vm-aarch64-utm-cache (referenced: nothing changes there)"]
+    owned_06 = [s["step"] for s in plans["cache.yaml"] if s["notebook"] == "06"]
+    assert len(owned_06) == 5 and owned_06[0].startswith("admin token")
+
+
+class _CacheConfig(http.server.BaseHTTPRequestHandler):
+    """attic's `GET /_api/v1/cache-config/{cache}` for a public cache (cache_config.rs), 401 else."""
+
+    key = "main:" + "A" * 43 + "="
+    public = True
+
+    def do_GET(self) -> None:
+        if self.path == "/_api/v1/cache-config/main" and self.public:
+            body = json.dumps({"public_key": self.key, "is_public": True}).encode()
+            self.send_response(200)
+        else:
+            body = b'{"code":401,"error":"Unauthorized","message":"Unauthorized."}'
+            self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("public", [True, False])
+def test_06_reads_a_referenced_cache_and_keeps_its_key(tmp_path: Path, public: bool) -> None:
+    from runbook.sections import s06_cache
+
+    _CacheConfig.public = public
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CacheConfig)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        raw = yaml.safe_load((PARAMS / "worker.yaml").read_text())
+        raw["cache"].update(host="127.0.0.1", port=server.server_address[1])
+        (tmp_path / "w.yaml").write_text(yaml.safe_dump(raw))
+        ctx = Context(
+            "x", load(tmp_path / "w.yaml"), Mode.DEPLOY, True, SecretStore(tmp_path / "s")
+        )
+        (step,) = s06_cache.steps(ctx)
+        check = step.check()
+        if public:
+            assert check.done and _CacheConfig.key in check.reason
+            assert s06_cache.public_key_file(ctx).read_text().strip() == _CacheConfig.key
+        else:
+            assert not check.done and "HTTP 401" in check.reason
+            with pytest.raises(RunbookError, match="deploy the cache with its own params first"):
+                step.apply()
+    finally:
+        server.shutdown()

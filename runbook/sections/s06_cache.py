@@ -232,8 +232,44 @@ def push(ctx: Context, vm: VM) -> Step:
     )
 
 
+def read_cache(ctx: Context, vm: VM) -> Step:
+    """For a deployment that only references the cache VM (workers): read the live cache's
+    configuration over HTTP and keep its public key for 07, changing nothing on the VM. The
+    cache's own deployment makes it; until then this step fails and says so."""
+    c = ctx.dep.cache
+    url = f"{_api_base(ctx)}_api/v1/cache-config/{c.name}"
+
+    def probe() -> Check:
+        try:
+            config = attic.get_cache_config(_api_base(ctx), c.name, _token(ctx))
+        except attic.AtticApiError as exc:
+            return Check(False, f"the cache cannot be read yet: {exc}")
+        if not config.public_key:
+            return Check(False, f"{c.name} gives no public key")
+        public_key_file(ctx).parent.mkdir(parents=True, exist_ok=True)
+        public_key_file(ctx).write_text(config.public_key + "\n")
+        return Check(True, f"read only; key {config.public_key}")
+
+    def action() -> str:
+        raise RunbookError(
+            f"{vm.name} is only referenced here ({probe().reason}): deploy the cache with its "
+            "own params first (params/cache.yaml), then run this deployment again"
+        )
+
+    return Step(
+        f"read cache {c.name} on {vm.name} (referenced: nothing changes there)",
+        host_label(ctx, vm),
+        [f"curl -sf {shlex.quote(url)}   # public_key, kept for 07"],
+        probe,
+        action,
+        remote=True,
+    )
+
+
 def steps(ctx: Context) -> list[Step]:
     vm = ctx.dep.cache_vm
+    if not ctx.dep.owns(vm):  # a worker deployment: the cache is read, never changed
+        return [read_cache(ctx, vm)]
     return [
         make_token(ctx, vm),
         login(ctx, vm),
