@@ -8,8 +8,10 @@ a handler takes the parsed namespace and returns the exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Final, NoReturn
@@ -19,6 +21,7 @@ from runbook.errors import EXIT_BAD_INPUT, RunbookError
 from runbook.secrets import install_log_masking, mask
 
 logger: Final = logging.getLogger(__name__)
+EXIT_PIPE: Final = 128 + 13  # a writer whose reader went away, as a shell reports SIGPIPE
 
 # One line per subcommand module; each helper adds its own.
 COMMAND_MODULES: Final[tuple[str, ...]] = (
@@ -94,7 +97,12 @@ def execute(argv: Sequence[str]) -> int:
         return EXIT_BAD_INPUT
     _setup_logging(bool(args.debug))
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:  # `runbook records | head -1`: the reader has what it wanted
+        _silence_stdout()
+        return EXIT_PIPE
     except RunbookError as exc:
         if args.debug:
             logger.exception("traceback")
@@ -111,6 +119,15 @@ def execute(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _silence_stdout() -> None:
+    """stdout's pipe is closed: point it at /dev/null so the interpreter's last flush is
+    quiet (Python's documented way: docs.python.org/3/library/signal.html, SIGPIPE)."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def main() -> None:

@@ -55,5 +55,9 @@ def export_html(nb: Any, path: Path) -> None:
             cell.outputs = [o for o in cell.outputs if STEP_MIMETYPE not in o.get("data", {})]
     body, _ = HTMLExporter().from_notebook_node(shown)  # type: ignore[no-untyped-call]
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(mask(body))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(mask(body))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no stray .tmp (the .ipynb is kept)
+        raise

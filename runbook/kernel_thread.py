@@ -2,8 +2,12 @@
 
 One kernel (the venv's python: `sys.executable -m ipykernel_launcher`) is started per run and
 handed to papermill for every notebook (`km=`, an nbclient traitlet), so the kernel starts
-once instead of once per notebook. The main thread stays free to take Ctrl-C, interrupt the
-kernel (SIGINT: the running cell raises KeyboardInterrupt) or kill it.
+once instead of once per notebook. The main thread stays free to take signals, interrupt the
+kernel (SIGINT: the running cell raises KeyboardInterrupt) or kill it with everything it
+started (the kernel leads its own process group: jupyter_client starts it in a new session).
+
+The kernel writes nothing outside the run's temp dir: IPYTHONDIR (profile, history) and the
+Jupyter config/data/runtime dirs point into it, and it is removed when the kernel stops.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from runbook.notebook_run import NotebookRun, Stream, execute
 
@@ -40,8 +44,27 @@ def kernel_manager(socket_dir: Path) -> Any:
                 language="python",
             )
 
-    # IPC sockets at an absolute path: no TCP port, and the kernel's cwd does not matter.
-    return VenvKernelManager(kernel_name="python3", transport="ipc", ip=str(socket_dir / "kernel"))
+    # IPC sockets at an absolute path: no TCP port, and the kernel's cwd does not matter;
+    # the connection file beside them, not in ~/.local/share/jupyter/runtime.
+    return VenvKernelManager(
+        kernel_name="python3",
+        transport="ipc",
+        ip=str(socket_dir / "kernel"),
+        connection_file=str(socket_dir / "kernel.json"),
+    )
+
+
+def private_dirs(root: Path) -> dict[str, str]:
+    """IPython's and Jupyter's own dirs under `root`, for the kernel's environment."""
+    dirs = {
+        "IPYTHONDIR": root / "ipython",
+        "JUPYTER_CONFIG_DIR": root / "jupyter-config",
+        "JUPYTER_DATA_DIR": root / "jupyter-data",
+        "JUPYTER_RUNTIME_DIR": root / "jupyter-runtime",
+    }
+    for path in dirs.values():
+        path.mkdir(mode=0o700, exist_ok=True)
+    return {name: str(path) for name, path in dirs.items()}
 
 
 class KernelThread:
@@ -56,6 +79,8 @@ class KernelThread:
         self.km: Any = None
         self.error: BaseException | None = None
         self._sockets: tempfile.TemporaryDirectory[str] | None = None
+        self._log: IO[bytes] | None = None
+        self.start_output = ""  # what a kernel that failed to start printed
         self._jobs: queue.Queue[tuple[NotebookRun, Stream] | None] = queue.Queue()
         self._ready = threading.Event()
         self._idle = threading.Event()
@@ -68,30 +93,54 @@ class KernelThread:
         if self.error is not None:
             raise self.error
 
+    def log_tail(self) -> str:
+        """The end of what the kernel process itself printed (while the run lasts)."""
+        from runbook.errors import tail
+
+        if self._sockets is None:
+            return ""
+        try:
+            text = (Path(self._sockets.name) / "kernel.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return tail(text, lines=3)
+
     def _main(self) -> None:
         from jupyter_core.utils import run_sync
 
         try:
-            self._sockets = tempfile.TemporaryDirectory(prefix="runbook-kernel-")
-            self.km = kernel_manager(Path(self._sockets.name))
-            env = dict(os.environ)
-            paths = (str(PACKAGE_ROOT), env.get("PYTHONPATH"))
-            env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-            run_sync(self.km.start_kernel)(env=env, cwd=str(self.cwd))
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            self.error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
+            try:
+                self._sockets = tempfile.TemporaryDirectory(prefix="runbook-kernel-")
+                root = Path(self._sockets.name)
+                self.km = kernel_manager(root)
+                env = dict(os.environ) | private_dirs(root)
+                paths = (str(PACKAGE_ROOT), env.get("PYTHONPATH"))
+                env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+                # the kernel's own stdout/stderr (ipykernel's logs, a crash while it starts)
+                # go to a file, never onto the terminal; cell output comes through iopub
+                self._log = open(root / "kernel.log", "wb")  # noqa: SIM115 - closed below
+                run_sync(self.km.start_kernel)(
+                    env=env, cwd=str(self.cwd), stdout=self._log, stderr=self._log
+                )
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                self.error = exc
+                if self._log is not None:
+                    self._log.flush()
+                    self.start_output = self.log_tail()
+                return
+            finally:
+                self._ready.set()
             while (job := self._jobs.get()) is not None:
                 execute(self.km, *job)
                 self._idle.set()
         finally:
-            with contextlib.suppress(Exception):
-                run_sync(self.km.shutdown_kernel)(now=True)
-            with contextlib.suppress(Exception):
-                self.km.cleanup_connection_file()
+            if self.km is not None:
+                with contextlib.suppress(Exception):
+                    run_sync(self.km.shutdown_kernel)(now=True)
+                with contextlib.suppress(Exception):
+                    self.km.cleanup_connection_file()
+            if self._log is not None:
+                self._log.close()
             if self._sockets is not None:
                 self._sockets.cleanup()
 
@@ -103,22 +152,52 @@ class KernelThread:
         """True once the submitted notebook is done."""
         return self._idle.wait(timeout)
 
+    @property
+    def pid(self) -> int | None:
+        pid = getattr(getattr(self.km, "provisioner", None), "pid", None)
+        return int(pid) if pid else None
+
     def interrupt(self) -> None:
         if self.km is not None:
             interrupt(self.km)
 
     def kill(self) -> None:
-        """The kernel did not stop on SIGINT: kill it, so the notebook's cell fails."""
+        """SIGKILL to the kernel's process group: the kernel and whatever its cell started
+        (make, ssh, ...) stop now; the notebook's cell fails."""
         import signal
 
-        pid = getattr(getattr(self.km, "provisioner", None), "pid", None)
+        pid = self.pid
         if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Shut the kernel down; if it is still there after `timeout`, kill its group."""
         self._jobs.put(None)
         self._thread.join(timeout)
+        if self._thread.is_alive() or _alive(self.pid):
+            self.kill()
+            self._thread.join(timeout)
+
+
+def _alive(pid: int | None) -> bool:
+    """True while `pid` runs (a zombie child not yet reaped counts as gone)."""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def interrupt(km: Any) -> None:

@@ -1,33 +1,79 @@
-"""One notebook of a run: papermill on the shared kernel into a hidden `.partial` file, cell
-output streamed (masked) to the terminal and `run.log`, then the notebook moved into place
-whole (a record never holds a half-written notebook) and exported to HTML.
+"""One notebook of a run: papermill on the shared kernel, cell output streamed (masked) to the
+terminal and `run.log`, the executed notebook written into the record whole, then exported.
+
+papermill saves the notebook after every cell (and every 30 s of a long cell) into memory
+(`MemoryHandler`), never half onto the records disk: whatever ends the run (a signal, a full
+disk, a killed kernel), the runner still has the last state and the steps that ran.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
+from runbook.errors import RecordWriteError
 from runbook.html_export import Exports, export_html
-from runbook.records import step_records
+from runbook.records import RunLog, step_records, write_bytes_atomic
 from runbook.secrets import mask
 from runbook.steps import StepRecord
 
 logger: Final = logging.getLogger(__name__)
 
+MEMORY_SCHEME: Final = "runbook-memory://"
+
+
+class MemoryHandler:
+    """A papermill I/O handler keeping each saved notebook (JSON text) in memory."""
+
+    saved: Final[dict[str, str]] = {}
+
+    def read(self, path: str) -> str:
+        return self.saved[path]
+
+    def listdir(self, path: str) -> list[str]:
+        return [p for p in self.saved if p.startswith(path)]
+
+    def write(self, buf: str, path: str) -> None:
+        self.saved[path] = buf  # one assignment: the runner's thread reads whole snapshots
+
+    def pretty_path(self, path: str) -> str:
+        return path
+
+
+_registered = False
+_register_lock = threading.Lock()
+
+
+def _register() -> None:
+    global _registered
+    with _register_lock:
+        if not _registered:
+            from papermill.iorw import papermill_io
+
+            papermill_io.register(MEMORY_SCHEME, MemoryHandler())
+            _registered = True
+
 
 class Stream:
-    """Where cell output goes: masked, to the terminal and run.log; remembers the last step."""
+    """Where cell output goes: masked, to the terminal and run.log; remembers the last step.
 
-    def __init__(self, out: IO[str], log: IO[str]) -> None:
+    It never raises into the run: a terminal that went away (a closed pipe) sets
+    `out_closed`, a log the disk refused sets `log.error`; the runner ends the run on both.
+    """
+
+    def __init__(self, out: IO[str], log: RunLog) -> None:
         self.out = out
         self.log = log
+        self.out_closed = False
         self.current_step = ""
+        self.current_host = ""
         self.step_started = time.monotonic()
         self._lock = threading.Lock()
 
@@ -36,20 +82,33 @@ class Stream:
         with self._lock:
             for line in masked.splitlines():
                 if line.startswith("── "):
-                    self.current_step = line[3:].split("  @ ")[0]
+                    name, _, host = line[3:].partition("  @ ")
+                    self.current_step, self.current_host = name, host.split("  (")[0]
                     self.step_started = time.monotonic()
-            self.out.write(masked)
             self.log.write(masked)
-            self.out.flush()
-            self.log.flush()
+            if not self.out_closed:
+                try:
+                    self.out.write(masked)
+                    self.out.flush()
+                except (BrokenPipeError, ValueError, OSError):
+                    self.out_closed = True
+                    _silence(self.out)
         return len(text)
 
     def flush(self) -> None:
-        self.out.flush()
-        self.log.flush()
+        pass  # every write is flushed already
 
     def say(self, line: str) -> None:
         self.write(line + "\n")
+
+
+def _silence(out: IO[str]) -> None:
+    """Point a closed pipe's descriptor at /dev/null, so buffered text flushed at exit
+    (by this process or the interpreter) does not raise BrokenPipeError again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
 
 
 @dataclass
@@ -59,49 +118,85 @@ class NotebookRun:
     parameters: dict[str, Any]
     error: BaseException | None = None
     steps: list[StepRecord] = field(default_factory=list)
+    written: bool = False
+    memory: str = field(default_factory=lambda: f"{MEMORY_SCHEME}{uuid.uuid4().hex}.ipynb")
 
-    @property
-    def partial(self) -> Path:
-        return self.output.with_name(f".{self.output.stem}.partial.ipynb")
+    def snapshot(self) -> Any | None:
+        """The notebook as papermill last saved it (after a cell, or 30 s into one)."""
+        import nbformat
+
+        text = MemoryHandler.saved.get(self.memory)
+        if text is None:
+            return None
+        try:
+            return nbformat.reads(text, as_version=4)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            logger.warning("%s: unreadable notebook state (%s)", self.output.name, exc)
+            return None
+
+    def forget(self) -> None:
+        MemoryHandler.saved.pop(self.memory, None)
 
 
 def execute(km: Any, run: NotebookRun, stream: Stream) -> None:
     """papermill.execute_notebook on the shared kernel; errors are kept on `run`."""
     import papermill
 
+    _register()
     try:
         papermill.execute_notebook(
             str(run.source),
-            str(run.partial),
+            run.memory,
             parameters=run.parameters,
             kernel_name="python3",
             progress_bar=False,
             stdout_file=stream,
             stderr_file=stream,
             km=km,
-            # saved when done (and every 30 s of a long cell), not after every cell: cheaper
-            request_save_on_cell_execute=False,
+            request_save_on_cell_execute=True,  # into memory: cheap, and nothing is lost
         )
     except BaseException as exc:  # noqa: BLE001 - reported by the main thread
         run.error = exc
 
 
 def finish(run: NotebookRun, exports: Exports | None = None) -> None:
-    """Move the partial notebook into place whole (or drop it if unreadable); export HTML."""
+    """The steps that ran (from the last state, whatever ended the notebook), then the
+    notebook written whole into the record and exported. RecordWriteError when the disk
+    refuses the notebook: `run.steps` are known all the same."""
     import nbformat
 
-    try:
-        nb = nbformat.read(run.partial, as_version=4)  # type: ignore[no-untyped-call]
-    except (OSError, ValueError) as exc:
-        logger.warning("%s: dropping the unreadable partial notebook (%s)", run.output.name, exc)
-        run.partial.unlink(missing_ok=True)
+    nb = run.snapshot()
+    run.forget()
+    if nb is None:
         return
     run.steps = step_records(nb)
-    tmp = run.output.with_name(f".{run.output.name}.tmp")
-    nbformat.write(nb, tmp)  # type: ignore[no-untyped-call]
-    os.replace(tmp, run.output)
-    run.partial.unlink(missing_ok=True)
+    nb.metadata.setdefault("papermill", {})["output_path"] = str(run.output)
+    data = nbformat.writes(nb).encode()  # type: ignore[no-untyped-call]
+    write_bytes_atomic(run.output, data)
+    run.written = True
+    html = run.output.with_suffix(".html")
     if exports is None:
-        export_html(nb, run.output.with_suffix(".html"))
+        export_html(nb, html)
     else:
-        exports.submit(nb, run.output.with_suffix(".html"))
+        exports.submit(nb, html)
+
+
+def export_missing(record: Path, notebooks: list[str], exports: Exports) -> list[str]:
+    """HTML for completed notebooks whose export a full disk stopped (`--resume`)."""
+    import nbformat
+
+    made = []
+    for name in notebooks:
+        ipynb, html = record / f"{name}.ipynb", record / f"{name}.html"
+        if ipynb.is_file() and not html.is_file():
+            try:
+                nb = nbformat.read(ipynb, as_version=4)  # type: ignore[no-untyped-call]
+            except (OSError, ValueError) as exc:
+                logger.warning("%s: cannot export (%s)", ipynb.name, exc)
+                continue
+            exports.submit(nb, html)
+            made.append(html.name)
+    return made
+
+
+__all__ = ["NotebookRun", "RecordWriteError", "Stream", "execute", "finish"]

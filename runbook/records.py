@@ -5,13 +5,20 @@
         run.log              everything streamed to the terminal, masked
         NN-name.ipynb        each executed notebook (written whole, never half)
         NN-name.html         its HTML export, for reading without Jupyter
+        .reserve             ballast, freed so the final manifest fits on a full disk
+    records/.lock-<deployment>   held (flock) by the one process running that deployment
 
+Every write is whole or absent (a temp file renamed into place, removed when the write
+fails); a write the disk refuses raises `RecordWriteError`, which ends the run truthfully.
 Step outcomes are read back from the executed notebooks' display outputs of mimetype
 `runbook.steps.STEP_MIMETYPE`. pandas is imported only by the table functions.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -19,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypedDict
 
-from runbook.errors import InputError
+from runbook.errors import InputError, RecordWriteError, RunLockedError
 from runbook.steps import STEP_MIMETYPE, StepRecord
 
 if TYPE_CHECKING:
@@ -30,6 +37,10 @@ logger: Final = logging.getLogger(__name__)
 MANIFEST: Final = "manifest.json"
 RUN_LOG: Final = "run.log"
 RECORDS_ENV: Final = "RUNBOOK_RECORDS"
+BALLAST: Final = ".reserve"
+BALLAST_BYTES: Final = 512 * 1024  # room for the last manifest (and log line) on a full disk
+LOCK_PREFIX: Final = ".lock-"
+_FULL: Final = (errno.ENOSPC, errno.EDQUOT)
 
 
 class StepEntry(TypedDict):
@@ -42,7 +53,7 @@ class StepEntry(TypedDict):
 
 class NotebookEntry(TypedDict):
     notebook: str
-    status: str  # pending | running | completed | failed | interrupted
+    status: str  # pending | running | completed | failed | interrupted | terminated
     start: str | None
     end: str | None
     duration: float | None
@@ -60,7 +71,7 @@ class Manifest(TypedDict):
     papermill_version: str
     nixos_config_commit: str | None
     mode: str  # plan | deploy
-    status: str  # running | completed | failed | interrupted
+    status: str  # running | completed | failed | interrupted | terminated
     started: str
     ended: str | None
     duration: float | None
@@ -94,14 +105,192 @@ def new_record_dir(root: Path, deployment: str, now: datetime) -> Path:
     raise InputError(f"{root}: too many records named {base}")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_error(path: Path, exc: OSError) -> RecordWriteError:
+    """One line: `records disk full: ...` when the disk refused for space, else the cause."""
+    why = exc.strerror or type(exc).__name__
+    if exc.errno in _FULL:
+        return RecordWriteError(f"records disk full: cannot write {path} ({why})")
+    return RecordWriteError(f"cannot write the record {path}: {why}")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """`data` at `path`, whole or not at all: no temp file is left when the disk refuses."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise write_error(path, exc) from None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def write_manifest(record: Path, manifest: Manifest) -> None:
     write_json_atomic(record / MANIFEST, manifest)
+
+
+def reserve(record: Path) -> None:
+    """Ballast in the record, real blocks (not sparse): freed by `release` before the last
+    manifest write, so a disk that filled during the run still takes the truth."""
+    write_bytes_atomic(record / BALLAST, b"\0" * BALLAST_BYTES)
+
+
+def release(record: Path) -> None:
+    with contextlib.suppress(OSError):
+        (record / BALLAST).unlink()
+
+
+class RunLog:
+    """run.log, appended in whole lines: a write the disk refuses is cut back to the last
+    whole line, and the log stops (`error` says why) instead of raising into the run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.error: RecordWriteError | None = None
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._good = os.fstat(self._fd).st_size
+        if self._good:  # a resumed record whose log was cut mid-line: start on a new line
+            with open(path, "rb") as fh:
+                fh.seek(self._good - 1)
+                if fh.read(1) != b"\n":
+                    self._append(b"\n")
+        self._partial = ""
+
+    def write(self, text: str) -> None:
+        if self.error is not None:
+            return
+        self._partial += text
+        cut = self._partial.rfind("\n")
+        if cut < 0:
+            return
+        lines, self._partial = self._partial[: cut + 1], self._partial[cut + 1 :]
+        self._append(lines.encode())
+
+    def _append(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            self._good += len(data)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._good)
+            self.error = write_error(self.path, exc)
+
+    def last_line(self, line: str) -> None:
+        """A final line (the run's end), even after a refused write: the ballast was freed."""
+        self.error, self._partial = None, ""
+        self._append((line + "\n").encode())
+
+    def close(self) -> None:
+        if self._partial and self.error is None:
+            self._append((self._partial + "\n").encode())
+        self._partial = ""
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+# -- one run per deployment ------------------------------------------------------------
+
+
+class RunLock:
+    """`<root>/.lock-<deployment>`, flock'ed for the whole run and holding who runs it.
+
+    The kernel releases a flock when its holder dies, however it dies; the file's text then
+    still names the dead holder, which is how a stale lock is told apart from a clean end
+    (a clean end empties it).
+    """
+
+    def __init__(self, root: Path, deployment: str) -> None:
+        self.path = root / f"{LOCK_PREFIX}{deployment}"
+        self.deployment = deployment
+        self.stale: dict[str, Any] | None = None  # the dead holder found on taking the lock
+        self._fd: int | None = None
+
+    def acquire(self, record: str | None) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise RunLockedError(self._busy(holder, record)) from None
+        self._fd = fd
+        found = _holder(fd)
+        self.stale = found if found.get("pid") else None
+        self.claim(record)
+
+    def _busy(self, holder: dict[str, Any], record: str | None) -> str:
+        pid, held = holder.get("pid", "?"), holder.get("record") or "a new record"
+        since = f" since {holder['started']}" if holder.get("started") else ""
+        if record is not None and holder.get("record") == record:
+            return (
+                f"--resume {record}: the record is still running (pid {pid}{since}); "
+                f"wait for it to end, or stop it with `kill -TERM {pid}`, then resume"
+            )
+        return (
+            f"deployment {self.deployment} is already running (pid {pid}, record {held}{since}; "
+            f"lock {self.path}): one run per deployment; wait for it or stop it with "
+            f"`kill -TERM {pid}`"
+        )
+
+    def claim(self, record: str | None) -> None:
+        """Name this process and its record in the lock file."""
+        if self._fd is None:
+            return
+        text = json.dumps({"pid": os.getpid(), "record": record, "started": iso(utc_now())})
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, (text + "\n").encode(), 0)
+        except OSError as exc:
+            self.release()
+            raise write_error(self.path, exc) from None
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)  # a clean end: nobody holds it
+        with contextlib.suppress(OSError):
+            os.close(self._fd)  # closing the last descriptor drops the flock
+        self._fd = None
+
+
+def _holder(fd: int) -> dict[str, Any]:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0).decode(errors="replace") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def mark_abandoned(record: Path, pid: object) -> bool:
+    """A record its process left "running" when it died (SIGKILL, power loss): say so, so it
+    is never read as running and `--resume` continues it. True when the record was fixed."""
+    try:
+        m = read_manifest(record)
+    except InputError:
+        return False
+    if m["status"] != "running":
+        return False
+    why = f"the runbook process (pid {pid}) died without ending this record (killed?)"
+    for nb in m["notebooks"]:
+        if nb["status"] == "running":
+            nb["status"], nb["error"] = "interrupted", why
+    m["status"], m["failure"] = "interrupted", why
+    write_manifest(record, m)
+    return True
 
 
 def read_manifest(record: Path) -> Manifest:

@@ -1,34 +1,51 @@
 """Runs the handbook's notebooks with papermill, in-process, into a record folder.
 
 Decides what runs (selection, `--resume`), keeps the record's manifest, and drives each
-notebook on the run's one kernel (runbook.kernel_thread) while the main thread waits, so
-Ctrl-C interrupts the kernel and marks the record interrupted. One notebook's execution and
-streaming is runbook.notebook_run; its HTML export runbook.html_export.
+notebook on the run's one kernel (runbook.kernel_thread) while the main thread waits. One
+notebook's execution and streaming is runbook.notebook_run; its HTML export
+runbook.html_export.
+
+One run per deployment at a time (`records.RunLock`). Every end tells the truth, in this
+order: the kernel is stopped first (SIGINT, then SIGKILL to its process group after a
+grace), then what really ran is written (the steps of the notebook's last state), then the
+status. Ends: Ctrl-C (`interrupted`, 130), SIGTERM/SIGHUP (`terminated`, 128+N), a closed
+output pipe (`interrupted`, 141, quietly), a records disk that refuses a write (`failed`,
+"records disk full: ..."), a step past `timeouts.step` (`failed`), a crash (`failed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import IO, Final
 
 from runbook import __version__
-from runbook.errors import EXIT_FAILED, EXIT_OK, InputError, RunbookError, tail
+from runbook.errors import EXIT_FAILED, EXIT_OK, InputError, RecordWriteError, RunbookError, tail
 from runbook.html_export import Exports
 from runbook.kernel_thread import KernelThread
-from runbook.notebook_run import NotebookRun, Stream, finish
+from runbook.notebook_run import NotebookRun, Stream, export_missing, finish
 from runbook.params import Loaded, load, require_paths
 from runbook.records import (
     RUN_LOG,
     Manifest,
     NotebookEntry,
+    RunLock,
+    RunLog,
     iso,
+    mark_abandoned,
     new_record_dir,
     read_manifest,
+    release,
+    reserve,
     step_entries,
     utc_now,
     write_manifest,
@@ -39,10 +56,13 @@ from runbook.steps import Mode, Outcome, StepRecord, register_lab_passwords
 logger: Final = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED: Final = 130
+EXIT_PIPE: Final = 128 + 13  # as a shell reports a writer killed by SIGPIPE
 NOTEBOOK_GLOB: Final = "[0-9][0-9]-*.ipynb"
 PACKAGE_ROOT: Final = Path(__file__).resolve().parent.parent
 DEFAULT_NOTEBOOKS: Final = PACKAGE_ROOT / "notebooks"
 INTERRUPT_GRACE: Final = 15.0  # seconds for the kernel to stop a cell after SIGINT
+TERM_GRACE: Final = 5.0  # the same after SIGTERM/SIGHUP: whoever sent it waits on us
+DEAD_KERNEL_WAIT: Final = 15.0  # for papermill to notice a killed kernel
 TICK: Final = 20.0  # a "still running" line this often during a long step
 
 
@@ -145,58 +165,228 @@ class Plan:
     manifest: Manifest
     notebooks: list[Path]
     mode: Mode
+    lock: RunLock
+    new: bool = True  # the record was made by this run (removed if it cannot even start)
+    notes: list[str] = field(default_factory=list)  # said at the top of run.log
 
 
 def prepare(req: RunRequest) -> Plan:
-    """Validate everything (InputError, exit 2) and make or reopen the record folder."""
+    """Validate everything (InputError, exit 2), take the deployment's lock (RunLockedError,
+    exit 2, naming the live holder) and make or reopen the record folder."""
     loaded = load(req.params)
     register_lab_passwords(loaded.deployment)  # this process streams the kernel's output too
     available = discover(req.notebooks_dir)
+    deployment = loaded.deployment.deployment
     if req.resume is not None:
         record = req.resume
         manifest = read_manifest(record)
         mode = Mode(manifest["mode"])
+        if manifest["deployment"] != deployment:
+            raise InputError(
+                f"--resume {record}: the record is of deployment {manifest['deployment']!r}, "
+                f"{loaded.path} is {deployment!r}"
+            )
         by_name = {p.stem: p for p in available}
         missing = [nb["notebook"] for nb in manifest["notebooks"] if nb["notebook"] not in by_name]
         if missing:
             raise InputError(f"--resume {record}: notebooks no longer exist: {', '.join(missing)}")
         picks = [by_name[nb["notebook"]] for nb in manifest["notebooks"]]
-        if manifest["params_digest"] != loaded.digest:
-            logger.info("params changed since the record began; continuing with the new file")
-            manifest["params_digest"] = loaded.digest
     else:
         mode = req.mode
         picks = select(available, req.from_, req.only)
         record = Path()  # made below, once the params are known good
     if mode is Mode.DEPLOY:
         require_paths(loaded.deployment, loaded.path)
-    if req.resume is None:
-        record = new_record_dir(req.records_root, loaded.deployment.deployment, utc_now())
-        manifest = _new_manifest(req, loaded, record, picks)
-    return Plan(loaded, record, manifest, picks, mode)
+    # the lock lives where the records do: a resumed record's own root
+    lock = RunLock(record.parent if req.resume is not None else req.records_root, deployment)
+    lock.acquire(record.name if req.resume is not None else None)
+    try:
+        notes = _stale(lock, record if req.resume is not None else None)
+        if req.resume is not None:
+            manifest = read_manifest(record)  # again: a stale lock's record was just fixed
+            if manifest["params_digest"] != loaded.digest:
+                logger.info("params changed since the record began; continuing with the new file")
+                manifest["params_digest"] = loaded.digest
+        else:
+            try:
+                record = new_record_dir(req.records_root, deployment, utc_now())
+            except OSError as exc:
+                raise RecordWriteError(
+                    f"cannot make a record in {req.records_root}: {exc.strerror or exc}"
+                ) from None
+            manifest = _new_manifest(req, loaded, record, picks)
+        lock.claim(record.name)
+    except BaseException:
+        lock.release()
+        raise
+    return Plan(loaded, record, manifest, picks, mode, lock, req.resume is None, notes)
+
+
+def _stale(lock: RunLock, resumed: Path | None) -> list[str]:
+    """What a dead holder left: its lock (said so) and its record still "running" (fixed)."""
+    notes = []
+    holder = lock.stale
+    if holder is not None:
+        rid = holder.get("record")
+        line = (
+            f"a previous run of {lock.deployment} (pid {holder.get('pid')}, record "
+            f"{rid or '-'}) died without releasing {lock.path}: the lock is taken over"
+        )
+        if rid and mark_abandoned(lock.path.parent / str(rid), holder.get("pid")):
+            line += f"; record {rid} said 'running' and now says 'interrupted'"
+        notes.append(line)
+        logger.warning("%s", line)
+    if resumed is not None and mark_abandoned(resumed, "unknown"):
+        line = f"record {resumed.name} said 'running' but no process holds it: now 'interrupted'"
+        notes.append(line)
+        logger.warning("%s", line)
+    return notes
+
+
+# -- what ends a run -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why a run ends early, in one line for the record."""
+
+    status: str  # interrupted | terminated | failed
+    reason: str
+    code: int
+    quiet: bool = False  # nothing on the terminal (its pipe is gone)
+
+
+class Ends:
+    """Signals noted by handlers (the main thread polls; nothing raises mid-write)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.count = 0
+
+    def note(self, signum: int, _frame: FrameType | None) -> None:
+        self.signum = self.signum or signum
+        self.count += 1
+
+
+_SIGNAL_STOPS: Final = {
+    signal.SIGINT: ("interrupted", "interrupted (Ctrl-C)"),
+    signal.SIGTERM: ("terminated", "terminated by SIGTERM"),
+    signal.SIGHUP: ("terminated", "terminated by SIGHUP (its terminal closed)"),
+}
+
+
+@contextlib.contextmanager
+def _signals(ends: Ends) -> Iterator[None]:
+    """SIGINT/SIGTERM/SIGHUP noted in `ends` for the run; one left ignored (nohup, a
+    background job's SIGINT) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {}
+    for sig in _SIGNAL_STOPS:
+        current = signal.getsignal(sig)
+        wanted = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        if current is wanted:
+            old[sig] = signal.signal(sig, ends.note)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _why_stop(ends: Ends, stream: Stream, step_timeout: float | None) -> Stop | None:
+    if ends.signum is not None:
+        status, reason = _SIGNAL_STOPS[signal.Signals(ends.signum)]
+        code = EXIT_INTERRUPTED if ends.signum == signal.SIGINT else 128 + ends.signum
+        return Stop(status, reason, code)
+    if stream.log.error is not None:
+        return Stop("failed", str(stream.log.error), EXIT_FAILED)
+    if stream.out_closed:
+        return Stop("interrupted", "the output pipe closed (its reader went away)", EXIT_PIPE, True)
+    took = time.monotonic() - stream.step_started
+    if step_timeout is not None and took > step_timeout:
+        what = (
+            f"step {stream.current_step!r} on {stream.current_host}"
+            if stream.current_step
+            else "the notebook's setup"
+        )
+        return Stop(
+            "failed", f"{what} passed its deadline of {step_timeout:g} s (timeouts.step)", 1
+        )
+    return None
+
+
+# -- the run -------------------------------------------------------------------------------
 
 
 def run(req: RunRequest) -> int:
-    """Execute the plan; 0 when every notebook completed, 1 on a failure, 130 on Ctrl-C."""
+    """Execute the plan; 0 when every notebook completed, 1 on a failure, 130 on Ctrl-C,
+    128+N on signal N, 141 when the output pipe closed."""
     plan = prepare(req)
+    try:
+        return _run_locked(req, plan)
+    finally:
+        plan.lock.release()
+
+
+def _run_locked(req: RunRequest, plan: Plan) -> int:
     store = SecretStore(req.secrets_dir)
     store.load_all()  # the runner masks what the store holds, too
-    # jupyter_client warns when papermill's per-notebook clients are collected: noise here.
-    logging.getLogger("traitlets").setLevel(logging.ERROR)
+    # jupyter_client warns when papermill's per-notebook clients are collected, nbclient
+    # when a kernel stopped at the run's end dies: noise here (the record says what ended).
+    for noisy in ("traitlets", "papermill"):  # papermill hands nbclient its own logger
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
     m = plan.manifest
     m["status"], m["ended"], m["failure"] = "running", None, None
-    write_manifest(plan.record, m)
-    with open(plan.record / RUN_LOG, "a") as log:
-        stream = Stream(req.out, log)
-        stream.say(f"record {plan.record} · {plan.mode} · deployment {m['deployment']}")
-        try:
-            code = _run_notebooks(req, plan, stream, store)
-        finally:
-            m["ended"] = iso(utc_now())
-            m["duration"] = _seconds_since(m["started"])
-            write_manifest(plan.record, m)
-        stream.say(f"record: {plan.record} ({m['status']})")
+    try:
+        reserve(plan.record)
+        write_manifest(plan.record, m)
+        log = RunLog(plan.record / RUN_LOG)
+    except (RecordWriteError, OSError) as exc:
+        release(plan.record)
+        if plan.new:  # nothing ran: no half-made record is left
+            shutil.rmtree(plan.record, ignore_errors=True)
+        if isinstance(exc, RecordWriteError):
+            raise
+        raise RecordWriteError(f"cannot write the record {plan.record}: {exc}") from None
+    stream = Stream(req.out, log)
+    stream.say(f"record {plan.record} · {plan.mode} · deployment {m['deployment']}")
+    for note in plan.notes:
+        stream.say(note)
+    ends = Ends()
+    code = EXIT_FAILED
+    try:
+        with _signals(ends):
+            code = _run_notebooks(req, plan, stream, store, ends)
+    except BaseException as exc:  # a crash: the kernel is already stopped; record it
+        if m["status"] == "running":
+            m["status"] = "failed"
+            m["failure"] = tail(mask(f"internal error: {type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        _close_record(plan, stream)
     return code
+
+
+def _close_record(plan: Plan, stream: Stream) -> None:
+    """The last write: status, end time; the ballast freed first so a full disk takes it."""
+    m = plan.manifest
+    if m["status"] == "running":  # nothing above said how it ended: never leave "running"
+        m["status"], m["failure"] = "failed", "the run ended without saying why"
+    m["ended"] = iso(utc_now())
+    m["duration"] = _seconds_since(m["started"])
+    release(plan.record)
+    try:
+        write_manifest(plan.record, m)
+    except RecordWriteError as exc:
+        print(f"error: {exc}: the record {plan.record} still shows its last state", file=sys.stderr)
+    stream.log.last_line(f"record: {plan.record} ({m['status']})")
+    stream.log.close()
+    if not stream.out_closed:
+        with contextlib.suppress(OSError, ValueError):
+            stream.out.write(f"record: {plan.record} ({m['status']})\n")
+            stream.out.flush()
 
 
 def _seconds_since(stamp: str) -> float:
@@ -206,12 +396,20 @@ def _seconds_since(stamp: str) -> float:
     return round((utc_now() - start).total_seconds(), 3)
 
 
-def _run_notebooks(req: RunRequest, plan: Plan, stream: Stream, store: SecretStore) -> int:
+def _run_notebooks(
+    req: RunRequest, plan: Plan, stream: Stream, store: SecretStore, ends: Ends
+) -> int:
     m = plan.manifest
     todo = [
         (i, p) for i, p in enumerate(plan.notebooks) if m["notebooks"][i]["status"] != "completed"
     ]
+    exports = Exports()
+    if not plan.new:  # a resume: HTML a full disk kept from completed notebooks
+        done = [nb["notebook"] for nb in m["notebooks"] if nb["status"] == "completed"]
+        for name in export_missing(plan.record, done, exports):
+            stream.say(f"regenerating {name}")
     if not todo:
+        exports.wait()
         m["status"] = "completed"
         return EXIT_OK
     parameters = {
@@ -222,24 +420,29 @@ def _run_notebooks(req: RunRequest, plan: Plan, stream: Stream, store: SecretSto
         "secrets_dir": str(store.root),
         "record_dir": str(plan.record.resolve()),
     }
+    step_timeout = plan.loaded.deployment.timeouts.step
     kt = KernelThread(plan.loaded.path.resolve().parent)
-    exports = Exports()
+    entry: NotebookEntry | None = None
     try:
         _start(kt, m)
         for i, source in todo:
+            if (stop := _why_stop(ends, stream, None)) is not None:
+                return _stop(req, plan, stream, None, stop)
             entry = m["notebooks"][i]
             nb_run = NotebookRun(source, plan.record / source.name, parameters)
-            status = _one(kt, exports, nb_run, entry, stream, f"[{i + 1}/{len(plan.notebooks)}]")
+            count = f"[{i + 1}/{len(plan.notebooks)}]"
+            status, stop = _one(kt, exports, nb_run, entry, stream, count, ends, step_timeout)
             write_manifest(plan.record, m)
-            if status != "completed":
-                return _stop(req, plan, entry, status, stream)
-    except KeyboardInterrupt:
-        m["status"] = "interrupted"
-        stream.say("interrupted between notebooks")
-        return EXIT_INTERRUPTED
+            if stop is not None or status != "completed":
+                return _stop(req, plan, stream, entry, stop)
+    except RecordWriteError as exc:  # the disk refused the manifest (or a notebook)
+        return _stop(req, plan, stream, entry, Stop("failed", str(exc), EXIT_FAILED))
+    except KeyboardInterrupt:  # SIGINT under a handler of the caller's own
+        return _stop(req, plan, stream, entry, Stop("interrupted", "interrupted (Ctrl-C)", 130))
     finally:
-        kt.stop()
-        exports.wait()
+        kt.stop()  # the kernel first: nothing runs on unrecorded
+        with contextlib.suppress(Exception):
+            exports.wait()
     m["status"] = "completed"
     return EXIT_OK
 
@@ -250,9 +453,10 @@ def _start(kt: KernelThread, m: Manifest) -> None:
     except (OSError, RuntimeError, TimeoutError) as exc:
         m["status"] = "failed"
         m["failure"] = f"the Jupyter kernel did not start: {exc}"
+        said = f" (it printed: {kt.start_output})" if kt.start_output else ""
         raise RunbookError(
-            f"cannot start the notebook kernel ({sys.executable} -m ipykernel_launcher): {exc}; "
-            "is ipykernel installed in this environment?"
+            f"cannot start the notebook kernel ({sys.executable} -m ipykernel_launcher): "
+            f"{exc}{said}; is ipykernel installed in this environment?"
         ) from None
 
 
@@ -263,57 +467,85 @@ def _one(
     entry: NotebookEntry,
     stream: Stream,
     count: str,
-) -> str:
+    ends: Ends,
+    step_timeout: float | None,
+) -> tuple[str, Stop | None]:
+    """Run one notebook; its entry says what really ran, however it ended."""
     start = time.monotonic()
     entry["status"], entry["start"], entry["end"] = "running", iso(utc_now()), None
     entry["failed_step"], entry["error"] = None, None
     stream.say(f"\n▶ {count} {run.source.stem}")
+    stream.current_step, stream.current_host = "", ""
+    stream.step_started = time.monotonic()
     kt.submit(run, stream)
-    interrupted, done = _wait(kt, run, stream)
-    if done:
+    stop = _wait(kt, run, stream, ends, step_timeout)
+    not_written: RecordWriteError | None = None
+    try:
         finish(run, exports)
-    else:  # the kernel never answered: no half-written notebook in the record
-        run.partial.unlink(missing_ok=True)
+    except RecordWriteError as exc:
+        not_written = exc
     entry["steps"] = step_entries(run.steps)
     entry["end"] = iso(utc_now())
     entry["duration"] = round(time.monotonic() - start, 3)
-    status = "interrupted" if interrupted else ("failed" if run.error else "completed")
+    if stop is not None:
+        status = stop.status
+    elif not_written is not None:
+        # its steps ran (listed); the notebook itself is missing: a resume reruns it
+        status = "failed"
+        stop = Stop("failed", f"{not_written}; its steps are listed here", EXIT_FAILED)
+    else:
+        status = "failed" if run.error else "completed"
     entry["status"] = status
     if status != "completed":
         failed = next((s for s in run.steps if s["outcome"] == str(Outcome.FAILED)), None)
-        entry["failed_step"] = failed["step"] if failed else None
-        entry["error"] = _error_text(run, failed, interrupted)
-    outcomes = _counts(run.steps)
+        entry["failed_step"] = failed["step"] if failed else _in_progress(run, stream)
+        entry["error"] = stop.reason if stop is not None else _error_text(run, failed)
     stream.say(
         f"{'✓' if status == 'completed' else '✗'} {count} {run.source.stem} {status} "
-        f"in {entry['duration']:.1f}s ({outcomes})"
+        f"in {entry['duration']:.1f}s ({_counts(run.steps)})"
     )
-    return status
+    return status, stop
 
 
-def _wait(kt: KernelThread, run: NotebookRun, stream: Stream) -> tuple[bool, bool]:
-    """Wait for the notebook, ticking on long steps; Ctrl-C interrupts the kernel.
+def _in_progress(run: NotebookRun, stream: Stream) -> str | None:
+    """The step that had begun (its header printed) but recorded no outcome."""
+    if stream.current_step and not any(s["step"] == stream.current_step for s in run.steps):
+        return stream.current_step
+    return None
 
-    Returns (interrupted, finished).
-    """
+
+def _wait(
+    kt: KernelThread, run: NotebookRun, stream: Stream, ends: Ends, step_timeout: float | None
+) -> Stop | None:
+    """Wait for the notebook, ticking on long steps, until it ends or something ends the
+    run; then the kernel is stopped before this returns."""
     last_tick = time.monotonic()
-    try:
-        while not kt.wait(0.25):
-            if time.monotonic() - last_tick > TICK and stream.current_step:
-                last_tick = time.monotonic()
-                took = time.monotonic() - stream.step_started
-                stream.say(f"  … {run.source.stem}: {stream.current_step} ({took:.0f}s)")
-        return False, True
-    except KeyboardInterrupt:
-        stream.say(f"\ninterrupted: stopping {run.source.stem}")
-        try:
-            kt.interrupt()
-            if not kt.wait(INTERRUPT_GRACE):
-                kt.kill()
-                return True, kt.wait(INTERRUPT_GRACE)
-        except KeyboardInterrupt:
-            return True, False  # a second Ctrl-C: stop waiting; the partial notebook is dropped
-        return True, True
+    while not kt.wait(0.25):
+        stop = _why_stop(ends, stream, step_timeout)
+        if stop is not None:
+            _halt(kt, run, stream, ends, stop)
+            return stop
+        if time.monotonic() - last_tick > TICK and stream.current_step:
+            last_tick = time.monotonic()
+            took = time.monotonic() - stream.step_started
+            stream.say(f"  … {run.source.stem}: {stream.current_step} ({took:.0f}s)")
+    return None
+
+
+def _halt(kt: KernelThread, run: NotebookRun, stream: Stream, ends: Ends, stop: Stop) -> None:
+    """SIGINT to the kernel (the cell raises KeyboardInterrupt); after the grace, or at a
+    second signal, SIGKILL to its process group; then wait for papermill to let go."""
+    stream.say(f"\n{stop.reason}: stopping {run.source.stem}")
+    grace = TERM_GRACE if stop.status == "terminated" else INTERRUPT_GRACE
+    signals = ends.count
+    kt.interrupt()
+    deadline = time.monotonic() + grace
+    while not kt.wait(0.25):
+        if time.monotonic() > deadline or ends.count > signals:
+            stream.say(f"the kernel did not stop its cell: killing it (pid {kt.pid})")
+            kt.kill()
+            kt.wait(DEAD_KERNEL_WAIT)
+            return
 
 
 def _counts(steps: list[StepRecord]) -> str:
@@ -324,9 +556,7 @@ def _counts(steps: list[StepRecord]) -> str:
     return f"{len(steps)} steps" + (f": {body}" if body else "")
 
 
-def _error_text(run: NotebookRun, failed: StepRecord | None, interrupted: bool) -> str:
-    if interrupted:
-        return "interrupted (Ctrl-C)"
+def _error_text(run: NotebookRun, failed: StepRecord | None) -> str:
     if failed is not None:
         return failed["reason"]
     err = run.error
@@ -334,20 +564,30 @@ def _error_text(run: NotebookRun, failed: StepRecord | None, interrupted: bool) 
     return tail(mask(f"{ename}: {evalue}"))
 
 
-def _stop(req: RunRequest, plan: Plan, entry: NotebookEntry, status: str, stream: Stream) -> int:
+def _stop(
+    req: RunRequest, plan: Plan, stream: Stream, entry: NotebookEntry | None, stop: Stop | None
+) -> int:
     m = plan.manifest
+    status = stop.status if stop is not None else (entry["status"] if entry else "failed")
     m["status"] = status
-    failed = next((s for s in entry["steps"] if s["outcome"] == str(Outcome.FAILED)), None)
-    where = f"notebook {entry['notebook']}"
-    if failed is not None:
-        where += f", step {failed['step']!r} on {failed['host']}"
+    where = "between notebooks"
+    if entry is not None:
+        where = f"notebook {entry['notebook']}"
+        failed = next((s for s in entry["steps"] if s["outcome"] == str(Outcome.FAILED)), None)
+        if failed is not None:
+            where += f", step {failed['step']!r} on {failed['host']}"
+        elif entry["failed_step"]:
+            where += f", step {entry['failed_step']!r}"
+    why = (stop.reason if stop is not None else (entry["error"] if entry else None)) or ""
     verb = "deploy" if plan.mode is Mode.DEPLOY else "plan"
+    fix = "free space there" if why.startswith("records disk full") else "fix the cause"
     summary = (
-        f"{verb} {status} at {where}: {entry['error']}. The record is {plan.record}; "
-        f"fix the cause, then continue with `runbook deploy {req.params} --resume {plan.record}`."
+        f"{verb} {status} at {where}: {why}. The record is {plan.record}; "
+        f"{fix}, then continue with `runbook deploy {req.params} --resume {plan.record}`."
     )
     m["failure"] = summary
-    stream.say("")
-    print(f"error: {summary}", file=sys.stderr)
     stream.log.write(f"error: {summary}\n")
-    return EXIT_INTERRUPTED if status == "interrupted" else EXIT_FAILED
+    if stop is None or not stop.quiet:
+        with contextlib.suppress(OSError, ValueError):
+            print(f"error: {summary}", file=sys.stderr)
+    return stop.code if stop is not None else EXIT_FAILED

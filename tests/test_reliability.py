@@ -237,3 +237,353 @@ def test_the_changed_host_key_hint_is_a_command_that_works(sshd: Sshd, tmp_path:
     assert proc.returncode == 0, proc.stderr
     with Connection(host) as c:  # the new key is the known one now
         assert c.run("echo ok").stdout == "ok\n"
+
+
+# -- 2, 3. records that tell the truth, one run at a time ---------------------------------
+
+FAULT_CELL = r"""
+import os, signal, subprocess, sys, time
+from pathlib import Path
+fault = os.environ.get("RB_FAULT", "")
+marks = Path(os.environ["RB_MARKS"])
+(marks / "kernel.pid").write_text(str(os.getpid()))
+
+def long_step():
+    if fault == "stubborn":  # a cell that ignores SIGINT, with a child in its process group
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        child = subprocess.Popen(["sleep", "300"])
+        (marks / "child.pid").write_text(str(child.pid))
+    if fault == "fill":  # another writer fills the records disk, then the step prints
+        with open(marks.parent / "records" / "filler", "wb") as fh:
+            for size in (1 << 20, 4096, 1):
+                try:
+                    while True:
+                        fh.write(b"x" * size)
+                        fh.flush()
+                except OSError:
+                    pass
+        for i in range(200):
+            print(f"line {i} of a step that goes on after the disk filled", flush=True)
+    if fault:
+        print("started sleeping", flush=True)
+        (marks / "started").write_text("yes")
+        time.sleep(300)
+    return "quick"
+
+ctx.run(Step("long step", "localhost", ["sleep 300"], action=long_step))
+"""
+
+
+def _fault_notebooks(dir_: Path, names: tuple[str, ...] = ("00-fault", "01-after")) -> Path:
+    import nbformat
+
+    dir_.mkdir(exist_ok=True)
+    for name in names:
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
+        nb.cells = [
+            nbformat.v4.new_code_cell(
+                'params = ""\nmode = "plan"\nconfirm = False\nforce_checks = False\n'
+                'secrets_dir = ""\nrecord_dir = ""',
+                metadata={"tags": ["parameters"]},
+            ),
+            nbformat.v4.new_code_cell(
+                "from runbook.steps import Step, open_context\n"
+                f"ctx = open_context({name!r}, params, mode, confirm, secrets_dir, record_dir)"
+            ),
+            nbformat.v4.new_code_cell(
+                "ctx.run(Step('quick step', 'localhost', ['true'], action=lambda: 'quick'))"
+            ),
+            nbformat.v4.new_code_cell(FAULT_CELL if name == names[0] else "print('after')"),
+            nbformat.v4.new_code_cell("ctx.summary()"),
+        ]
+        nbformat.write(nb, dir_ / f"{name}.ipynb")
+    return dir_
+
+
+def _cli_script(nbs: Path) -> str:
+    """`runbook ...` through the real CLI, with the runner's notebooks taken from `nbs`."""
+    return (
+        "import functools, sys\nfrom pathlib import Path\nfrom runbook import cli, runner\n"
+        f"runner.RunRequest = functools.partial(runner.RunRequest, notebooks_dir=Path({str(nbs)!r}))\n"
+        "sys.exit(cli.execute(sys.argv[1:]))\n"
+    )
+
+
+class Rig:
+    """A deployment with fault notebooks and a records root under `tmp`."""
+
+    def __init__(self, tmp: Path) -> None:
+        from tests.run_rig import write_params
+
+        self.tmp = tmp
+        self.params = write_params(tmp)
+        self.root = tmp / "records"
+        self.marks = tmp / "marks"
+        self.marks.mkdir()
+        self.nbs = _fault_notebooks(tmp / "nbs")
+
+    def env(self, fault: str = "") -> dict[str, str]:
+        return dict(os.environ, RB_FAULT=fault, RB_MARKS=str(self.marks))
+
+    def argv(self, *extra: str) -> list[str]:
+        return [
+            sys.executable,
+            "-c",
+            _cli_script(self.nbs),
+            "deploy",
+            str(self.params),
+            "--records",
+            str(self.root),
+            "--secrets",
+            str(self.tmp / "secrets"),
+            *extra,
+        ]
+
+    def start(self, fault: str, *extra: str) -> subprocess.Popen[str]:
+        (self.marks / "started").unlink(missing_ok=True)
+        proc = subprocess.Popen(
+            self.argv(*extra),
+            cwd=REPO,
+            env=self.env(fault),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # a signal the test sends reaches the runner alone
+        )
+        deadline = time.monotonic() + 90
+        while not (self.marks / "started").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                out, err = proc.communicate()
+                pytest.fail(f"the fault never started: {out[-2000:]} {err[-2000:]}")
+            time.sleep(0.1)
+        return proc
+
+    def run(self, fault: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*extra),
+            cwd=REPO,
+            env=self.env(fault),
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+
+    def records(self) -> list[Path]:
+        return sorted(p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+
+    def manifest(self, record: Path) -> dict:  # type: ignore[type-arg]
+        import json
+
+        return json.loads((record / "manifest.json").read_text())  # type: ignore[no-any-return]
+
+    def pid(self, name: str) -> int:
+        return int((self.marks / name).read_text())
+
+
+def _gone(pid: int, within: float = 10.0) -> bool:
+    from runbook.kernel_thread import _alive
+
+    deadline = time.monotonic() + within
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _check_record_parses(record: Path) -> None:
+    import nbformat
+
+    for nb in record.glob("*.ipynb"):
+        nbformat.validate(nbformat.read(nb, as_version=4))
+    assert not [p.name for p in record.iterdir() if p.name.startswith(".")], "stray files"
+
+
+@pytest.mark.parametrize("fault", ["sleep", "stubborn"])
+def test_sigterm_stops_the_kernel_first_then_records_what_ran(tmp_path: Path, fault: str) -> None:
+    rig = Rig(tmp_path)
+    proc = rig.start(fault)
+    kernel = rig.pid("kernel.pid")
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - t0
+    print(f"SIGTERM ({fault} cell): ended in {took:.1f} s")
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert took < 5.0 + 15.0  # TERM_GRACE, then the kill and papermill letting go
+    assert _gone(kernel, 2), "the kernel outlived the run"
+    if fault == "stubborn":
+        assert _gone(rig.pid("child.pid"), 2), "the cell's child outlived the run"
+    (record,) = rig.records()
+    m = rig.manifest(record)
+    assert m["status"] == "terminated" and m["ended"] and m["duration"] is not None
+    first, after = m["notebooks"]
+    assert first["status"] == "terminated" and first["end"]
+    assert first["failed_step"] == "long step" and "SIGTERM" in first["error"]
+    assert [s["step"] for s in first["steps"]][:1] == ["quick step"]
+    assert first["steps"][0]["outcome"] == "done"
+    assert after["status"] == "pending"
+    assert "terminated by SIGTERM" in m["failure"] and "\n" not in m["failure"]
+    assert "Traceback" not in err
+    _check_record_parses(record)
+    assert (record / "run.log").read_text().endswith("(terminated)\n")
+
+
+def test_a_closed_output_pipe_ends_quietly_and_truthfully(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    import shlex
+
+    script = shlex.join(rig.argv())
+    proc = subprocess.run(
+        ["bash", "-c", f"{script} | head -1; echo rc=${{PIPESTATUS[0]}} >&2"],
+        cwd=REPO,
+        env=rig.env(""),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.stdout.startswith("record ") and proc.stdout.count("\n") == 1
+    assert proc.stderr.strip().splitlines() == ["rc=141"], proc.stderr
+    (record,) = rig.records()
+    m = rig.manifest(record)
+    assert m["status"] == "interrupted" and m["ended"]
+    assert "the output pipe closed" in m["failure"]
+    assert all(nb["status"] in ("interrupted", "completed", "pending") for nb in m["notebooks"])
+    _check_record_parses(record)
+
+
+def test_one_run_per_deployment_and_a_running_record_is_not_resumed(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    first = rig.start("sleep")
+    try:
+        (record,) = rig.records()
+        second = rig.run("")
+        assert second.returncode == 2, second.stderr
+        line = second.stderr.strip()
+        assert line.count("\n") == 0 and "Traceback" not in line
+        assert f"pid {first.pid}" in line and "already running" in line and record.name in line
+        assert rig.records() == [record], "the refused run made no record"
+        again = rig.run("", "--resume", record.name)
+        assert again.returncode == 2
+        assert f"still running (pid {first.pid}" in again.stderr
+        assert rig.manifest(record)["status"] == "running"
+    finally:
+        kernel = rig.pid("kernel.pid")
+        first.kill()  # SIGKILL: no handler runs, the lock is left naming a dead pid
+        first.communicate(timeout=30)
+    assert _gone(kernel, 10), "ipykernel's parent poller ends an orphaned kernel"
+    resumed = rig.run("", "--resume", record.name)
+    assert resumed.returncode == 0, resumed.stderr
+    said = f"(pid {first.pid}, record {record.name}) died without releasing"
+    assert said in resumed.stderr and said in (record / "run.log").read_text()
+    m = rig.manifest(record)
+    assert m["status"] == "completed" and [n["status"] for n in m["notebooks"]] == ["completed"] * 2
+    _check_record_parses(record)
+
+
+def test_a_full_records_disk_says_so_and_resume_regenerates(tmp_path: Path) -> None:
+    """The records root is a 3 MiB tmpfs in a private mount namespace (nothing leaks out);
+    a step fills it, then prints: the run stops, the kernel first, and the record says so."""
+    from tests.conftest import need
+
+    need(os.geteuid() == 0, "needs root to mount a tmpfs in a private mount namespace")
+    import shutil
+
+    need(shutil.which("unshare") is not None, "needs util-linux unshare")
+    rig = Rig(tmp_path)
+    rig.root.mkdir()
+    out = tmp_path / "copied"
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        f"""import json, shutil, subprocess, sys, time
+from pathlib import Path
+root, out = Path({str(rig.root)!r}), Path({str(out)!r})
+argv = {rig.argv()!r}
+env = {rig.env("fill")!r}
+t0 = time.monotonic()
+full = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+took = time.monotonic() - t0
+shutil.copytree(root, out / "full")
+(root / "filler").unlink()
+record = next(p for p in root.iterdir() if p.is_dir())
+env["RB_FAULT"] = ""
+resumed = subprocess.run(argv + ["--resume", record.name], env=env, capture_output=True,
+                         text=True, timeout=120)
+shutil.copytree(root, out / "resumed")
+(out / "result.json").write_text(json.dumps({{"full": [full.returncode, full.stderr],
+    "resumed": [resumed.returncode, resumed.stderr], "took": took}}))
+"""
+    )
+    subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f'mount -t tmpfs -o size=3m tmpfs "{rig.root}" && exec "{sys.executable}" "{driver}"',
+        ],
+        cwd=REPO,
+        check=True,
+        timeout=300,
+    )
+    import json
+
+    assert not list(rig.root.iterdir()), "the tmpfs stayed inside its namespace"
+    result = json.loads((out / "result.json").read_text())
+    code, err = result["full"]
+    print(f"records disk full: ended in {result['took']:.1f} s")
+    assert code == 1, err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "records disk full" in lines[0] and "Traceback" not in err
+    (record,) = [p for p in (out / "full").iterdir() if p.is_dir()]
+    m = json.loads((record / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["ended"]
+    assert "records disk full" in m["failure"] and "\n" not in m["failure"]
+    first = m["notebooks"][0]
+    assert first["status"] == "failed" and first["failed_step"] == "long step"
+    assert first["steps"][0]["step"] == "quick step" and first["steps"][0]["outcome"] == "done"
+    assert not [p.name for p in record.iterdir() if p.name.endswith(".tmp")]
+    assert (record / "run.log").read_text().endswith("\n"), "run.log cut mid-line"
+    code, err = result["resumed"]
+    assert code == 0, err
+    (record,) = [p for p in (out / "resumed").iterdir() if p.is_dir()]
+    m = json.loads((record / "manifest.json").read_text())
+    assert m["status"] == "completed"
+    assert [n["status"] for n in m["notebooks"]] == ["completed", "completed"]
+    for name in ("00-fault", "01-after"):
+        assert (record / f"{name}.ipynb").is_file() and (record / f"{name}.html").is_file()
+    _check_record_parses(record)
+
+
+def test_plan_writes_nothing_outside_the_records_root(tmp_path: Path) -> None:
+    """A plan with HOME pointed at an empty dir: IPython's and Jupyter's dirs stay in the
+    kernel's temp dir, which is gone at the end."""
+    from tests.run_rig import PARAMS, runbook
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "JUPYTER", "IPYTHON"))}
+    env["HOME"] = str(home)
+    before = set(Path("/tmp").glob("runbook-kernel-*"))
+    proc = runbook(
+        "plan",
+        str(PARAMS / "cache.yaml"),
+        "--only",
+        "05",
+        "--records",
+        str(tmp_path / "r"),
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [str(p.relative_to(home)) for p in home.rglob("*")] == []
+    assert set(Path("/tmp").glob("runbook-kernel-*")) <= before
