@@ -6,7 +6,8 @@
         NN-name.ipynb        each executed notebook (written whole, never half)
         NN-name.html         its HTML export, for reading without Jupyter
         .reserve             ballast, freed so the final manifest fits on a full disk
-    records/.lock-<deployment>   held (flock) by the one process running that deployment
+    records/.lock-<deployment>   held (flock) by the one process running that deployment,
+                                 there only while it runs (or after it died)
 
 Every write is whole or absent (a temp file renamed into place, removed when the write
 fails); a write the disk refuses raises `RecordWriteError`, which ends the run truthfully.
@@ -203,9 +204,9 @@ class RunLog:
 class RunLock:
     """`<root>/.lock-<deployment>`, flock'ed for the whole run and holding who runs it.
 
-    The kernel releases a flock when its holder dies, however it dies; the file's text then
-    still names the dead holder, which is how a stale lock is told apart from a clean end
-    (a clean end empties it).
+    The kernel releases a flock when its holder dies, however it dies; the file then still
+    names the dead holder, which is how a stale lock is told apart from a clean end (a clean
+    end removes the file).
     """
 
     def __init__(self, root: Path, deployment: str) -> None:
@@ -215,17 +216,23 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self, record: str | None) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise write_error(self.path, exc) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            os.close(fd)
-            raise RunLockedError(self._busy(holder, record)) from None
+        for _ in range(10):  # a holder may unlink the file between our open and our flock
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise write_error(self.path, exc) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                raise RunLockedError(self._busy(holder, record)) from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # we locked a file a clean end had just unlinked: again
+        else:
+            raise RunLockedError(f"{self.path}: the lock keeps changing under this run")
         self._fd = fd
         found = _holder(fd)
         self.stale = found if found.get("pid") else None
@@ -258,13 +265,25 @@ class RunLock:
             raise write_error(self.path, exc) from None
 
     def release(self) -> None:
+        """A clean end: the file goes (still locked, so no one holds a stale copy), then
+        closing the descriptor drops the flock. Only a holder that died leaves it behind."""
         if self._fd is None:
             return
         with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, 0)  # a clean end: nobody holds it
+            os.ftruncate(self._fd, 0)
         with contextlib.suppress(OSError):
-            os.close(self._fd)  # closing the last descriptor drops the flock
+            self.path.unlink()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
         self._fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _holder(fd: int) -> dict[str, Any]:
@@ -362,7 +381,7 @@ def latest(root: Path | str) -> Path | None:
 
 def failed_step(m: Manifest) -> str | None:
     for nb in m["notebooks"]:
-        if nb["status"] in ("failed", "interrupted"):
+        if nb["status"] in ("failed", "interrupted", "terminated"):
             step = nb["failed_step"] or "-"
             return f"{nb['notebook']}: {step}"
     return None

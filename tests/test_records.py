@@ -105,3 +105,47 @@ def test_cli_records_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert cli.execute(["show", "missing", "--records", str(tmp_path)]) == 2
     assert cli.execute(["records", "--records", str(tmp_path / "empty")]) == 0
     assert "no records" in capsys.readouterr().out
+
+
+def test_run_lock_clean_end_leaves_nothing_and_a_dead_holder_is_named(tmp_path: Path) -> None:
+    from runbook.errors import RunLockedError
+
+    lock = records.RunLock(tmp_path, "cache")
+    lock.acquire(None)
+    lock.claim("20260101T000000Z-cache")
+    with pytest.raises(RunLockedError, match=r"already running \(pid \d+, record 20260101T000000Z"):
+        records.RunLock(tmp_path, "cache").acquire(None)
+    lock.release()
+    assert not list(tmp_path.iterdir()), "a clean end removes the lock file"
+    # what SIGKILL leaves: the file naming a process that no longer holds the flock
+    (tmp_path / ".lock-cache").write_text(json.dumps({"pid": 4242, "record": "r1"}))
+    rec = _write(tmp_path, "r1", status="running")
+    again = records.RunLock(tmp_path, "cache")
+    again.acquire(None)
+    assert again.stale == {"pid": 4242, "record": "r1"}
+    assert records.mark_abandoned(rec, 4242)
+    m = records.read_manifest(rec)
+    assert m["status"] == "interrupted" and "pid 4242" in (m["failure"] or "")
+    again.release()
+
+
+def test_a_refused_write_leaves_no_temp_file_and_says_disk_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from runbook.errors import RecordWriteError
+
+    real = os.replace
+
+    def full(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(
+        RecordWriteError, match=r"^records disk full: cannot write .*manifest\.json"
+    ):
+        records.write_manifest(tmp_path, _manifest("x"))
+    monkeypatch.setattr(os, "replace", real)
+    assert list(tmp_path.iterdir()) == []

@@ -587,3 +587,50 @@ def test_plan_writes_nothing_outside_the_records_root(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert [str(p.relative_to(home)) for p in home.rglob("*")] == []
     assert set(Path("/tmp").glob("runbook-kernel-*")) <= before
+
+
+def test_a_step_past_timeouts_step_is_stopped_and_named(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    with open(rig.params, "a") as fh:
+        fh.write("timeouts:\n  step: 2\n")
+    t0 = time.monotonic()
+    proc = rig.run("sleep")
+    took = time.monotonic() - t0
+    print(f"timeouts.step 2 s: the run ended in {took:.1f} s")
+    assert proc.returncode == 1, proc.stderr
+    (record,) = rig.records()
+    m = rig.manifest(record)
+    first = m["notebooks"][0]
+    assert m["status"] == "failed" and first["status"] == "failed"
+    assert first["failed_step"] == "long step"
+    assert (
+        "step 'long step' on localhost passed its deadline of 2 s (timeouts.step)"
+        in (first["error"])
+    )
+    assert _gone(rig.pid("kernel.pid"), 2)
+    _check_record_parses(record)
+
+
+def test_a_crash_in_the_runner_still_ends_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runbook import cli, runner
+
+    rig = Rig(tmp_path)
+    monkeypatch.setenv("RB_MARKS", str(rig.marks))
+    monkeypatch.setenv("RB_FAULT", "")
+    real = runner.RunRequest
+    monkeypatch.setattr(runner, "RunRequest", lambda **kw: real(**kw, notebooks_dir=rig.nbs))
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("a bug in finish")
+
+    monkeypatch.setattr(runner, "finish", broken)
+    argv = ["deploy", str(rig.params), "--records", str(rig.root), "--secrets", str(tmp_path / "s")]
+    assert cli.execute(argv) == 1
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: a bug in finish" in err and "Traceback" not in err
+    (record,) = rig.records()
+    m = rig.manifest(record)
+    assert m["status"] == "failed" and m["ended"] and "a bug in finish" in m["failure"]
+    assert _gone(rig.pid("kernel.pid"), 5), "the kernel is stopped before the record ends"
