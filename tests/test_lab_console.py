@@ -122,7 +122,7 @@ def _in_host(name: str, script: str) -> subprocess.CompletedProcess[str]:
 
     pid = host.init_pid(name)
     assert pid is not None
-    argv = ["nsenter", "-t", str(pid), "-a", "--", "sh", "-c", script]
+    argv = [*host.enter_argv(pid), "sh", "-c", script]
     return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
 
 

@@ -82,3 +82,14 @@ def test_lab_up_makes_every_mount_point_a_clean_debian_lacks() -> None:
     missing = set(system.BIND_DIRS) - DEBIAN_MINBASE_HAS - made
     assert missing == set(), f"lab up binds over /{missing} but never makes it"
     assert set(lifecycle.REMOVED_BY_DOWN) <= set(lifecycle.MOUNT_POINTS)
+
+
+def test_entering_a_host_takes_its_root_too() -> None:
+    # setns(2) into a mount namespace moves the caller's root to that namespace's root mount:
+    # under a chroot (a clean machine built with debootstrap) that is the outer machine's /,
+    # whose /etc and /var/lib a console's passwd or a test's files would then change.
+    from runbook.lab import host
+
+    argv = host.enter_argv(4242, wd="/root")
+    assert argv[:4] == ["nsenter", "-t", "4242", "-a"] and argv[-1] == "--"
+    assert "--root" in argv and "--wd=/root" in argv

@@ -15,17 +15,22 @@ while nobody is connected is lost (`tcp_chr_write` fails with EIO when not conne
 getty, a shell that exits (`exit`, the host's reboot) is started again; the daemon ends when the
 host's init is gone.
 
+The serial port listens where the VM's UTM configuration says (its TCP serial port, which 01
+sets to params `console.serial_port` + the VM's index): `ensure(lab, name, port)` starts the
+daemon on that port (`console-port` in the host's dir), as QEMU opens the port the
+configuration names when the VM starts.
+
 The typing stand-ins (osascript `input scan code`, hs key events) play UTM's SPICE keyboard,
 which is not the serial port: they write to a second loopback port of the daemon (`keyboard`
-in console.json and in utm.json's `keyboards`), whose bytes go to the same pty and which gets
-nothing back. (A lab simplification: on a real VM the display's tty and the serial port's are
-different terminals.)
+in console.json), whose bytes go to the same pty and which gets nothing back. (A lab
+simplification: on a real VM the display's tty and the serial port's are different terminals.)
 
 The Mac side of the lab (what UTM, osascript and Hammerspoon are on the user's Mac) lives in
 `<state_dir>/mac/`: `bin/{utmctl,osascript,hs}` wrappers for the stand-ins in
-runbook/lab/standins/, and `utm.json`, UTM's VM list, where every lab host is a started VM whose
-serial port is its console and whose MAC is its NIC's (reference §3 "MAC", §8). `mac_env(lab)`
-is the environment that puts them on PATH with RUNBOOK_MACOS_STANDINS=1.
+runbook/lab/standins/ (each names the lab's UTM state itself, so the product only needs their
+paths: params `utm.utmctl`, `utm.osascript`, `console.hs`), and `utm.json`, UTM's state: the
+VMs it has, and `hosts`, the lab host that plays the VM of each name (its "hardware": a VM of
+that name, made by 01 or by lab up, runs on that host, with that host's MAC).
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ from runbook.local import run
 logger: Final = logging.getLogger(__name__)
 
 REPO: Final = Path(__file__).resolve().parents[2]
-ENDPOINT_FILE: Final = "console.json"  # in the host's dir: {"host", "port", "pid"}
+ENDPOINT_FILE: Final = "console.json"  # in the host's dir: {"host", "port", "pid", "keyboard"}
+PORT_FILE: Final = "console-port"  # in the host's dir: the serial port to listen on (0: any)
 LOOPBACK: Final = "127.0.0.1"
 START_TIMEOUT: Final = 10.0
 # How long the daemon waits for a host's init before giving up (a host being rebuilt).
@@ -72,7 +78,6 @@ SHELL_ENV: Final = {
     "PATH": "/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 }
 MAC_PROGRAMS: Final = ("utmctl", "osascript", "hs")
-STANDINS_ENV: Final = "RUNBOOK_MACOS_STANDINS"
 UTM_STATE_ENV: Final = "RUNBOOK_UTM_STATE"
 
 
@@ -121,12 +126,15 @@ def endpoint(lab: LabParams, name: str) -> Endpoint | None:
         return found if s.connect_ex((found.host, found.keyboard or found.port)) == 0 else None
 
 
-def ensure(lab: LabParams, name: str) -> Endpoint:
-    """Start host `name`'s console unless it already runs; its endpoint."""
+def ensure(lab: LabParams, name: str, port: int = 0) -> Endpoint:
+    """Start host `name`'s console unless it already runs (on `port`, when one is asked for:
+    the VM's configured TCP serial port); its endpoint."""
     running = endpoint(lab, name)
-    if running is not None:
+    if running is not None and port in (0, running.port):
         return running
     stop(lab, name)
+    lab.host_dir(name).mkdir(parents=True, exist_ok=True)
+    (lab.host_dir(name) / PORT_FILE).write_text(f"{port}\n")
     log = lab.host_dir(name) / "console.log"
     env = {"PYTHONPATH": str(REPO), "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/bin")}
     # setsid -f: the daemon is nobody's child, like the host's init (host.start)
@@ -173,10 +181,18 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def ensure_all(lab: LabParams) -> dict[str, Endpoint]:
-    """Every host's console running, and the Mac side (wrappers, utm.json) written."""
-    found = {spec.name: ensure(lab, spec.name) for spec in lab.hosts}
-    write_mac_side(lab, found)
+@dataclass(frozen=True)
+class Plays:
+    """The deployment VM a lab host plays: its UTM name, and its serial port (0: none)."""
+
+    vm: str
+    serial_port: int = 0
+
+
+def ensure_all(lab: LabParams, plays: dict[str, Plays]) -> dict[str, Endpoint]:
+    """Every host's console running on its VM's serial port, and the Mac side written."""
+    found = {spec.name: ensure(lab, spec.name, plays[spec.name].serial_port) for spec in lab.hosts}
+    write_mac_side(lab, plays)
     return found
 
 
@@ -197,13 +213,15 @@ def utm_state_file(lab: LabParams) -> Path:
     return mac_dir(lab) / "utm.json"
 
 
-def mac_env(lab: LabParams) -> dict[str, str]:
-    """PATH with the lab's utmctl/osascript/hs first, RUNBOOK_MACOS_STANDINS=1, the UTM state."""
-    path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-    bin_dir = str(mac_dir(lab) / "bin")
-    if bin_dir not in path.split(os.pathsep):
-        path = os.pathsep.join([bin_dir, path])
-    return {"PATH": path, STANDINS_ENV: "1", UTM_STATE_ENV: str(utm_state_file(lab))}
+def program(lab: LabParams, name: str) -> Path:
+    """The Mac-side stand-in `name` (utmctl, osascript, hs): a params value of the lab's."""
+    return mac_dir(lab) / "bin" / name
+
+
+def iso_file(lab: LabParams) -> Path:
+    """The lab's NixOS ISO (params `utm.iso`): a file UTM attaches; the live phase is the
+    host's own, so its content is a note."""
+    return mac_dir(lab) / "nixos-minimal.iso"
 
 
 def nic_mac(name: str) -> str | None:
@@ -215,67 +233,74 @@ def nic_mac(name: str) -> str | None:
     return None
 
 
-def _wrapper(program: str) -> str:
+def _wrapper(lab: LabParams, program: str) -> str:
+    state = shlex.quote(str(utm_state_file(lab)))
     return (
         "#!/bin/sh\n"
         f"# The lab's stand-in for macOS `{program}` (runbook/lab/standins/); see runbook/lab/console.py\n"
-        f"PYTHONPATH={shlex.quote(str(REPO))} exec {shlex.quote(sys.executable)} "
-        f'-m runbook.lab.standins.{program} "$@"\n'
+        f"{UTM_STATE_ENV}={state} PYTHONPATH={shlex.quote(str(REPO))} "
+        f'exec {shlex.quote(sys.executable)} -m runbook.lab.standins.{program} "$@"\n'
     )
 
 
-def _vm_record(lab: LabParams, index: int, spec: HostSpec, console: Endpoint) -> dict[str, Any]:
-    drives = [{"id": "DISK-1", "removable": False, "source": None}]
-    if spec.phase is Phase.LIVE:  # still booting the ISO (handbook: remove it after bootstrap0)
-        drives.insert(0, {"id": "ISO-0", "removable": True, "source": "nixos-minimal.iso"})
-    return {
-        "name": spec.name,
-        "status": "started",
-        "addresses": [host.current_address(spec.name) or lab.address(index)],
-        # neither the ISO nor mitchellh's UTM config runs qemu-guest-agent (reference §7.1)
-        "guest_agent": False,
-        "mac": nic_mac(spec.name),
-        "serial": {"host": console.host, "port": console.port},
-        "drives": drives,
-        "lab_host": spec.name,
-    }
+def installed_vm(lab: LabParams, spec: HostSpec, plays: Plays) -> dict[str, Any]:
+    """The VM an installed host plays, as 01 would have made it and 03 left it: a bridged NIC
+    with the host's MAC, a display, the TCP serial port, the disk on VirtIO, no ISO (the
+    configuration record's keys: utm_state.new_vm)."""
+    from runbook.lab.standins import utm_state
+
+    vm = utm_state.new_vm(plays.vm)
+    mac = nic_mac(spec.name) or vm["mac"]
+    ports = [{"interface": "tcp", "port": plays.serial_port}] if plays.serial_port else []
+    vm.update(
+        status="started",
+        memory=4096,
+        cpu_cores=4,
+        mac=mac,
+        nics=[{"mode": "bridged", "address": mac, "host_interface": lab.bridge}],
+        displays=[{"hardware": "virtio-ramfb"}],
+        serial_ports=ports,
+        serial={"host": LOOPBACK, "port": plays.serial_port} if plays.serial_port else None,
+        drives=[d for d in vm["drives"] if not d["removable"]],
+        lab_host=spec.name,
+    )
+    return vm
 
 
-def write_mac_side(lab: LabParams, consoles: dict[str, Endpoint]) -> None:
-    """The stand-in wrappers and utm.json; VMs the runbook created there are kept."""
+def write_mac_side(lab: LabParams, plays: dict[str, Plays]) -> None:
+    """The stand-in wrappers, the ISO and utm.json: `hosts` (which lab host plays the VM of
+    each name), and the VMs of installed hosts (VMs already made, by 01 or an earlier up,
+    are kept as they are: UTM's configuration is the user's)."""
     from runbook.lab.standins import utm_state
 
     bin_dir = mac_dir(lab) / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
-    for program in MAC_PROGRAMS:
-        wrapper = bin_dir / program
-        wrapper.write_text(_wrapper(program))
+    for name in MAC_PROGRAMS:
+        wrapper = bin_dir / name
+        wrapper.write_text(_wrapper(lab, name))
         wrapper.chmod(0o755)
+    if not iso_file(lab).exists():
+        iso_file(lab).write_text("the runbook lab's NixOS ISO: its hosts boot the live phase\n")
     state_file = utm_state_file(lab)
     state: dict[str, Any] = (
         json.loads(state_file.read_text())
         if state_file.exists()
         else {"vms": [], "version": utm_state.DEFAULT_VERSION}
     )
-    by_name = {vm["name"]: vm for vm in state["vms"]}
-    for index, spec in enumerate(lab.hosts):
-        record = _vm_record(lab, index, spec, consoles[spec.name])
-        old = by_name.get(spec.name)
-        if old is None:
-            state["vms"].append({"uuid": utm_state.new_vm(spec.name)["uuid"], **record})
-        else:
-            old.update({k: v for k, v in record.items() if k not in ("status", "drives")})
-    # VMs made by the runbook (notebook 01) for a lab host follow that host's console
-    for vm in state["vms"]:
-        if vm.get("lab_host") in consoles and vm.get("serial"):
-            end = consoles[vm["lab_host"]]
-            vm["serial"] = {"host": end.host, "port": end.port}
-    # UTM's keyboard input into a VM, which is not its serial port (utm_state.type_on_console)
-    state["keyboards"] = {
-        f"{end.host}:{end.port}": {"host": end.host, "port": end.keyboard}
-        for end in consoles.values()
-        if end.keyboard
+    state["hosts"] = {
+        plays[spec.name].vm: {
+            "lab_host": spec.name,
+            "state_dir": str(lab.state_dir),
+            "mac": nic_mac(spec.name),
+            "console": str(endpoint_file(lab, spec.name)),
+        }
+        for spec in lab.hosts
     }
+    state.pop("keyboards", None)  # the keyboard port is read from the host's console.json
+    names = {vm["name"] for vm in state["vms"]}
+    for spec in lab.hosts:
+        if spec.phase is Phase.INSTALLED and plays[spec.name].vm not in names:
+            state["vms"].append(installed_vm(lab, spec, plays[spec.name]))
     tmp = state_file.with_name(state_file.name + ".tmp")
     tmp.write_text(json.dumps(state, indent=2) + "\n")
     tmp.replace(state_file)
@@ -305,7 +330,7 @@ class ConsoleDaemon:
     def _listen(self) -> socket.socket:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((LOOPBACK, self._previous("port")))
+        sock.bind((LOOPBACK, self._wanted() or self._previous("port")))
         sock.listen(1)  # char-socket.c opens its listener with a backlog of 1
         sock.setblocking(False)
         self.sel.register(sock, selectors.EVENT_READ, "listen")
@@ -319,6 +344,13 @@ class ConsoleDaemon:
         sock.setblocking(False)
         self.sel.register(sock, selectors.EVENT_READ, "keyboard")
         return sock
+
+    def _wanted(self) -> int:
+        """The VM's configured serial port (PORT_FILE), 0 for any."""
+        try:
+            return int((self.host_dir / PORT_FILE).read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
 
     def _previous(self, key: str) -> int:
         """The previous daemon's port (so UTM's VM list stays right), if it is free; else 0."""
@@ -357,12 +389,7 @@ class ConsoleDaemon:
         argv = [
             "setsid",
             "--ctty",
-            "nsenter",
-            "-t",
-            str(init),
-            "-a",
-            "--wd=/root",
-            "--",
+            *host.enter_argv(init, wd="/root"),
             "/bin/bash",
             "-l",
         ]

@@ -186,6 +186,13 @@ def pids_in_netns(name: str) -> list[int]:
     return found
 
 
+def enter_argv(pid: int, wd: str = "/") -> list[str]:
+    """nsenter into lab host `pid`: its namespaces AND its root directory. Entering a mount
+    namespace resets the caller's root to that namespace's root mount (setns(2)), which is not
+    the host's root when the lab runs under a chroot: `--root` takes the target's own."""
+    return ["nsenter", "-t", str(pid), "-a", "--root", f"--wd={wd}", "--"]
+
+
 def init_pid(name: str) -> int | None:
     """The host's PID 1, as the root namespace numbers it."""
     for pid in pids_in_netns(name):

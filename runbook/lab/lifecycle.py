@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from runbook.errors import InputError, RunbookError
-from runbook.lab import console, host, net, services, system
-from runbook.lab.config import SSH_PORT, HostSpec, LabParams, Phase, from_mapping, load
+from runbook.lab import console, environment, host, net, services, system
+from runbook.lab.config import SSH_PORT, HostSpec, LabParams, Phase, from_mapping, load, load_file
 from runbook.local import run
 from runbook.secrets import write_private
 
@@ -82,6 +82,30 @@ def _coerce(params: LabParams | Path | str | dict[str, Any] | None) -> LabParams
     if isinstance(params, dict):
         return from_mapping(params)
     return load(params)
+
+
+def _coerce_file(
+    params: LabParams | Path | str | dict[str, Any] | None,
+) -> tuple[LabParams, dict[str, Any], str]:
+    """The lab, the deployment it plays (empty without a lab file) and where they came from."""
+    if isinstance(params, LabParams):
+        return params, {}, "lab params"
+    if isinstance(params, dict):
+        return from_mapping(params), {}, "lab params"
+    lab, template = load_file(params)
+    return lab, template, str(params or "lab/lab.yaml")
+
+
+def params_path(params: LabParams | Path | str | dict[str, Any] | None = None) -> Path:
+    """Where `up` writes the deployment's params by default: `<state_dir>/params.yaml`."""
+    return _coerce(params).state_dir / environment.PARAMS_FILE
+
+
+def _registered_serial_port(state_dir: Path) -> int | None:
+    try:
+        return int(json.loads((state_dir / REGISTRY).read_text())["serial_port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _registered(state_dir: Path) -> LabParams | None:
@@ -151,12 +175,21 @@ def _destroy_host(params: LabParams | None, name: str) -> None:
         shutil.rmtree(params.host_dir(name), ignore_errors=True)
 
 
-def up(params: LabParams | Path | str | dict[str, Any] | None = None) -> list[HostStatus]:
-    """Bring every host of `params` up (default params/lab.yaml); returns their status."""
+def up(
+    params: LabParams | Path | str | dict[str, Any] | None = None,
+    *,
+    secrets_dir: Path | None = None,
+    out: Path | None = None,
+) -> list[HostStatus]:
+    """Bring every host of `params` up (a lab file, default lab/lab.yaml); returns their
+    status. With a lab file, also writes the deployment's params (`out`, default
+    `<state_dir>/params.yaml`) and puts the lab's root password in the secret store
+    (`secrets_dir`, default the store's) under the params' bootstrap.password_secret."""
     require_root()
-    lab = _coerce(params)
+    lab, template, source = _coerce_file(params)
     started = time.monotonic()
     previous = _registered(lab.state_dir)
+    previous_port = _registered_serial_port(lab.state_dir)
     if previous is not None and (previous.subnet, previous.bridge) != (lab.subnet, lab.bridge):
         down(previous)
     wanted = {spec.name for spec in lab.hosts}
@@ -171,16 +204,23 @@ def up(params: LabParams | Path | str | dict[str, Any] | None = None) -> list[Ho
     for point in MOUNT_POINTS:
         point.mkdir(exist_ok=True)
     net.ensure_bridge(lab)
+    env = environment.environment(lab, template, source, previous_port)
     # written before any host exists, so a killed run is cleaned up by the next up or down
     (lab.state_dir / REGISTRY).write_text(
-        json.dumps({"params": lab.model_dump(mode="json")}, indent=1)
+        json.dumps(
+            {"params": lab.model_dump(mode="json"), "serial_port": env.serial_port}, indent=1
+        )
     )
     peers = {spec.name: lab.address(i) for i, spec in enumerate(lab.hosts)}
     todo = [(i, s) for i, s in enumerate(lab.hosts) if not _healthy(s)]
     with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
         list(pool.map(lambda item: _create(lab, item[0], item[1], peers, pubkey), todo))
     _write_known_hosts(lab)
-    console.ensure_all(lab)  # each host's console on a loopback port, and UTM's VM list
+    console.ensure_all(lab, env.plays)  # consoles on the VMs' serial ports, UTM's state
+    if "deployment" in template:  # a lab file: the deployment's params and secrets
+        written = environment.write_params(lab, env, source, out or params_path(lab))
+        environment.store_passwords(lab, template, secrets_dir)
+        logger.info("lab up: deployment params in %s", written)
     # the Mac knows a VM's MAC only after traffic to it (reference §7.3): none yet
     net.flush_neighbours(lab)
     logger.info(
@@ -274,7 +314,7 @@ def exec_in(name: str, argv: list[str], stdin: str | None = None) -> Any:
     pid = host.init_pid(name)
     if pid is None:
         raise RunbookError(f"lab host {name} is not running")
-    argv = ["nsenter", "-t", str(pid), "-a", "--", "env", f"PATH={system.LAB_PATH}", *argv]
+    argv = [*host.enter_argv(pid), "env", f"PATH={system.LAB_PATH}", *argv]
     return run(argv, check=False, stdin=stdin)
 
 
