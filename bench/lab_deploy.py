@@ -22,12 +22,13 @@ SUBNET, BRIDGE = "10.231.11.0/24", "rblabb"
 
 
 def deploy_seconds(workers: int, tmp: Path) -> float:
-    params = deployment.write(
+    lab_file = deployment.write(
         tmp / f"lab-{workers}.yaml", state_dir=STATE, subnet=SUBNET, bridge=BRIDGE,
         workers=workers, name=f"bench{workers}",
     )  # fmt: skip
-    lab.down(params)
-    lab.up(params)
+    lab.down(lab_file)
+    lab.up(lab_file, secrets_dir=tmp / f"secrets-{workers}")
+    params = lab.params_path(lab_file)  # the deployment's params lab up wrote
     try:
         start = time.monotonic()
         proc = subprocess.run(
@@ -37,7 +38,7 @@ def deploy_seconds(workers: int, tmp: Path) -> float:
         )  # fmt: skip
         seconds = time.monotonic() - start
     finally:
-        lab.down(params)
+        lab.down(lab_file)
     if proc.returncode != 0:
         sys.exit(f"deploy with {workers} worker(s) failed:\n{(proc.stdout + proc.stderr)[-2000:]}")
     return seconds

@@ -536,7 +536,7 @@ def _candidates(method: str, target: Target, means: _Means, search: _Search) -> 
         found = via_getaddrinfo(target.address, means.resolver)
         return found or via_mdns_tools(target.address, min(MDNS_TIMEOUT, search.left()))
     if method == "utmctl":
-        if not target.vm or not utm.runs_here():
+        if not target.vm or not utm.can_run(means.utmctl):
             return None
         timeout = max(1.0, min(utm.IP_ADDRESS_TIMEOUT, search.left()))
         found = utm.ip_addresses(target.vm, utmctl=means.utmctl, timeout=timeout)

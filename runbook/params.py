@@ -20,7 +20,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from runbook.errors import InputError
-from runbook.lab.config import LabParams
 from runbook.models import Deadlines, Host
 
 _LABEL: Final = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
@@ -122,7 +121,13 @@ class Cache(_Strict):
 
 
 class Utm(_Strict):
+    """UTM on the Mac: where its programs are, the ISO, the bridged network. The programs run
+    on macOS, or wherever the configured paths exist (runbook.utm.can_run)."""
+
     utmctl: Path = Path("/Applications/UTM.app/Contents/MacOS/utmctl")
+    osascript: Path = Field(
+        default=Path("/usr/bin/osascript"), description="runs UTM's AppleScript (§3)"
+    )
     iso: Path | None = None
     network: str = Field(default="bridged", pattern=r"^(bridged|shared)$")
     host_interface: str = Field(
@@ -137,7 +142,15 @@ class Utm(_Strict):
 
 class Console(_Strict):
     backend: str = Field(default="utm-input", pattern=r"^(utm-input|hammerspoon|quartz|serial)$")
-    serial_port: int | None = Field(default=None, ge=1, le=65535)
+    serial_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="VM i's TCP serial console on 127.0.0.1 is serial_port + i (01 makes it)",
+    )
+    hs: Path | None = Field(
+        default=None, description="Hammerspoon's `hs` CLI (default: the one on PATH)"
+    )
 
 
 class Timeouts(_Strict):
@@ -171,7 +184,11 @@ class Deployment(_Strict):
     utm: Utm = Utm()
     console: Console = Console()
     timeouts: Timeouts = Timeouts()
-    lab: LabParams | None = None
+    local_nix_config: str = Field(
+        default="",
+        description="nix.conf lines for this machine's own nix calls (NIX_CONFIG), e.g. "
+        "`experimental-features = nix-command flakes`",
+    )
 
     @field_validator("nixos_config", "identity", "known_hosts", mode="before")
     @classmethod

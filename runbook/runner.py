@@ -51,7 +51,7 @@ from runbook.records import (
     write_manifest,
 )
 from runbook.secrets import SecretStore, mask
-from runbook.steps import Mode, Outcome, StepRecord, register_lab_passwords
+from runbook.steps import Mode, Outcome, StepRecord
 
 logger: Final = logging.getLogger(__name__)
 
@@ -174,7 +174,6 @@ def prepare(req: RunRequest) -> Plan:
     """Validate everything (InputError, exit 2), take the deployment's lock (RunLockedError,
     exit 2, naming the live holder) and make or reopen the record folder."""
     loaded = load(req.params)
-    register_lab_passwords(loaded.deployment)  # this process streams the kernel's output too
     available = discover(req.notebooks_dir)
     deployment = loaded.deployment.deployment
     if req.resume is not None:

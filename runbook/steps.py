@@ -183,10 +183,6 @@ class Context:
         value = self.store.get(name)
         if value is None and env and os.environ.get(env):
             value = Secret(os.environ[env], name)
-        lab = self.dep.lab
-        if value is None and lab is not None and name == self.dep.bootstrap.password_secret:
-            root = lab.passwords.get(self.dep.bootstrap.user)  # the lab's live ISO password
-            value = Secret(root, name) if root else None
         return value
 
     def connection(
@@ -420,7 +416,6 @@ def open_context(
     store = SecretStore(Path(secrets_dir) if secrets_dir else None)
     store.load_all()  # register every stored value for masking before anything prints
     loaded = load(params)
-    register_lab_passwords(loaded.deployment)
     if run_mode is Mode.DEPLOY and record_dir:
         loaded = with_run_addresses(loaded, Path(record_dir))
     ctx = Context(
@@ -436,13 +431,6 @@ def open_context(
         + (", dangerous steps confirmed" if ctx.confirm else "")
     )
     return ctx
-
-
-def register_lab_passwords(dep: Deployment) -> None:
-    """The lab's passwords sit in its params file: mask them like stored secrets."""
-    if dep.lab is not None:
-        for user, password in dep.lab.passwords.items():
-            Secret(password, f"lab password of {user}")
 
 
 # -- this run's addresses (lesson 8) ----------------------------------------------------------

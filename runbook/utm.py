@@ -7,8 +7,10 @@ checked too. AppleScript goes to `osascript -` on stdin with the user's strings 
 so no name or path is ever spliced into script text (packer-plugin-utm does the same,
 utm-peers.md §1).
 
-Off macOS every wrapper that would run something raises `MacOnlyError` ("unchecked"), unless
-`RUNBOOK_MACOS_STANDINS=1` says that stand-ins for utmctl/osascript are on PATH (the lab).
+Each wrapper runs the program it is given (params `utm.utmctl`, `utm.osascript`: a path, or a
+name looked up on PATH). A Mac-side program runs on macOS, or wherever that path or name finds
+an executable; anywhere else the wrapper raises `MacOnlyError` ("unchecked") before running
+anything.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
-import os
 import re
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,8 +34,7 @@ from runbook.models import Result
 logger: Final = logging.getLogger(__name__)
 
 DEFAULT_UTMCTL: Final = Path("/Applications/UTM.app/Contents/MacOS/utmctl")
-OSASCRIPT: Final = "osascript"
-STANDINS_ENV: Final = "RUNBOOK_MACOS_STANDINS"
+OSASCRIPT: Final = "osascript"  # on PATH (/usr/bin on macOS); params utm.osascript names it
 # `utmctl ip-address` can block forever without a guest agent (§2, [user] note): always cap it.
 IP_ADDRESS_TIMEOUT: Final = 15.0
 UTMCTL_TIMEOUT: Final = 60.0
@@ -54,17 +55,19 @@ class MacOnlyError(RunbookError):
     """The step needs macOS (UTM, osascript, Hammerspoon); on this machine it stays unchecked."""
 
 
-def runs_here() -> bool:
-    """True on macOS, or when the lab's stand-ins are on PATH (RUNBOOK_MACOS_STANDINS=1)."""
-    return sys.platform == "darwin" or os.environ.get(STANDINS_ENV) == "1"
+def can_run(program: str | Path) -> bool:
+    """Whether the Mac-side `program` (utmctl, osascript, hs: a params value) runs here: on
+    macOS always (a wrong path then fails with its own error), elsewhere when the path, or
+    the name on PATH, is an executable file."""
+    return sys.platform == "darwin" or shutil.which(str(program)) is not None
 
 
-def require_macos(what: str) -> None:
-    """Raise MacOnlyError naming `what` unless this machine can run the Mac-side programs."""
-    if not runs_here():
+def require_macos(what: str, program: str | Path) -> None:
+    """Raise MacOnlyError naming `what` unless `program` can run here (`can_run`)."""
+    if not can_run(program):
         raise MacOnlyError(
-            f"unchecked: {what} needs macOS with UTM (this machine is {sys.platform}); "
-            f"run it on the Mac, or set {STANDINS_ENV}=1 with stand-ins on PATH"
+            f"unchecked: {what} needs macOS with UTM (this machine is {sys.platform} and has "
+            f"no {program}); run it on the Mac, or give the program's path in the params"
         )
 
 
@@ -190,7 +193,7 @@ def utmctl_argv(utmctl: str | Path, *args: str) -> list[str]:
 
 
 def _utmctl(utmctl: str | Path, *args: str, timeout: float = UTMCTL_TIMEOUT) -> Result:
-    require_macos(f"`utmctl {args[0]}`")
+    require_macos(f"`utmctl {args[0]}`", utmctl)
     argv = utmctl_argv(utmctl, *args)
     result = local.run(argv, check=False, timeout=timeout)
     failure = utmctl_failed(result)
@@ -264,20 +267,28 @@ def delete(vm: str, *, utmctl: str | Path = DEFAULT_UTMCTL) -> None:
 # --- AppleScript -------------------------------------------------------------------------------
 
 
-def osascript_argv(*args: str) -> list[str]:
+def osascript_argv(*args: str, osascript: str | Path = OSASCRIPT) -> list[str]:
     """`osascript - ARG...`: the script comes on stdin, its `argv` are ARG... (never spliced)."""
-    return [OSASCRIPT, "-", *args]
+    return [str(osascript), "-", *args]
 
 
-def run_applescript(script: str, *args: str, what: str, timeout: float = OSASCRIPT_TIMEOUT) -> str:
-    """Run `script` through osascript with `args` as its argv; return stdout stripped.
+def run_applescript(
+    script: str,
+    *args: str,
+    what: str,
+    timeout: float = OSASCRIPT_TIMEOUT,
+    osascript: str | Path = OSASCRIPT,
+) -> str:
+    """Run `script` through `osascript` (params `utm.osascript`) with `args` as its argv;
+    return stdout stripped.
 
     A script of UTM's Input Automation Suite (what the utm-input console backend sends) is
     refused before it runs when UTM is older than 4.7.3 (`require_input_automation`)."""
-    require_macos(what)
+    require_macos(what, osascript)
     if uses_input_automation(script):
-        require_input_automation()
-    return local.run(osascript_argv(*args), stdin=script, timeout=timeout).stdout.strip()
+        require_input_automation(osascript=osascript)
+    argv = osascript_argv(*args, osascript=osascript)
+    return local.run(argv, stdin=script, timeout=timeout).stdout.strip()
 
 
 def _applescript_enum(value: str, allowed: Sequence[str], what: str) -> str:
@@ -385,7 +396,7 @@ def create_vm_script(spec: NewVm) -> str:
     )
 
 
-def create_vm(spec: NewVm) -> str:
+def create_vm(spec: NewVm, *, osascript: str | Path = OSASCRIPT) -> str:
     """Create the VM in UTM (bridged, ISO attached); returns its UUID."""
     script = create_vm_script(spec)
     out = run_applescript(
@@ -395,6 +406,7 @@ def create_vm(spec: NewVm) -> str:
         spec.host_interface,
         normalize_mac(spec.mac) if spec.mac else "",
         what=f"creating VM {spec.name!r} in UTM",
+        osascript=osascript,
     )
     return out.splitlines()[-1].strip() if out else ""
 
@@ -526,9 +538,10 @@ def parse_vm_config(stdout: str) -> VmConfig:
     return VmConfig(memory, cores, tuple(nics), tuple(displays), tuple(serials), tuple(drives_))
 
 
-def vm_config(vm: str) -> VmConfig:
+def vm_config(vm: str, *, osascript: str | Path = OSASCRIPT) -> VmConfig:
     """`vm`'s configuration as UTM has it (read-only: nothing in UTM changes)."""
-    out = run_applescript(VM_CONFIG_SCRIPT, vm, what=f"reading the configuration of {vm!r}")
+    what = f"reading the configuration of {vm!r}"
+    out = run_applescript(VM_CONFIG_SCRIPT, vm, what=what, osascript=osascript)
     return parse_vm_config(out)
 
 
@@ -665,23 +678,27 @@ def parse_drives(stdout: str) -> list[Drive]:
     return drives
 
 
-def drives(vm: str) -> list[Drive]:
+def drives(vm: str, *, osascript: str | Path = OSASCRIPT) -> list[Drive]:
     """The drives of `vm`'s configuration (read-only: nothing in UTM changes)."""
-    out = run_applescript(DRIVES_SCRIPT, vm, what=f"reading the drives of {vm!r}")
+    what = f"reading the drives of {vm!r}"
+    out = run_applescript(DRIVES_SCRIPT, vm, what=what, osascript=osascript)
     return parse_drives(out)
 
 
-def attached_isos(vm: str) -> list[Drive]:
+def attached_isos(vm: str, *, osascript: str | Path = OSASCRIPT) -> list[Drive]:
     """`vm`'s removable drives (each counts as an attached ISO); empty once they are removed."""
-    return [d for d in drives(vm) if d.holds_image]
+    return [d for d in drives(vm, osascript=osascript) if d.holds_image]
 
 
-def osascript_shown(script: str, *args: str) -> str:
+def osascript_shown(script: str, *args: str, osascript: str | Path = OSASCRIPT) -> str:
     """How an AppleScript run shows in a plan: `osascript - ARG... <<'APPLESCRIPT'` + script."""
-    return f"{shlex.join(osascript_argv(*args))} <<'APPLESCRIPT'\n{script}APPLESCRIPT"
+    argv = osascript_argv(*args, osascript=osascript)
+    return f"{shlex.join(argv)} <<'APPLESCRIPT'\n{script}APPLESCRIPT"
 
 
-def remove_iso(vm: str, *, utmctl: str | Path = DEFAULT_UTMCTL) -> int:
+def remove_iso(
+    vm: str, *, utmctl: str | Path = DEFAULT_UTMCTL, osascript: str | Path = OSASCRIPT
+) -> int:
     """Drop the VM's removable (ISO) drives so it boots from disk; returns how many went.
 
     UTM updates a configuration only when the VM is stopped (§3), and drives left out of the
@@ -690,7 +707,8 @@ def remove_iso(vm: str, *, utmctl: str | Path = DEFAULT_UTMCTL) -> int:
     now = status(vm, utmctl=utmctl)
     if now is not VmStatus.STOPPED:
         raise RunbookError(f"VM {vm!r} is {now}: stop it before removing the ISO (UTM requires it)")
-    out = run_applescript(REMOVE_ISO_SCRIPT, vm, what=f"removing the ISO from {vm!r}")
+    what = f"removing the ISO from {vm!r}"
+    out = run_applescript(REMOVE_ISO_SCRIPT, vm, what=what, osascript=osascript)
     return int(out) if out.isdigit() else 0
 
 
@@ -703,9 +721,10 @@ end run
 """
 
 
-def mac_address(vm: str) -> str:
+def mac_address(vm: str, *, osascript: str | Path = OSASCRIPT) -> str:
     """The MAC of the VM's first network interface (§3 "MAC"), e.g. `5A:94:EF:E4:0C:EE`."""
-    out = run_applescript(MAC_ADDRESS_SCRIPT, vm, what=f"reading the MAC of {vm!r}")
+    what = f"reading the MAC of {vm!r}"
+    out = run_applescript(MAC_ADDRESS_SCRIPT, vm, what=what, osascript=osascript)
     if not _MAC_RE.match(out):
         raise CommandError(
             host="localhost", command="osascript -", exit_code=0, reason=f"gave no MAC: {out!r}"
@@ -722,9 +741,10 @@ end run
 """
 
 
-def serial_tcp_endpoint(vm: str) -> tuple[str, int] | None:
+def serial_tcp_endpoint(vm: str, *, osascript: str | Path = OSASCRIPT) -> tuple[str, int] | None:
     """(address, port) of a running VM's TCP serial console, or None when unavailable (§3)."""
-    out = run_applescript(SERIAL_PORT_SCRIPT, vm, what=f"reading the serial port of {vm!r}")
+    what = f"reading the serial port of {vm!r}"
+    out = run_applescript(SERIAL_PORT_SCRIPT, vm, what=what, osascript=osascript)
     parts = out.split()
     if len(parts) == 3 and parts[0] == "tcp" and parts[2].isdigit():
         return parts[1], int(parts[2])
@@ -736,9 +756,9 @@ UTM_VERSION_SCRIPT: Final = (
 )
 
 
-def utm_version() -> tuple[int, ...]:
+def utm_version(*, osascript: str | Path = OSASCRIPT) -> tuple[int, ...]:
     """UTM's version as a tuple (utm-peers.md §1: System Events `version of application`)."""
-    out = run_applescript(UTM_VERSION_SCRIPT, what="reading UTM's version")
+    out = run_applescript(UTM_VERSION_SCRIPT, what="reading UTM's version", osascript=osascript)
     return tuple(int(p) for p in re.findall(r"\d+", out)[:3])
 
 
@@ -770,9 +790,9 @@ def input_automation_refusal(version: tuple[int, ...]) -> str | None:
     )
 
 
-def require_input_automation() -> tuple[int, ...]:
+def require_input_automation(*, osascript: str | Path = OSASCRIPT) -> tuple[int, ...]:
     """UTM's version, read now; RunbookError when it is too old for the utm-input backend."""
-    version = utm_version()
+    version = utm_version(osascript=osascript)
     refusal = input_automation_refusal(version)
     if refusal is not None:
         raise RunbookError(refusal)

@@ -103,7 +103,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def install_standins(tmp: Path) -> dict[str, str]:
-    """Wrappers for the lab's utmctl/osascript/hs stand-ins in tmp/bin; the env to use them."""
+    """Wrappers for the lab's utmctl/osascript/hs stand-ins in tmp/bin; the env to use them
+    (PATH finds them as `utmctl`, `osascript`, `hs`, as a Mac's PATH finds the real ones)."""
     import sys
 
     bin_dir = tmp / "bin"
@@ -119,6 +120,5 @@ def install_standins(tmp: Path) -> dict[str, str]:
 
     return {
         "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-        "RUNBOOK_MACOS_STANDINS": "1",
         "RUNBOOK_UTM_STATE": str(tmp / "utm.json"),
     }

@@ -259,7 +259,7 @@ def test_clean_console_text() -> None:
 
 @pytest.fixture
 def on_mac(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(utm.STANDINS_ENV, "1")
+    monkeypatch.setattr(sys, "platform", "darwin")  # a Mac: utm runs its programs
 
 
 def _osascript_answer(argv: list[str], **kwargs: object) -> Result:
@@ -278,7 +278,7 @@ def run(on_mac: None) -> Iterator[mock.MagicMock]:
 def test_utm_input_scan_codes_golden(run: mock.MagicMock) -> None:
     backends.UtmInputBackend().type_text("nixos utm", "hello\n")
     (argv,), kwargs = run.call_args
-    assert argv == ["osascript", "-", "nixos utm"]
+    assert argv == [str(utm.OSASCRIPT), "-", "nixos utm"]
     assert kwargs["stdin"] == (
         "on run argv\n"
         '  tell application "UTM"\n'
@@ -299,7 +299,7 @@ def test_utm_input_long_text_is_chunked_in_order(run: mock.MagicMock) -> None:
 def test_utm_input_secret_never_in_argv(run: mock.MagicMock) -> None:
     backends.UtmInputBackend(method="keystroke").type_text("vm", Secret('pa"ss\\w0rd', "pw"))
     (argv,), kwargs = run.call_args
-    assert argv == ["osascript", "-", "vm"]
+    assert argv == [str(utm.OSASCRIPT), "-", "vm"]
     assert 'input keystroke of vm text "pa\\"ss\\\\w0rd"\n' in kwargs["stdin"]
 
 
@@ -316,7 +316,6 @@ def test_utm_input_untypable_is_input_error(run: mock.MagicMock) -> None:
 
 
 def test_utm_input_off_macos_is_unchecked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(utm.STANDINS_ENV, raising=False)
     monkeypatch.setattr(sys, "platform", "linux")
     with mock.patch("runbook.local.run", autospec=True) as run:
         with pytest.raises(utm.MacOnlyError, match=r"^unchecked: "):

@@ -19,7 +19,7 @@ from unittest import mock
 
 import pytest
 
-from runbook import discover, utm
+from runbook import discover
 from runbook.console import backends, keymap
 from runbook.errors import CommandTimeoutError
 from runbook.models import Result
@@ -255,7 +255,7 @@ def test_arp_by_mac_and_the_probe_rejects_a_stale_entry() -> None:
 def test_utmctl_ip_address(
     monkeypatch: pytest.MonkeyPatch, no_real_commands: mock.MagicMock
 ) -> None:
-    monkeypatch.setenv(utm.STANDINS_ENV, "1")
+    monkeypatch.setattr(sys, "platform", "darwin")  # a Mac: utm runs its programs
     no_real_commands.side_effect = None
     no_real_commands.return_value = Result("utmctl", 0, "198.51.100.13\nfe80::1\n", "", 0.1)
     found = discover.resolve_address(
@@ -268,7 +268,7 @@ def test_utmctl_ip_address(
 def test_order_failures_and_the_report(
     monkeypatch: pytest.MonkeyPatch, no_real_commands: mock.MagicMock
 ) -> None:
-    monkeypatch.setenv(utm.STANDINS_ENV, "1")
+    monkeypatch.setattr(sys, "platform", "darwin")  # a Mac: utm runs its programs
     no_real_commands.side_effect = None
     no_real_commands.return_value = Result(
         "utmctl", 0, "", "Error from event: The QEMU guest agent is not running\n", 0.1

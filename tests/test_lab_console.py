@@ -1,9 +1,9 @@
 """Lab consoles and the console notebooks (01, 02, 90) against a small lab of their own.
 
 The lab (one live-ISO host, one installed host) has its own state dir, subnet and bridge, so it
-runs beside test_lab.py's and params/lab.yaml's. Its consoles are real root shells on a pty in
+runs beside test_lab.py's and lab/lab.yaml's. Its consoles are real root shells on a pty in
 each host, served on 127.0.0.1 ports; UTM is played by the lab's stand-ins (utmctl, osascript,
-hs). Lesson 3 is broken for real (host keys deleted under a running sshd) and recovered by
+hs), which the params lab up writes name as a Mac's params name UTM's programs. Lesson 3 is broken for real (host keys deleted under a running sshd) and recovered by
 notebook 90 through papermill; lesson 8's address comes from the console call-back; the typed
 password never reaches the record.
 """
@@ -34,29 +34,32 @@ LAB: dict[str, Any] = {
     "bridge": "rblabc",
     # no root password: the live ISO has none until notebook 02 sets it on the console
     "passwords": {"jqwang": "jqwang-console-lab"},
-    "hosts": [{"name": "rbc-live", "phase": "live"}, {"name": "rbc-inst"}],
+    # each plays the VM named its nixname: the live one's is made by 01, the installed one's
+    # is there already (made and installed before, as on a Mac that ran 01-04)
+    "hosts": [
+        {"name": "rbc-live", "nixname": "rbc-live", "phase": "live"},
+        {"name": "rbc-inst", "nixname": "vm-rbc-worker"},
+    ],
 }
 LIVE, INST = "10.231.12.11", "10.231.12.12"
 PASSWORD = "Typed-On-Console-42!"  # what notebook 02 types; must never reach the record
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _deployment(tmp: Path) -> dict[str, Any]:
+def _lab_file(tmp: Path) -> dict[str, Any]:
+    """The lab file: the deployment without what lab up makes, and the lab."""
     return {
         "deployment": "console-lab",
-        "nixos_config": str(STATE / "nixos-config"),
         "user": "jqwang",
-        "identity": str(STATE / "id_ed25519"),
-        "known_hosts": str(tmp / "known_hosts"),
+        "known_hosts": str(tmp / "known_hosts"),  # this "Mac's" own: learned on first use
         "vms": [
             # a stale address: only the console call-back can find it (lesson 8)
             {"name": "rbc-live", "role": "cache", "address": "10.231.12.99"},
-            # another name than its lab host: notebook 01 creates it in UTM
+            # another name than its lab host (UTM's name is the VM's)
             {"name": "vm-rbc-worker", "role": "worker", "address": INST},
         ],
         "cache": {"vm": "rbc-live", "host": LIVE},
         "console": {"backend": "utm-input"},
-        "utm": {"host_interface": "rblabc"},  # the lab's bridge plays the Mac's en0
         "lab": LAB,
     }
 
@@ -78,26 +81,27 @@ def _leftovers() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[list[Any]]:
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("console-lab")
+    (tmp / "lab.yaml").write_text(yaml.safe_dump(_lab_file(tmp)))
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def lab(work: Path) -> Iterator[list[Any]]:
     need(os.geteuid() == 0, "the lab needs root (network and mount namespaces)")
     for tool in ("sshd", "fish", "sudo", "nsenter", "setsid", "ip", "ssh"):
         need(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(), f"needs {tool}")
     from runbook.lab import lifecycle
 
-    hosts = lifecycle.up(LAB)
+    # the deployment's params: an ordinary file naming the stand-ins (work/params.yaml)
+    hosts = lifecycle.up(work / "lab.yaml", secrets_dir=work / "secrets", out=work / "params.yaml")
     _AFTER_UP.extend(_neighbours("rblabc"))
     try:
         yield hosts
     finally:
         lifecycle.down(LAB)
         assert _leftovers() == []
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("console-lab")
-    (tmp / "params.yaml").write_text(yaml.safe_dump(_deployment(tmp)))
-    return tmp
 
 
 _AFTER_UP: list[str] = []  # the bridge's ARP entries right after lab up
@@ -142,7 +146,6 @@ def _runbook(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
         RUNBOOK_SECRETS=str(work / "secrets"),
         PYTHONPATH=str(REPO),
     )
-    env.pop("RUNBOOK_MACOS_STANDINS", None)  # the lab deployment turns them on by itself
     argv = [sys.executable, "-m", "runbook", *args, "--records", str(work / "records")]
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=300, check=False, env=env, cwd=REPO
@@ -311,42 +314,43 @@ def test_console_is_a_root_shell_inside_the_host(lab: list[Any]) -> None:
     assert "42-ok" in text and "rbc-live\n0\n" in text and f"inet {LIVE}/" in text
 
 
-def test_utm_standins_see_every_lab_host(lab: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_utm_standins_have_the_installed_vm(lab: list[Any], work: Path) -> None:
+    """UTM (the params' utmctl and osascript) has the VM the installed host plays, with that
+    host's console as its TCP serial port and its MAC; the live host's VM is 01's to make."""
     from runbook import utm
     from runbook.errors import CommandError
     from runbook.lab import console
+    from runbook.params import load_params
 
     params = _lab_params()
-    for key, value in console.mac_env(params).items():
-        monkeypatch.setenv(key, value)
-    utmctl = str(console.mac_dir(params) / "bin" / "utmctl")
+    dep = load_params(work / "params.yaml")
+    utmctl, osascript = dep.utm.utmctl, dep.utm.osascript
     listed = {vm.name: vm.status for vm in utm.list_vms(utmctl=utmctl)}
-    assert listed["rbc-live"] is utm.VmStatus.STARTED and "rbc-inst" in listed
-    end = utm.attach("rbc-inst", utmctl=utmctl)
+    assert listed == {"vm-rbc-worker": utm.VmStatus.STARTED}, listed
+    end = utm.attach("vm-rbc-worker", utmctl=utmctl)
     assert (end.kind, end.host, end.port) == ("tcp", "127.0.0.1", console.port(params, "rbc-inst"))
+    assert dep.console.serial_port is not None
+    assert end.port == dep.console.serial_port + 1  # VM i's serial port: serial_port + i
     with pytest.raises(CommandError, match="guest agent"):  # neither ISO nor config runs one
-        utm.ip_addresses("rbc-live", utmctl=utmctl)
-    assert utm.mac_address("rbc-inst") == console.nic_mac("rbc-inst")
+        utm.ip_addresses("vm-rbc-worker", utmctl=utmctl)
+    assert utm.mac_address("vm-rbc-worker", osascript=osascript) == console.nic_mac("rbc-inst")
 
 
 @pytest.mark.parametrize("backend", ["utm-input", "hammerspoon", "serial"])
-def test_every_backend_types_into_the_lab_console(
-    lab: list[Any], backend: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_every_backend_types_into_the_lab_console(lab: list[Any], work: Path, backend: str) -> None:
     from runbook.console.backends import SerialBackend, make_backend
     from runbook.lab import console
+    from runbook.params import load_params
 
-    params = _lab_params()
-    for key, value in console.mac_env(params).items():
-        monkeypatch.setenv(key, value)
-    port = console.port(params, "rbc-inst")
-    typer = make_backend(backend, serial_port=port)
+    dep = load_params(work / "params.yaml")
+    port = console.port(_lab_params(), "rbc-inst")
+    typer = make_backend(backend, serial_port=port, hs=dep.console.hs, osascript=dep.utm.osascript)
     # one client at a time on the serial port: the serial backend reads on its own connection
     reader = typer if isinstance(typer, SerialBackend) else SerialBackend(port=port)
     marker = f"/tmp/typed-{backend}"
     try:
-        typer.type_text("rbc-inst", f"echo 'Shift: A-Z_(1+1)!' > {marker}\n")
-        out = reader.run("rbc-inst", f"cat {marker}", r"\(1\+1\)!\s", 10)
+        typer.type_text("vm-rbc-worker", f"echo 'Shift: A-Z_(1+1)!' > {marker}\n")
+        out = reader.run("vm-rbc-worker", f"cat {marker}", r"\(1\+1\)!\s", 10)
     finally:
         reader.close()
     assert "Shift: A-Z_(1+1)!" in out
@@ -364,7 +368,7 @@ def test_01_02_create_set_password_and_find_the_address(lab: list[Any], work: Pa
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
     record = _newest_record(work)
     log = (record / "run.log").read_text()
-    assert "created vm-rbc-worker" in log
+    assert "created rbc-live" in log  # the installed host's VM was there already
     # lesson 8: the MAC from UTM's configuration, found in ARP after the sweep
     assert "10.231.12.11 (params say 10.231.12.99), found by arp" in log
     assert "MAC from UTM's configuration" in log and "swept 253 addresses of 10.231.12.0/24" in log
@@ -412,13 +416,10 @@ def test_90_recovers_host_keys_lost_under_a_running_sshd(lab: list[Any], work: P
 def test_90_steps_recover_a_dead_sshd_and_rerun_is_already_done(
     lab: list[Any], work: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runbook.lab import console
     from runbook.sections import s90_recover
     from runbook.steps import Outcome, open_context
 
-    # the section puts the lab's stand-ins on PATH in this process: restored after the test
-    for key, value in console.mac_env(_lab_params()).items():
-        monkeypatch.setenv(key, value)
+    path_before = os.environ.get("PATH")
     monkeypatch.setenv("RUNBOOK_ROOT_PASSWORD", PASSWORD)
     _break_host_keys(restart=True)  # sshd restarted without keys: it is not running at all
     assert "Connection refused" in _openssh(INST, work / "known_hosts").stderr
@@ -430,6 +431,7 @@ def test_90_steps_recover_a_dead_sshd_and_rerun_is_already_done(
     assert ctx.run(s90_recover.recover(ctx, vm)) is Outcome.ALREADY
     ctx.close()
     assert _openssh(INST, work / "known_hosts", strict="yes").returncode == 0
+    assert os.environ.get("PATH") == path_before  # the product changed no environment
 
 
 def test_the_live_host_is_as_bare_as_the_iso(lab: list[Any]) -> None:
@@ -468,20 +470,19 @@ def test_the_call_back_finds_the_vm_with_a_backend_that_cannot_read(
     """A one-shot listener on the Mac's bridged address (the lab bridge's 10.231.12.1): the
     typed command connects to it, and the connection's source is the VM's address."""
     from runbook.console.backends import make_backend
-    from runbook.lab import console
     from runbook.sections import s02_console
     from runbook.sections.vm_console import VmConsole, mac_side, resolve
     from runbook.steps import open_context
 
-    for key, value in console.mac_env(_lab_params()).items():
-        monkeypatch.setenv(key, value)
     ctx = open_context(
         s02_console.NOTEBOOK, str(work / "params.yaml"), "deploy", secrets_dir=str(work / "s")
     )
     try:
         vm = ctx.dep.vm("rbc-live")  # its params address is stale
-        con = VmConsole(vm, make_backend(backend), None)  # nothing to read back
-        found = resolve(mac_side(ctx), vm, con, methods=("callback",))
+        mac = mac_side(ctx)
+        typer = make_backend(backend, hs=mac.hs, osascript=mac.osascript)
+        con = VmConsole(vm, typer, None)  # nothing to read back
+        found = resolve(mac, vm, con, methods=("callback",))
     finally:
         ctx.close()
     assert (found.address, found.method) == (LIVE, "callback"), found

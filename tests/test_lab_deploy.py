@@ -55,19 +55,21 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     from runbook.lab import deployment
 
     tmp = tmp_path_factory.mktemp("labdeploy")
-    params = deployment.write(
+    lab_file = deployment.write(
         tmp / "lab.yaml", state_dir=STATE, subnet=SUBNET, bridge=BRIDGE, workers=1,
         passwords=PASSWORDS,
     )  # fmt: skip
-    lab.down(params)
-    lab.up(params)
+    lab.down(lab_file)
+    # the lab is an environment: an ordinary params file, the passwords in the secret store
+    lab.up(lab_file, secrets_dir=tmp / "secrets")
+    params = lab.params_path(lab_file)
     logs = tmp / "logs"
     logs.mkdir()
     try:
         first = _deploy(params, tmp / "secrets", tmp / "records", logs)
         yield Rig(params, tmp / "secrets", tmp / "records", logs, first)
     finally:
-        lab.down(params)
+        lab.down(lab_file)
 
 
 def _steps(record: Path) -> list[dict[str, str]]:
@@ -89,6 +91,14 @@ def test_full_deploy_of_the_lab(rig: Rig) -> None:
     assert not [s for s in steps if s["outcome"] == "failed"]
     done = {s["notebook"][:2] for s in steps if s["outcome"] == "done"}
     assert {"05", "06", "07", "08"} <= done, done
+    # lesson 3 for real: this machine's nix built each VM's toplevel from the lab's flake
+    builds = [s for s in steps if "locally first (lesson 3)" in s["step"]]
+    assert {s["notebook"][:2] for s in builds} == {"00", "04", "09"}, builds
+    first = [s for s in builds if s["notebook"].startswith("00")]
+    assert len(first) == 2 and all(s["outcome"] == "done" for s in first), first
+    assert all(re.search(r"built /nix/store/\w{32}-nixos-system-", s["reason"]) for s in first)
+    # 04's and 09's find it built (the same configuration evaluates to the same path)
+    assert all(s["outcome"] in ("done", "already done") for s in builds), builds
     # the lab's nixos-config installs no attic client (services.atticd gives only
     # atticd-atticadm): 05 adds it to modules/attic.nix and switches the cache to get `attic`
     client = next(s for s in steps if s["step"].startswith("install the attic client"))
@@ -110,6 +120,21 @@ def test_the_worker_substitutes_from_the_cache(rig: Rig) -> None:
     url = f"http://{SUBNET.rsplit('.', 1)[0]}.11:8080/main"
     assert f"' from '{url}'" in sub["reason"] and "copying path '/nix/store/" in sub["reason"]
     assert "copying path '/nix/store/" in (rig.first.record / "run.log").read_text()
+
+
+def test_lab_up_made_an_ordinary_deployment(rig: Rig) -> None:
+    """The params name the stand-ins as a Mac's params name UTM's programs; the lab's root
+    password is in the secret store (0600) under the params' name, not in the params."""
+    from runbook.params import load_params
+
+    dep = load_params(rig.params)
+    assert dep.utm.utmctl == STATE / "mac" / "bin" / "utmctl" and dep.utm.utmctl.is_file()
+    assert dep.utm.osascript == STATE / "mac" / "bin" / "osascript"
+    assert dep.console.hs == STATE / "mac" / "bin" / "hs"
+    assert dep.console.serial_port is not None and dep.utm.iso is not None
+    assert PASSWORDS["root"] not in rig.params.read_text()
+    stored = rig.secrets / dep.bootstrap.password_secret
+    assert stored.read_text() == PASSWORDS["root"] and stored.stat().st_mode & 0o777 == 0o600
 
 
 def test_env_file_is_0600_root(rig: Rig) -> None:

@@ -2,9 +2,10 @@
 
 `runbook deploy PARAMS --yes` goes 01 → 02 (root's password typed on each console) → 03
 (`make vm/bootstrap0`, which reinstalls and reboots: new host keys, root's password now the
-Makefile's) → 04 (vm/copy + vm/switch as root, then the user + key, lesson 7) → 05-08, and ends
+Makefile's; then the ISO removed: the VM powers off and boots from its disk, a real restart of
+the host's processes) → 04 (vm/copy + vm/switch as root, then the user + key, lesson 7) → 05-08, and ends
 with the worker substituting from the cache. A lab of its own (state dir, subnet, bridge), so
-params/lab.yaml's lab and the other lab tests are untouched; it is down when the module ends.
+lab/lab.yaml's lab and the other lab tests are untouched; it is down when the module ends.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Rig:
     records: Path
     first: Deploy
     keys_before: dict[str, str]
+    inits_before: dict[str, int]  # each host's init (PID 1) before the deploy
 
     def deploy(self, *extra: str) -> Deploy:
         n = len(list(self.records.glob("*.out")))
@@ -78,7 +80,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
     tmp = tmp_path_factory.mktemp("firstinstall")
     # no root password in the lab: the live ISO has none until 02 types LIVE_ROOT
-    params = deployment.write(
+    lab_file = deployment.write(
         tmp / "lab-live.yaml", state_dir=STATE, subnet=SUBNET, bridge=BRIDGE, workers=1,
         passwords={"jqwang": USER_PASSWORD}, phase="live", name="firstinstall",
     )  # fmt: skip
@@ -91,21 +93,26 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     records.mkdir()
     # the worker's params address is stale: only 02's console call-back finds it (lesson 8),
     # and 03-09 of the run must use what 02 found
-    data = yaml.safe_load(params.read_text())
+    data = yaml.safe_load(lab_file.read_text())
     data["vms"][1]["address"] = STALE
-    params.write_text(yaml.safe_dump(data, sort_keys=False))
-    lab.down(params)
-    lab.up(params)
+    lab_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    lab.down(lab_file)
+    lab.up(lab_file, secrets_dir=secrets)  # no root password: the store keeps LIVE_ROOT
+    params = lab.params_path(lab_file)
+    from runbook.lab.host import init_pid
+
     try:
         assert _neighbours() == []  # lab up sent the hosts nothing: no ARP entry yet
+        assert (secrets / "live-root-password").read_text() == LIVE_ROOT
         keys = {a: _host_key(a) for a in (CACHE, WORKER)}
+        inits = {h: init_pid(h) or 0 for h in HOSTS}
         # as on a Mac that never talked to the new VMs: 02 must fill the ARP table itself
         subprocess.run(["ip", "neigh", "flush", "dev", BRIDGE], check=True)
-        rig = Rig(params, secrets, records, Deploy(0, "", 0.0, records), keys)
+        rig = Rig(params, secrets, records, Deploy(0, "", 0.0, records), keys, inits)
         rig.first = rig.deploy()
         yield rig
     finally:
-        lab.down(params)
+        lab.down(lab_file)
 
 
 def _neighbours() -> list[str]:
@@ -187,12 +194,15 @@ def test_first_install_deploy_goes_through_01_to_08(rig: Rig) -> None:
     assert f"vm-aarch64-utm: {NEW_WORKER} (found by arp in this run)" in log  # 04-09
     assert f"NIXADDR={WORKER}" in log and f"NIXADDR={NEW_WORKER}" in log
     assert f"NIXADDR={STALE}" not in log
-    # 03 removes the ISO 01 attached; in the lab only the stand-ins' UTM state changes
+    # 03 removes the ISO 01 attached: the VM powers off and boots from its disk, for real
     removed = [s for s in steps if s["step"].startswith("remove the ISO from ")]
     assert [s["outcome"] for s in removed] == ["done", "done"], removed
-    assert all("lab's UTM state only" in s["reason"] for s in removed), removed
-    assert all("not rebooted" in s["reason"] for s in removed), removed
+    assert all("started from disk (was started)" in s["reason"] for s in removed), removed
     assert _utm_drives() == {vm: [(False, None)] for vm in DEPLOY_VMS}
+    from runbook.lab.host import init_pid
+
+    for name in HOSTS:  # another init: every process of the host was stopped and started
+        assert init_pid(name) not in (None, rig.inits_before[name]), name
     print(f"first-install lab deploy: {d.seconds:.1f} s (goal < {DEPLOY_GOAL_S:g} s)")
     assert d.seconds < DEPLOY_GOAL_S * 1.5, d.seconds
 
@@ -252,7 +262,7 @@ def test_remove_iso_starts_a_vm_left_stopped(rig: Rig, monkeypatch: pytest.Monke
     """No ISO but the VM stopped (a run that failed after the removal): not done; the rerun
     starts it and waits for the installed login, then it is already done."""
     from runbook import utm
-    from runbook.lab import console
+    from runbook.lab.host import init_pid
     from runbook.sections import s03_bootstrap0
     from runbook.steps import Outcome, open_context
 
@@ -261,15 +271,14 @@ def test_remove_iso_starts_a_vm_left_stopped(rig: Rig, monkeypatch: pytest.Monke
         s03_bootstrap0.NOTEBOOK, str(rig.params), "deploy", False, str(rig.secrets),
         str(rig.first.record),  # the run's addresses: the cache is at its new lease
     )  # fmt: skip
-    assert ctx.dep.lab is not None
-    for key, value in console.mac_env(ctx.dep.lab).items():  # restored after the test
-        monkeypatch.setenv(key, value)
-    utmctl = str(console.mac_dir(ctx.dep.lab) / "bin" / "utmctl")
+    utmctl = str(ctx.dep.utm.utmctl)  # the params' utmctl, as on a Mac
     vm = ctx.dep.cache_vm
-    utm.stop(vm.name, utmctl=utmctl)
+    utm.stop(vm.name, utmctl=utmctl)  # powers the host off: nothing of it runs
+    assert init_pid(HOSTS[0]) is None
     try:
         assert ctx.run(s03_bootstrap0.remove_iso(ctx, vm)) is Outcome.DONE
         assert utm.status(vm.name, utmctl=utmctl) is utm.VmStatus.STARTED
+        assert init_pid(HOSTS[0]) is not None  # booted again from its tree
         assert ctx.run(s03_bootstrap0.remove_iso(ctx, vm)) is Outcome.ALREADY
     finally:
         ctx.close()
@@ -371,10 +380,13 @@ def test_an_address_that_no_longer_answers_is_not_used(tmp_path: Path) -> None:
     from runbook.params import load
     from runbook.steps import record_address, with_run_addresses
 
-    params = deployment.write(
+    lab_file = deployment.write(
         tmp_path / "p.yaml", state_dir=tmp_path, subnet="127.0.0.0/24", bridge="rbx"
     )
-    data = yaml.safe_load(params.read_text())
+    data = yaml.safe_load(lab_file.read_text())
+    del data["lab"]  # the deployment part, as lab up writes it
+    data.update(nixos_config=str(tmp_path), identity=str(tmp_path / "id_ed25519"))
+    params = tmp_path / "params.yaml"
     for vm in data["vms"]:
         vm["port"] = 9  # discard: nothing listens on loopback here
     params.write_text(yaml.safe_dump(data))

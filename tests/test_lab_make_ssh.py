@@ -51,9 +51,12 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         passwords=PASSWORDS, name="labmake",
     )  # fmt: skip
     lab.down(params)
-    lab.up(params)
+    lab.up(params, secrets_dir=tmp / "secrets")
     try:
-        ctx = Context("09-update", load(params), Mode.DEPLOY, True, SecretStore(tmp / "secrets"))
+        deployment_params = load(lab.params_path(params))  # what lab up wrote
+        ctx = Context(
+            "09-update", deployment_params, Mode.DEPLOY, True, SecretStore(tmp / "secrets")
+        )
         yield Rig(ctx, STATE / "nixos-config", params)
     finally:
         lab.down(params)

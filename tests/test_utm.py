@@ -32,7 +32,7 @@ def res(stdout: str = "", stderr: str = "", code: int = 0) -> Result:
 
 @pytest.fixture
 def on_mac(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(utm.STANDINS_ENV, "1")
+    monkeypatch.setattr(sys, "platform", "darwin")  # a Mac: utm runs its programs
 
 
 @pytest.fixture
@@ -193,7 +193,6 @@ def test_nonzero_exit_fails(run: mock.MagicMock) -> None:
 
 
 def test_off_macos_is_unchecked_and_runs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(utm.STANDINS_ENV, raising=False)
     monkeypatch.setattr(sys, "platform", "linux")
     with mock.patch("runbook.local.run", autospec=True) as run:
         for call in (
@@ -222,7 +221,7 @@ def test_create_vm_argv_and_script(run: mock.MagicMock) -> None:
     (argv,), kwargs = run.call_args
     # user strings travel as argv, never inside the script text; the MAC as UTM writes them
     assert argv == [
-        "osascript", "-", 'my "vm"', "/Users/j/nixos minimal.iso", "en1", "02:AB:00:00:00:01",
+        str(utm.OSASCRIPT), "-", 'my "vm"', "/Users/j/nixos minimal.iso", "en1", "02:AB:00:00:00:01",
     ]  # fmt: skip
     script = kwargs["stdin"]
     assert 'my "vm"' not in script and "minimal.iso" not in script
@@ -285,7 +284,7 @@ def test_remove_iso_checks_stopped_then_updates(run: mock.MagicMock) -> None:
     assert utm.remove_iso("NixOS") == 1
     first, second = run.call_args_list
     assert first.args[0] == [UTMCTL, "status", "NixOS"]
-    assert second.args[0] == ["osascript", "-", "NixOS"]
+    assert second.args[0] == [str(utm.OSASCRIPT), "-", "NixOS"]
     assert second.kwargs["stdin"] == utm.REMOVE_ISO_SCRIPT
     assert "if removable of d then" in utm.REMOVE_ISO_SCRIPT
 
@@ -347,7 +346,7 @@ def test_drives_argv_and_script(run: mock.MagicMock) -> None:
     run.return_value = res(DRIVES_READ)
     assert [d.id[:4] for d in utm.attached_isos("my vm")] == ["8A3F"]
     run.assert_called_once_with(
-        ["osascript", "-", "my vm"], stdin=utm.DRIVES_SCRIPT, timeout=utm.OSASCRIPT_TIMEOUT
+        [str(utm.OSASCRIPT), "-", "my vm"], stdin=utm.DRIVES_SCRIPT, timeout=utm.OSASCRIPT_TIMEOUT
     )
     script = utm.DRIVES_SCRIPT
     assert "my vm" not in script and "update configuration" not in script  # argv; read-only
@@ -496,7 +495,9 @@ def test_vm_config_argv_and_script(run: mock.MagicMock) -> None:
     run.return_value = res(CONFIG_READ)
     assert utm.vm_config("my vm").memory_mib == 4096
     run.assert_called_once_with(
-        ["osascript", "-", "my vm"], stdin=utm.VM_CONFIG_SCRIPT, timeout=utm.OSASCRIPT_TIMEOUT
+        [str(utm.OSASCRIPT), "-", "my vm"],
+        stdin=utm.VM_CONFIG_SCRIPT,
+        timeout=utm.OSASCRIPT_TIMEOUT,
     )
     script = utm.VM_CONFIG_SCRIPT
     assert "my vm" not in script and "update configuration" not in script  # argv; read-only
@@ -630,7 +631,10 @@ def _context_01(tmp_path: Path, standins: Path, mode: str) -> Any:
     (tmp_path / "nixos.iso").write_bytes(b"iso")
     params = write_params(tmp_path)
     with params.open("a") as f:
-        f.write(f"utm:\n  utmctl: {standins / 'bin' / 'utmctl'}\n  iso: {tmp_path / 'nixos.iso'}\n")
+        f.write(
+            f"utm:\n  utmctl: {standins / 'bin' / 'utmctl'}\n"
+            f"  osascript: {standins / 'bin' / 'osascript'}\n  iso: {tmp_path / 'nixos.iso'}\n"
+        )
     ctx = Context("01-create-vm", load(params), Mode(mode), False, SecretStore(tmp_path / "s"))
     ctx.sink = lambda _record: None
     return ctx

@@ -1,10 +1,15 @@
-"""`runbook lab up|down|status [--json]`: the local lab of simulated NixOS VMs (needs root)."""
+"""`runbook lab up|down|status [--json]`: the local lab of simulated NixOS VMs (needs root).
+
+The one entry point from the product into runbook.lab: `up` makes an environment (hosts, the
+Mac-side stand-ins, an ordinary deployment params file naming them, the lab's passwords in the
+secret store) that `runbook deploy` then reads as it reads a Mac's."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Final
 
@@ -15,7 +20,21 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("lab", help="bring the local lab (simulated VMs) up or down")
     p.add_argument("action", choices=("up", "down", "status"))
     p.add_argument(
-        "--params", type=Path, help="params file with a `lab:` section (default params/lab.yaml)"
+        "--lab",
+        "--params",
+        dest="params",
+        type=Path,
+        help="lab file: a deployment's params with a `lab:` section (default lab/lab.yaml)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="up: where to write the deployment's params (default <lab.state_dir>/params.yaml)",
+    )
+    p.add_argument(
+        "--secrets",
+        type=Path,
+        help="up: the secret store for the lab's passwords (default $RUNBOOK_SECRETS or ~/.local/state/runbook/secrets)",
     )
     p.add_argument("--json", action="store_true", help="status as JSON, one record per host")
     p.set_defaults(func=run_lab)
@@ -25,7 +44,12 @@ def run_lab(args: argparse.Namespace) -> int:
     from runbook.lab import lifecycle
 
     if args.action == "up":
-        hosts = lifecycle.up(args.params)
+        hosts = lifecycle.up(args.params, secrets_dir=args.secrets, out=args.out)
+        written = args.out or lifecycle.params_path(args.params)
+        if written.exists():
+            print(
+                f"deployment params: {written}   (runbook deploy {written} --yes)", file=sys.stderr
+            )
     elif args.action == "down":
         lifecycle.down(args.params)
         return 0

@@ -36,7 +36,14 @@ from runbook import local
 from runbook.console import keymap
 from runbook.errors import CommandError, ConnectError, InputError, RunbookError
 from runbook.secrets import Secret, mask, write_private
-from runbook.utm import MacOnlyError, VmStatus, list_vms, require_macos, run_applescript
+from runbook.utm import (
+    OSASCRIPT,
+    MacOnlyError,
+    VmStatus,
+    list_vms,
+    require_macos,
+    run_applescript,
+)
 
 logger: Final = logging.getLogger(__name__)
 
@@ -109,11 +116,17 @@ class UtmInputBackend:
 
     name = "utm-input"
 
-    def __init__(self, method: str = "scan-codes", chunk: int = SCAN_CODE_CHUNK) -> None:
+    def __init__(
+        self,
+        method: str = "scan-codes",
+        chunk: int = SCAN_CODE_CHUNK,
+        osascript: str | Path = OSASCRIPT,
+    ) -> None:
         if method not in ("scan-codes", "keystroke"):
             raise InputError(f"utm-input method: {method!r}, expected scan-codes or keystroke")
         self.method = method
         self.chunk = chunk
+        self.osascript = osascript  # params utm.osascript
 
     def scripts(self, text: str) -> list[str]:
         """The AppleScripts that type `text` (several for long texts), in order."""
@@ -124,10 +137,11 @@ class UtmInputBackend:
         return [scan_code_script(part) for part in keymap.chunks(codes, self.chunk)]
 
     def type_text(self, vm: str, text: str | Secret) -> None:
-        require_macos("typing with UTM `input scan code`")
+        require_macos("typing with UTM `input scan code`", self.osascript)
         for script in self.scripts(_reveal(text)):
             budget = 30 + script.count(",") * UTM_CODE_DELAY * 2
-            run_applescript(script, vm, what=f"typing into {vm!r}", timeout=budget)
+            what = f"typing into {vm!r}"
+            run_applescript(script, vm, what=what, timeout=budget, osascript=self.osascript)
         logger.info("typed %d characters into %s with %s", len(_reveal(text)), vm, self.name)
 
     def screenshot(self, vm: str, path: Path) -> Path:
@@ -221,7 +235,7 @@ class HammerspoonBackend:
         return [self.hs, "-a", "-q", "-t", f"{timeout:g}", "-c", lua]
 
     def type_text(self, vm: str, text: str | Secret) -> None:
-        require_macos("typing with Hammerspoon")
+        require_macos("typing with Hammerspoon", self.hs)
         events = keymap.mac_events(_reveal(text))
         # The events spell the text, so they go in a 0600 file, not in argv (ps, logs).
         budget = 10 + len(events) * (self.delay + 0.002)
@@ -233,7 +247,7 @@ class HammerspoonBackend:
         logger.info("typed %d key events into %s with %s", len(events), vm, self.name)
 
     def screenshot(self, vm: str, path: Path) -> Path:
-        require_macos("a Hammerspoon window snapshot")
+        require_macos("a Hammerspoon window snapshot", self.hs)
         path = path.expanduser().absolute()
         path.parent.mkdir(parents=True, exist_ok=True)
         local.run(self.argv(hammerspoon_screenshot_lua(vm, path), 10), timeout=15)
@@ -686,13 +700,18 @@ class SerialBackend:
 
 
 def make_backend(
-    name: str, *, serial_port: int | None = None, hs: str | None = None
+    name: str,
+    *,
+    serial_port: int | None = None,
+    hs: str | Path | None = None,
+    osascript: str | Path = OSASCRIPT,
 ) -> ConsoleBackend:
-    """The backend called `name` (params `console.backend`: utm-input|hammerspoon|quartz|serial)."""
+    """The backend called `name` (params `console.backend`: utm-input|hammerspoon|quartz|serial);
+    `hs` and `osascript` are the programs' paths (params `console.hs`, `utm.osascript`)."""
     if name == "utm-input":
-        return UtmInputBackend()
+        return UtmInputBackend(osascript=osascript)
     if name == "hammerspoon":
-        return HammerspoonBackend(hs=hs or shutil.which("hs") or "hs")
+        return HammerspoonBackend(hs=str(hs or shutil.which("hs") or "hs"))
     if name == "quartz":
         return QuartzBackend()
     if name == "serial":

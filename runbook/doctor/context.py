@@ -17,7 +17,6 @@ from typing import Final
 
 from tree_sitter import Node
 
-from runbook.lab.config import LabParams
 from runbook.makefile import Makefile
 from runbook.nixcfg import (
     ConfigTree,
@@ -40,7 +39,6 @@ DEFAULT_WORKER_MODULE: Final = Path("machines/vm-shared.nix")
 DEFAULT_CACHE_HOST: Final = "nixos-utm-cache.local"
 DEFAULT_CACHE_NAME: Final = "main"
 ATTICD_PORT: Final = 8080  # atticd listens on [::]:8080 unless configured (attic.md §3)
-LAB_SUBNET: Final = LabParams.model_fields["subnet"].default  # runbook/lab/config.py
 
 NO_PARAMS: Final = "no params given"
 _ATTRSETS: Final = frozenset({"attrset_expression", "rec_attrset_expression"})
@@ -76,14 +74,16 @@ class Context:
         nixos_config: Path,
         *,
         system: str | None = None,
-        lab_subnet: ipaddress.IPv4Network | None = None,
+        vm_subnet: ipaddress.IPv4Network | None = None,
     ) -> None:
         self.deployment = deployment
         self.root = nixos_config
         self.tree = ConfigTree(nixos_config)  # InputError when there is no flake.nix
         self.system = system or platform.system()
-        lab = deployment.lab if deployment is not None else None
-        self.lab_subnet = lab_subnet or (lab.subnet if lab is not None else LAB_SUBNET)
+        # the bridged LAN the VMs are on, when the params name it (utm.bridged_subnet): the
+        # live cache is asked there or on loopback, nowhere else
+        bridged = deployment.utm.bridged_subnet if deployment is not None else None
+        self.vm_subnet = vm_subnet or bridged
         self.parsed = self.tree.parsed()
 
     @property

@@ -1,5 +1,6 @@
-"""The live cache's signing key, asked only of a cache on loopback or the lab's subnet: the
-address guard resolves the cache's name without the network and contacts nothing else."""
+"""The live cache's signing key, asked only of a cache on loopback or the VMs' bridged subnet
+(params `utm.bridged_subnet`): the address guard resolves the cache's name without the network
+and contacts nothing else."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ LIVE_TIMEOUT: Final = 3.0
 
 def resolve_without_network(host: str) -> list[str]:
     """`host`'s addresses from what this machine knows without asking anyone: an IP literal,
-    localhost, /etc/hosts (the lab writes its hosts there; no DNS or mDNS query is made)."""
+    localhost, /etc/hosts (no DNS or mDNS query is made)."""
     if is_ip(host):
         return [host]
     if host == "localhost":
@@ -40,18 +41,24 @@ def resolve_without_network(host: str) -> list[str]:
 
 def live_cache_key(ctx: Context) -> tuple[str | None, str]:
     """The public key the cache serves (GET /CACHE/attic-cache-info, attic.md §5), only from
-    a cache on loopback or the lab's subnet; else None and why."""
+    a cache on loopback or the VMs' bridged subnet; else None and why."""
     target = ctx.target
+    subnet = ctx.vm_subnet
     allowed = [
         a
         for a in resolve_without_network(target.host)
         if ipaddress.ip_address(a).is_loopback
-        or (ipaddress.ip_address(a).version == 4 and ipaddress.ip_address(a) in ctx.lab_subnet)
+        or (
+            subnet is not None
+            and ipaddress.ip_address(a).version == 4
+            and ipaddress.ip_address(a) in subnet
+        )
     ]
     if not allowed:
+        where = f"loopback or utm.bridged_subnet {subnet}" if subnet else "loopback"
         return None, (
-            f"cache not reachable from here ({target.host} is not on loopback or the lab's "
-            f"{ctx.lab_subnet}; no other address is contacted)"
+            f"cache not reachable from here ({target.host} is not on {where}; no other "
+            "address is contacted)"
         )
     address = f"[{allowed[0]}]" if ":" in allowed[0] else allowed[0]
     url = f"http://{address}:{target.port}/{target.name}/attic-cache-info"

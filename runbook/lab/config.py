@@ -1,4 +1,10 @@
-"""The lab's parameters (`lab:` in params/lab.yaml) and the names derived from them."""
+"""The lab's parameters and the names derived from them.
+
+A lab file (lab/lab.yaml, lab/lab-live.yaml) is a deployment's params without what the lab
+makes (checkout, key, known_hosts, the Mac's programs), plus a `lab:` section: the hosts that
+play its VMs (host i plays the VM named its `nixname`). `runbook lab up` reads it and writes
+the deployment's ordinary params file (runbook/lab/environment.py).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from runbook.errors import InputError
 
 logger: Final = logging.getLogger(__name__)
 
-DEFAULT_PARAMS: Final = Path(__file__).resolve().parents[2] / "params" / "lab.yaml"
+DEFAULT_PARAMS: Final = Path(__file__).resolve().parents[2] / "lab" / "lab.yaml"
 NETNS_PREFIX: Final = "rblab-"  # ip netns names: rblab-<host>
 FIRST_HOST: Final = 11  # host i gets <subnet>.(11 + i); the bridge gets .1
 SSH_PORT: Final = 22
@@ -81,7 +87,12 @@ class LabParams(BaseModel):
 
 
 def load(path: Path | str | None = None) -> LabParams:
-    """Read the `lab:` section of a params file (params/lab.yaml by default)."""
+    """Read the `lab:` section of a lab file (lab/lab.yaml by default)."""
+    return load_file(path)[0]
+
+
+def load_file(path: Path | str | None = None) -> tuple[LabParams, dict[str, Any]]:
+    """A lab file's `lab:` section and the rest (the deployment it plays, for the params)."""
     source = Path(path) if path else DEFAULT_PARAMS
     try:
         data: Any = yaml.safe_load(source.read_text())
@@ -91,7 +102,8 @@ def load(path: Path | str | None = None) -> LabParams:
         raise InputError(f"{source}: not valid YAML ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("lab"), dict):
         raise InputError(f"{source}: expected a `lab:` mapping with `hosts:`")
-    return from_mapping(data["lab"], str(source))
+    rest = {k: v for k, v in data.items() if k != "lab"}
+    return from_mapping(data["lab"], str(source)), rest
 
 
 def from_mapping(data: dict[str, Any], source: str = "lab params") -> LabParams:

@@ -1,9 +1,10 @@
-"""A lab deployment's params file (the shape of params/lab.yaml) for any size of lab.
+"""A lab file (the shape of lab/lab.yaml) for any size of lab.
 
-Tests and benchmarks run their own lab beside the one of params/lab.yaml (another state
-dir, subnet and bridge); this writes the matching deployment: the cache VM first, then
-`workers` worker VMs, each VM named for its flake configuration (vm-aarch64-utm, -2, ...),
-every host in `phase` (`live`: the NixOS ISO, for the first-install path 01-04).
+Tests and benchmarks run their own lab beside the one of lab/lab.yaml (another state dir,
+subnet and bridge); this writes the matching lab file: the cache VM first, then `workers`
+worker VMs, each VM named for its flake configuration (vm-aarch64-utm, -2, ...), every host
+in `phase` (`live`: the NixOS ISO, for the first-install path 01-04). `lab.up(path)` then
+writes the deployment's params (`lab.params_path(path)`), which `runbook deploy` takes.
 """
 
 from __future__ import annotations
@@ -44,17 +45,12 @@ def deployment(
     hosts = ["nixos-utm-cache", *(f"nixos-utm-worker{i + 1}" for i in range(workers))]
     return {
         "deployment": name,
-        "nixos_config": str(state_dir / "nixos-config"),
         "user": "jqwang",
-        "identity": str(state_dir / "id_ed25519"),
-        "known_hosts": str(state_dir / "known_hosts"),
         "vms": [
             {"name": n, "role": "cache" if i == 0 else "worker", "address": addr(i)}
             for i, n in enumerate(names)
         ],
         "cache": {"vm": names[0], "host": addr(0), "port": 8080, "name": "main"},
-        # the lab's bridge plays the Mac's bridged interface (lesson 8's sweep and call-back)
-        "utm": {"host_interface": bridge},
         "lab": {
             "state_dir": str(state_dir),
             "subnet": subnet,

@@ -301,15 +301,10 @@ def keystroke(vm: VM, text: str | Secret) -> str:
     )
 
 
-# -- the lab, parallel hosts, config digests --
+# -- parallel hosts, config digests --
 
 MAKEFILE_EXCLUDES: Final = ("vendor", ".git", ".git-crypt", ".jj", "iso")  # vm/copy's rsync
 CONFIG_MARKER: Final = "/var/lib/runbook/switched-config"  # digest of the last switched copy
-
-
-def in_lab(ctx: Context) -> bool:
-    """The deployment is the local lab (params with a `lab:` section): UTM is played by it."""
-    return ctx.dep.lab is not None
 
 
 def config_files(root: Path) -> dict[str, str]:

@@ -6,12 +6,15 @@ by splicing the flake; lesson 3's prevention (build the toplevel locally first) 
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from typing import TYPE_CHECKING, Final
 
 from runbook import local
-from runbook.errors import RunbookError
+from runbook.errors import CommandError, RunbookError
 from runbook.params import VM, check_paths
-from runbook.sections.common import config_present, in_lab, render
+from runbook.sections.common import config_present, render
 from runbook.steps import DONE, TODO, Check, Context, Step, unchecked
 
 if TYPE_CHECKING:
@@ -21,6 +24,7 @@ NOTEBOOK: Final = "00-architecture-preflight"
 HOST_TOOLS: Final = ("nix", "ssh", "rsync", "make")
 LESSON_1_CHECKS: Final = frozenset({"attic-flake-input", "attic-module-import"})
 FIXED_HERE: Final = LESSON_1_CHECKS  # attic_flake (the step after the doctor) fixes these
+BUILD_PROBE_TIMEOUT: Final = 300.0  # evaluating a real nixpkgs system takes a while
 
 
 def architecture(ctx: Context) -> Step:
@@ -56,7 +60,7 @@ def paths(ctx: Context) -> Step:
 def host_tools(ctx: Context) -> Step:
     def absent() -> list[str]:
         tools = [t for t in HOST_TOOLS if local.which(t) is None]
-        if not ctx.dep.utm.utmctl.exists() and not in_lab(ctx):  # the lab plays UTM's VMs
+        if not ctx.dep.utm.utmctl.exists():
             tools.append(str(ctx.dep.utm.utmctl))
         return tools
 
@@ -150,39 +154,62 @@ def attic_flake(ctx: Context) -> Step:
     return Step("use nixpkgs' attic, not the attic flake (lesson 1)", "localhost", cmds, probe, fix)
 
 
+def toplevel_attr(vm: VM) -> str:
+    return f'.#nixosConfigurations."{vm.name}".config.system.build.toplevel'
+
+
 def toplevel_argv(vm: VM) -> list[str]:
-    attr = f'.#nixosConfigurations."{vm.name}".config.system.build.toplevel'
-    return ["nix", "build", "--print-out-paths", attr, "--no-link", "--impure"]
+    """`nix build --json --no-link` of the VM's toplevel. The store path is read from the JSON
+    (`[{"drvPath", "outputs": {"out": PATH}}]`), which every Nix since 2.4 prints; 2.8 (Debian's)
+    has no `--print-out-paths`. `--impure`: a configuration may read the builder's system."""
+    return ["nix", "build", "--json", "--no-link", "--impure", toplevel_attr(vm)]
 
 
-def lab_evaluation(ctx: Context, vm: VM) -> Step:
-    """The lab's stand-in for the local build: its flake's inputs (nixpkgs from GitHub) are
-    not fetched here, so the configuration is evaluated the way the lab's nixos-rebuild
-    evaluates it (every .nix file parsed, machine + user files and imports read)."""
+def toplevel_out_path_argv(vm: VM) -> list[str]:
+    """`nix eval --raw` of the toplevel's out path: evaluation only, nothing is built."""
+    return ["nix", "eval", "--raw", "--impure", toplevel_attr(vm) + ".outPath"]
 
-    def evaluate() -> str:
-        from runbook.lab import activate
-        from runbook.lab.standins.nixos_rebuild import system_files
 
-        files = system_files(ctx.dep.nixos_config, vm.name)
-        cfg = activate.system_config(activate.evaluate_files(files), "installed", vm.name)
-        services = ", ".join(sorted(cfg.services))
-        return f"{vm.name} evaluates: {len(files)} entry files, services {services}"
+def built_path(stdout: str) -> str:
+    """The toplevel's store path from `nix build --json`; CommandError when there is none."""
+    try:
+        out = str(json.loads(stdout)[0]["outputs"]["out"])
+    except (ValueError, LookupError, TypeError):
+        out = ""
+    if not out.startswith("/nix/store/"):
+        raise CommandError(
+            host="localhost",
+            command="nix build --json",
+            exit_code=0,
+            reason=f"printed no store path ({stdout.strip()[:200]!r})",
+        )
+    return out
 
-    cmd = (
-        f"nixos-rebuild build --flake {ctx.dep.nixos_config}#{vm.name}   # as the lab evaluates it"
-    )
 
-    def probe() -> Check:  # a read: when it evaluates, there is nothing to do
-        return config_present(ctx) or Check(True, evaluate())
+def nix_error(stderr: str) -> str:
+    """What nix says is wrong and where: its first `error:` line and the first `at FILE:L:C`
+    after it (the checkout's own path, not the store copy nix evaluated); else its last line."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    first = next((i for i, ln in enumerate(lines) if ln.startswith("error:")), None)
+    if first is None:
+        return lines[-1][:300] if lines else "no message"
+    where = next((ln for ln in lines[first + 1 :] if ln.startswith("at ")), "")
+    where = re.sub(r"/nix/store/[a-z0-9]{32}-source/", "", where)
+    return f"{lines[first][:300]} {where[:200]}".strip()
 
-    return Step(f"evaluate {vm.name} first (lesson 3, lab)", "localhost", [cmd], probe, evaluate)
+
+def local_nix_env(ctx: Context) -> dict[str, str]:
+    """NIX_CONFIG for this machine's own nix calls: params `local_nix_config` after what the
+    environment already sets (nix reads NIX_CONFIG as nix.conf lines, the later ones winning)."""
+    extra = ctx.dep.local_nix_config.strip()
+    if not extra:
+        return {}
+    before = os.environ.get("NIX_CONFIG", "").strip()
+    return {"NIX_CONFIG": f"{before}\n{extra}" if before else extra}
 
 
 def toplevel_build(ctx: Context, vm: VM) -> Step:
     """Lesson 3's prevention: a configuration that does not build never reaches a VM."""
-    if in_lab(ctx):
-        return lab_evaluation(ctx, vm)
     argv = toplevel_argv(vm)
 
     def probe() -> Check:
@@ -190,13 +217,37 @@ def toplevel_build(ctx: Context, vm: VM) -> Step:
             return missing
         if local.which("nix") is None:
             return unchecked("nix is not on this machine")
-        return TODO  # nix build is itself idempotent: a built toplevel is a cache hit
+        # built already when the configuration evaluates to a store path this machine has
+        # (a configuration that does not evaluate is left to the build, which says why)
+        try:
+            found = local.run(
+                toplevel_out_path_argv(vm),
+                check=False,
+                cwd=ctx.dep.nixos_config,
+                env=local_nix_env(ctx),
+                timeout=BUILD_PROBE_TIMEOUT,
+            )
+        except RunbookError:  # e.g. the evaluation timed out: the build will tell
+            return TODO
+        out = found.stdout.strip()
+        if found.ok and out.startswith("/nix/store/") and os.path.exists(out):
+            return Check(True, f"already built: {out}")
+        return TODO
 
     def build() -> str:
-        result = local.run(argv, cwd=ctx.dep.nixos_config)
-        return f"built {result.stdout.strip()}"
+        result = local.run(argv, check=False, cwd=ctx.dep.nixos_config, env=local_nix_env(ctx))
+        if not result.ok:  # nix says what is wrong first, then where: that is its tail
+            raise CommandError(
+                host="localhost",
+                command=render(argv),
+                exit_code=result.exit_code,
+                stderr=nix_error(result.stderr),
+            )
+        return f"built {built_path(result.stdout)}"
 
     cmd = f"cd {ctx.dep.nixos_config} && {render(argv)}"
+    if ctx.dep.local_nix_config.strip():
+        cmd = "NIX_CONFIG=<params local_nix_config> " + cmd
     return Step(f"build {vm.name} locally first (lesson 3)", "localhost", [cmd], probe, build)
 
 

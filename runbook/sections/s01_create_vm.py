@@ -5,9 +5,8 @@ setting (RAM, cores, the bridged NIC with its MAC, a display, the disk's interfa
 known, a TCP serial console; `utm.create_vm_record`), so a failure leaves no VM behind, and
 `utmctl list/status/start` (§2). A VM of that name counts as done only when UTM's configuration,
 read back (`utm.vm_config`), has what the later notebooks need (`utm.config_differences`); one
-that exists but differs is a failing check that says what differs, never created twice. Off
-macOS the checks are unchecked; in the lab (params `lab:`) they run against the lab's UTM
-stand-ins, where each VM's serial port is its host's console.
+that exists but differs is a failing check that says what differs, never created twice. The
+checks are unchecked where the params' utmctl cannot run (runbook.utm.can_run).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from runbook import utm
 from runbook.errors import InputError, RunbookError
 from runbook.params import VM
 from runbook.sections.common import render
-from runbook.sections.vm_console import MacSide, lab_host, mac_side
+from runbook.sections.vm_console import MacSide, mac_side
 from runbook.steps import DONE, TODO, Check, Context, Step, unchecked
 
 NOTEBOOK: Final = "01-create-vm"
@@ -28,44 +27,34 @@ EXISTS: Final = {"stopped", "starting", "started", "pausing", "paused", "resumin
 
 
 def new_vm(ctx: Context, mac: MacSide, vm: VM) -> utm.NewVm:
-    """What UTM is asked to make for `vm`; in the lab, with its host's console port and MAC."""
-    iso = ctx.dep.utm.iso or Path(ISO_PLACEHOLDER)
+    """What UTM is asked to make for `vm`, from the params: the ISO, the bridged interface,
+    the VM's MAC when given (else UTM picks one, read back from its configuration later) and
+    a TCP serial console at `console.serial_port` + the VM's index when that is set."""
     serial = ctx.dep.console.serial_port
-    mac_address = vm.mac
-    if mac.lab is not None:
-        from runbook.lab import console as lab_console
-
-        _, spec = lab_host(mac.lab, ctx.dep.vms, vm)
-        found = lab_console.endpoint(mac.lab, spec.name)
-        serial = found.port if found else None
-        mac_address = mac_address or lab_console.nic_mac(spec.name)
-        iso = ctx.dep.utm.iso or lab_console.mac_dir(mac.lab) / "nixos-minimal.iso"
-    elif serial is not None:
-        serial += ctx.dep.vms.index(vm)  # one TCP port per VM: console.serial_port + index
     return utm.NewVm(
         name=vm.name,
-        iso=iso,
+        iso=ctx.dep.utm.iso or Path(ISO_PLACEHOLDER),
+        host_interface=mac.host_interface,
         disk_interface=vm.disk_interface.value,
-        mac=mac_address,
-        serial_tcp_port=serial,
+        mac=vm.mac,
+        serial_tcp_port=serial + ctx.dep.vms.index(vm) if serial is not None else None,
     )
 
 
-def _script_command(spec: utm.NewVm) -> str:
-    mac = utm.normalize_mac(spec.mac) if spec.mac else ""  # as utm.create_vm sends it
-    return utm.osascript_shown(
-        utm.create_vm_script(spec), spec.name, str(spec.iso), spec.host_interface, mac
-    )
+def _script_command(mac: MacSide, spec: utm.NewVm) -> str:
+    address = utm.normalize_mac(spec.mac) if spec.mac else ""  # as utm.create_vm sends it
+    script = utm.create_vm_script(spec)
+    args = (spec.name, str(spec.iso), spec.host_interface, address)
+    return utm.osascript_shown(script, *args, osascript=mac.osascript)
 
 
 def listed(mac: MacSide, vm: VM) -> utm.VmEntry | Check:
     """The VM's row in `utmctl list` (its status column is `utmctl status`, §2), or the
     check that says why there is none: TODO when UTM does not have it."""
-    if not utm.runs_here():
-        return unchecked(f"UTM is not on this machine (utmctl {mac.utmctl})")
+    if not utm.can_run(mac.utmctl):
+        return unchecked(f"UTM is not on this machine (no utmctl at {mac.utmctl}: utm.utmctl)")
     if not Path(mac.utmctl).exists():
-        hint = "; is the lab up? `sudo runbook lab up --params ...`" if mac.lab else ""
-        return unchecked(f"utmctl not found at {mac.utmctl}{hint}")
+        return unchecked(f"utmctl not found at {mac.utmctl} (params utm.utmctl)")
     found = utm.find_vm(vm.name, utmctl=mac.utmctl)
     return TODO if found is None else found
 
@@ -76,7 +65,7 @@ def made_as_asked(mac: MacSide, spec: utm.NewVm, vm: VM) -> Check:
     found = listed(mac, vm)
     if isinstance(found, Check):
         return found
-    config = utm.vm_config(vm.name)
+    config = utm.vm_config(vm.name, osascript=mac.osascript)
     wrong = utm.config_differences(spec, config)
     if wrong:
         return Check(False, f"{vm.name} exists in UTM but differs: {'; '.join(wrong)}")
@@ -94,20 +83,20 @@ def create(ctx: Context, vm: VM) -> Step:
     def action() -> str:
         if utm.find_vm(vm.name, utmctl=mac.utmctl) is not None:
             # never a second VM of the same name: the user decides what happens to this one
-            wrong = utm.config_differences(spec, utm.vm_config(vm.name))
+            wrong = utm.config_differences(spec, utm.vm_config(vm.name, osascript=mac.osascript))
             raise RunbookError(
                 f"{vm.name} exists in UTM but differs ({'; '.join(wrong) or 'see the check'}): "
                 f"fix it in UTM's settings, or delete it (`{mac.utmctl} delete {vm.name}`, its "
                 "disk goes with it) and rerun 01"
             )
-        if mac.lab is None and (ctx.dep.utm.iso is None or not ctx.dep.utm.iso.is_file()):
+        if ctx.dep.utm.iso is None or not ctx.dep.utm.iso.is_file():
             raise InputError(
                 f"utm.iso: the NixOS ISO to boot {vm.name} from is missing ({spec.iso})"
             )
-        uuid = utm.create_vm(spec)
+        uuid = utm.create_vm(spec, osascript=mac.osascript)
         if utm.find_vm(vm.name, utmctl=mac.utmctl) is None:
             raise RunbookError(f"UTM made {uuid or 'no VM'} but `utmctl list` has no {vm.name}")
-        wrong = utm.config_differences(spec, utm.vm_config(vm.name))
+        wrong = utm.config_differences(spec, utm.vm_config(vm.name, osascript=mac.osascript))
         if wrong:
             raise RunbookError(f"UTM made {vm.name} ({uuid}) but it differs: {'; '.join(wrong)}")
         return f"created {vm.name} ({uuid}) with {mac.where}"
@@ -118,8 +107,8 @@ def create(ctx: Context, vm: VM) -> Step:
         [
             "# already done when UTM has it as asked (read-only):",
             render([mac.utmctl, "list"]),
-            utm.osascript_shown(utm.VM_CONFIG_SCRIPT, vm.name),
-            _script_command(spec),
+            utm.osascript_shown(utm.VM_CONFIG_SCRIPT, vm.name, osascript=mac.osascript),
+            _script_command(mac, spec),
         ],
         probe=probe,
         action=action,

@@ -44,10 +44,6 @@ RESOLVE_EVERY: Final = 10.0
 LOGIN_TIMEOUT: Final = 5.0
 INSTALL_FINISHED: Final = "installation finished!"  # nixos-install's last line
 STOP_TIMEOUT: Final = 60.0  # a guest asked to power down gets this long, then it is forced
-LAB_ISO_NOTE: Final = (
-    "the lab: the ISO is in the UTM stand-ins' state only; stop/start change that state, "
-    "the lab host keeps running (it has no disk to boot from)"
-)
 
 
 def installed_probe(ctx: Context, vm: VM) -> Callable[[], Check]:
@@ -213,10 +209,8 @@ def remove_iso(ctx: Context, vm: VM) -> Step:
     the VM is not left stopped (a run that failed after the removal starts it on the rerun).
     Otherwise: stop the VM if it runs (UTM changes a configuration only while it is stopped,
     utm-makefile-keys.md §3), drop its removable drives (`utm.remove_iso`), start it, and wait
-    until the installed system answers on SSH at this run's address (as bootstrap0 waits).
-    In the lab the "ISO" exists only in the stand-ins' UTM state (01 registers it there), and
-    `utmctl stop`/`start` change only that state: the lab host keeps running throughout (it
-    has no disk to boot from), and the step says so instead of claiming a reboot.
+    until the installed system answers on SSH, wherever it is now (a boot may bring a new
+    DHCP lease, lesson 8: it is looked up again, as after bootstrap0's reboot).
     """
     mac = mac_side(ctx)
     wait = (
@@ -225,22 +219,20 @@ def remove_iso(ctx: Context, vm: VM) -> Step:
     )
     cmds = [
         "# already done when no removable drive holds an image (read-only):",
-        utm.osascript_shown(utm.DRIVES_SCRIPT, vm.name),
+        utm.osascript_shown(utm.DRIVES_SCRIPT, vm.name, osascript=mac.osascript),
         "# UTM changes a configuration only while the VM is stopped (§3); if it runs:",
         render([mac.utmctl, "stop", vm.name, "--request"])
         + f"   # --force if it still runs after {STOP_TIMEOUT:g}s",
-        utm.osascript_shown(utm.REMOVE_ISO_SCRIPT, vm.name),
+        utm.osascript_shown(utm.REMOVE_ISO_SCRIPT, vm.name, osascript=mac.osascript),
         render([mac.utmctl, "start", vm.name]),
         wait,
     ]
-    if mac.lab is not None:
-        cmds.insert(0, f"# {LAB_ISO_NOTE}")
 
     def probe() -> Check:
         found = listed(mac, vm)  # unchecked without UTM, TODO when UTM has no such VM
         if isinstance(found, Check):
             return found
-        isos = utm.attached_isos(vm.name)
+        isos = utm.attached_isos(vm.name, osascript=mac.osascript)
         if isos:
             return Check(False, f"{len(isos)} removable drive(s) hold an image")
         if found.status is utm.VmStatus.STOPPED:  # e.g. a run that failed after the removal
@@ -267,16 +259,10 @@ def boot_from_disk(ctx: Context, mac: MacSide, vm: VM) -> str:
                 "bootstrap0 first (without the ISO it would have nothing to boot)"
             )
         _stop(mac, vm)
-    removed = utm.remove_iso(vm.name, utmctl=mac.utmctl)
+    removed = utm.remove_iso(vm.name, utmctl=mac.utmctl, osascript=mac.osascript)
     utm.start(vm.name, utmctl=mac.utmctl)
     who = f"{ctx.dep.user} with the key, or root with bootstrap0's password"
     address = back_after_reboot(ctx, vm, login=installed_login, who=who, after="the restart")
-    if mac.lab is not None:
-        return (
-            f"removed {removed} removable drive(s) from {vm.name} in the lab's UTM state only; "
-            f"the lab host kept running (not rebooted: it has no disk to boot from) and "
-            f"answers at {address}"
-        )
     return (
         f"removed {removed} removable drive(s) from {vm.name} in UTM; started from disk "
         f"(was {now}); answers at {address}"

@@ -1,8 +1,8 @@
 """09 部署流程速查 6: routine updates, `make vm/copy` + `make vm/switch` as the user (lesson 7).
 
 A VM whose /nix-config already holds this checkout, and whose last switch was from it, is
-left alone ("already done"); the others are updated, each after its configuration built
-(or, in the lab, evaluated) here first (lesson 3).
+left alone ("already done"); the others are updated, each after its configuration built here
+first (lesson 3).
 """
 
 from __future__ import annotations

@@ -1,22 +1,21 @@
-"""How sections 01, 02 and 90 reach UTM and a VM's console: on the Mac, or in the lab.
+"""How sections 01, 02, 03 and 90 reach UTM and a VM's console on the Mac.
 
-On the Mac, UTM is `utmctl` (params `utm.utmctl`) and `osascript`, and the console is typed
-into with the params' backend (lesson 4, runbook.console). A console that answers (UTM's TCP
-serial port: `utmctl attach VM` prints `TCP: 127.0.0.1:PORT`, reference/utm-makefile-keys.md
-§2-§3) is also read back: prompts are waited for, the address call-back works (lesson 8) and the
-console text is kept in the record. In the lab (params with `lab:`), the lab plays the Mac: its
-stand-ins (runbook/lab/console.py `mac_env`) are put on this process's PATH, every lab host is a
-UTM VM whose serial port is the host's console, and deployment VM i is lab host i (or the host
-with the VM's name or address).
+UTM is `utmctl` (params `utm.utmctl`) and `osascript` (params `utm.osascript`), and the console
+is typed into with the params' backend (lesson 4, runbook.console; Hammerspoon's CLI is params
+`console.hs`). A console that answers (UTM's TCP serial port: `utmctl attach VM` prints `TCP:
+127.0.0.1:PORT`, reference/utm-makefile-keys.md §2-§3) is also read back: prompts are waited
+for, the address call-back works (lesson 8) and the console text is kept in the record. The
+programs are values of `MacSide`, run at those paths: nothing here changes this process's
+environment, and whatever plays the Mac is only a matter of those paths.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
 import logging
-import os
 import re
 import socket
 import time
@@ -51,7 +50,6 @@ from runbook.discover import (
 )
 from runbook.errors import RunbookError
 from runbook.hostkeys import KnownHosts, entry_name
-from runbook.lab.config import HostSpec, LabParams
 from runbook.params import VM
 from runbook.secrets import Secret, mask
 from runbook.steps import Context
@@ -76,46 +74,32 @@ BANNER_TIMEOUT: Final = 5.0
 
 @dataclass(frozen=True)
 class MacSide:
-    """Where utmctl is, the Mac's bridged interface (params `utm.host_interface`, and
-    `utm.bridged_subnet` when the LAN to sweep is not that interface's), and the lab when the
-    lab plays the Mac."""
+    """The Mac's programs and network, as the params give them: `utm.utmctl`,
+    `utm.osascript`, `console.hs` (None: the `hs` on PATH), the bridged interface
+    (`utm.host_interface`) and `utm.bridged_subnet` when the LAN to sweep is not that
+    interface's. A value: every program runs at its path, nothing changes `os.environ`."""
 
     utmctl: str
-    lab: LabParams | None = None
+    osascript: str = str(utm.OSASCRIPT)
+    hs: str | None = None
     host_interface: str = "en0"
     bridged_subnet: ipaddress.IPv4Network | None = None
 
     @property
     def where(self) -> str:
-        return "the lab's UTM stand-ins" if self.lab is not None else "UTM on this Mac"
+        return f"UTM ({self.utmctl})"
 
 
 def mac_side(ctx: Context) -> MacSide:
-    """The Mac side of this deployment; in the lab, its stand-ins go on this process's PATH."""
-    lab = ctx.dep.lab
-    bridged = {"host_interface": ctx.dep.utm.host_interface}
-    bridged_subnet = ctx.dep.utm.bridged_subnet
-    if lab is None:
-        return MacSide(str(ctx.dep.utm.utmctl), None, **bridged, bridged_subnet=bridged_subnet)
-    from runbook.lab import console as lab_console
-
-    os.environ.update(lab_console.mac_env(lab))
-    utmctl = str(lab_console.mac_dir(lab) / "bin" / "utmctl")
-    return MacSide(utmctl, lab, **bridged, bridged_subnet=bridged_subnet)
-
-
-def lab_host(lab: LabParams, dep_vms: tuple[VM, ...], vm: VM) -> tuple[int, HostSpec]:
-    """The lab host that plays `vm`: same name, else same address, else the same position."""
-    for i, spec in enumerate(lab.hosts):
-        if spec.name == vm.name:
-            return i, spec
-    for i, spec in enumerate(lab.hosts):
-        if vm.address in (lab.address(i), spec.name, f"{spec.name}.local"):
-            return i, spec
-    index = dep_vms.index(vm)
-    if index < len(lab.hosts):
-        return index, lab.hosts[index]
-    raise RunbookError(f"no lab host plays VM {vm.name!r}: lab.hosts has {len(lab.hosts)}")
+    """The Mac side of this deployment, read from its params only."""
+    dep = ctx.dep
+    return MacSide(
+        utmctl=str(dep.utm.utmctl),
+        osascript=str(dep.utm.osascript),
+        hs=str(dep.console.hs) if dep.console.hs is not None else None,
+        host_interface=dep.utm.host_interface,
+        bridged_subnet=dep.utm.bridged_subnet,
+    )
 
 
 # --- a VM's console -----------------------------------------------------------------------------
@@ -145,13 +129,20 @@ class VmConsole:
 
 
 def serial_endpoint(ctx: Context, mac: MacSide, vm: VM) -> tuple[str, int] | None:
-    """The VM's TCP serial console: `utmctl attach`, else params `console.serial_port` + index."""
+    """The VM's TCP serial console as UTM has it: `utmctl attach`, else its configuration's
+    first serial port (AppleScript), else params `console.serial_port` + the VM's index."""
     try:
         found = utm.attach(vm.name, utmctl=mac.utmctl)
         if found.kind == "tcp" and found.host and found.port:
             return found.host, found.port
     except RunbookError as exc:
         logger.debug("utmctl attach %s: %s", vm.name, exc)
+    try:
+        configured = utm.serial_tcp_endpoint(vm.name, osascript=mac.osascript)
+        if configured is not None:
+            return configured
+    except RunbookError as exc:
+        logger.debug("serial port of %s in UTM's configuration: %s", vm.name, exc)
     if ctx.dep.console.serial_port is not None:
         return "127.0.0.1", ctx.dep.console.serial_port + ctx.dep.vms.index(vm)
     return None
@@ -165,7 +156,7 @@ def open_console(ctx: Context, mac: MacSide, vm: VM) -> VmConsole:
         if reader is None:
             raise RunbookError(f"{vm.name} has no TCP serial console (utmctl attach)")
         return VmConsole(vm, reader, reader)
-    return VmConsole(vm, make_backend(name), reader)
+    return VmConsole(vm, make_backend(name, hs=mac.hs, osascript=mac.osascript), reader)
 
 
 class LazyConsole:
@@ -327,7 +318,11 @@ def resolve(
         callback=caller,
         probe=tcp_probe(vm.port),
         unprobed=TYPED_METHODS if sshd_may_be_down else (),
-        mac_lookup=utm.mac_address if utm.runs_here() else None,
+        mac_lookup=(
+            functools.partial(utm.mac_address, osascript=mac.osascript)
+            if utm.can_run(mac.osascript)
+            else None
+        ),
         sweep=sweep,
         utmctl=mac.utmctl,
         timeout=timeout,

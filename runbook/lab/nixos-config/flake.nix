@@ -1,19 +1,14 @@
 {
   description = "NixOS VMs in UTM with an Attic cache (the runbook lab's nixos-config)";
 
-  inputs = {
-    # Pin our primary nixpkgs repository.
-    nixpkgs.url = "github:nixos/nixpkgs/nixos-26.05";
+  # No inputs: nothing is fetched, so the machine's own Nix evaluates and builds this flake
+  # offline (the runbook's lab). lib/nixpkgs plays nixpkgs; a checkout of your own pins
+  # `nixpkgs.url = "github:nixos/nixpkgs/nixos-26.05"` here instead.
+  # No attic input: nixpkgs has services.atticd and pkgs.attic-client (handbook lesson 1).
+  inputs = { };
 
-    home-manager = {
-      url = "github:nix-community/home-manager/release-26.05";
-      inputs.nixpkgs.follows = "nixpkgs";
-    };
-
-    # No attic input: nixpkgs has services.atticd and pkgs.attic-client (handbook lesson 1).
-  };
-
-  outputs = { self, nixpkgs, home-manager, ... }@inputs: let
+  outputs = { self, ... }@inputs: let
+    nixpkgs = import ./lib/nixpkgs;
     overlays = [ ];
     mkSystem = import ./lib/mksystem.nix { inherit overlays nixpkgs inputs; };
   in {

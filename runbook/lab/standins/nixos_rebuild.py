@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,39 +75,33 @@ def system_files(root: Path, name: str) -> list[Path]:
     return files
 
 
-def _toplevel_expr(cfg: system.SystemConfig) -> str:
-    """A real derivation standing for `config.system.build.toplevel`: its output holds the
-    settings the lab applies (no password hashes), and refers to an etc path, so the system
-    has a closure of more than one path, like a NixOS system."""
-    settings = {
-        "hostname": cfg.hostname,
-        "substituters": list(cfg.substituters),
-        "trusted-public-keys": list(cfg.trusted_public_keys),
-        "services": cfg.services,
-        "users": [[u.name, u.shell, list(u.groups)] for u in cfg.users],
-        "permit-root-login": cfg.permit_root_login,
-        "packages": list(cfg.packages),  # a package added or removed is a new system
-    }
-    text = json.dumps(settings, sort_keys=True)
-    name = re.sub(r"[^A-Za-z0-9+._?=-]", "-", cfg.hostname)
-    return (
-        f'let etc = builtins.toFile "etc-{name}.json" {json.dumps(text)}; in derivation {{ '
-        f'name = "nixos-system-{name}-lab"; system = builtins.currentSystem; '
-        'builder = "/bin/sh"; args = [ "-c" "/bin/mkdir $out && /bin/ln -s ${etc} $out/etc.json" ]; }'
-    )
+# `nix build` of a flake needs these (Nix 2.8 has them behind experimental-features); the
+# host's nix.conf gives the rest (no build users, no sandbox: system.write_nix_conf).
+FLAKE_FEATURES = "experimental-features = nix-command flakes"
 
 
-def build_toplevel(cfg: system.SystemConfig) -> str:
-    """`nix-build` the lab system with the host's real Nix; the store path."""
+def build_toplevel(root: Path, name: str) -> str:
+    """`nix build` the flake's `nixosConfigurations.NAME.config.system.build.toplevel` with the
+    host's real Nix, as nixos-rebuild does (nixpkgs pkgs/by-name/ni/nixos-rebuild-ng
+    `nix.build_flake`: `nix build --out-link ... FLAKE#nixosConfigurations."NAME".config.system.
+    build.toplevel`); the store path, read from `--json` (Nix 2.8 has no --print-out-paths).
+    A configuration that does not evaluate or build fails here, before anything changes."""
+    attr = f'path:{root}#nixosConfigurations."{name}".config.system.build.toplevel'
+    before = os.environ.get("NIX_CONFIG", "")
+    env = {**os.environ, "NIX_CONFIG": f"{before}\n{FLAKE_FEATURES}".strip()}
     proc = subprocess.run(
-        ["nix-build", "--no-out-link", "-E", _toplevel_expr(cfg)],
+        ["nix", "build", "--json", "--no-link", "--impure", attr],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     if proc.returncode != 0:
-        raise InputError(f"building the system failed: {proc.stderr.strip()[-400:]}")
-    return proc.stdout.strip()
+        raise InputError(f"building the system failed: {proc.stderr.strip()[-600:]}")
+    try:
+        return str(json.loads(proc.stdout)[0]["outputs"]["out"])
+    except (ValueError, LookupError, TypeError):
+        raise InputError(f"nix build printed no store path: {proc.stdout[:200]!r}") from None
 
 
 def set_system_profile(toplevel: str) -> None:
@@ -129,7 +122,7 @@ def switch(action: str, flake: str) -> int:
     print("building the system configuration...", file=sys.stderr)
     if action in ("dry-build", "dry-activate"):
         return 0
-    toplevel = build_toplevel(cfg)
+    toplevel = build_toplevel(root, name)
     if action in ("build", "boot"):
         return 0
     set_system_profile(toplevel)

@@ -456,7 +456,12 @@ def _create(state: dict[str, Any], script: str, argv: list[str]) -> int:
                         "UTM got an error: No architecture specified in the configuration.", -10000
                     )
                 vm = utm_state.new_vm(config["pnam"])
+                played = _played(state, vm)
                 apply_configuration(vm, config)  # before the VM exists: a failure makes none
+                if played is not None and vm["mac"] and vm["mac"] != played.get("mac"):
+                    from runbook.lab import vm as lab_vm
+
+                    lab_vm.set_mac(played, vm["mac"])  # the host's NIC is the VM's
                 state["vms"].append(vm)
                 utm_state.save(state)
                 made[found[1]] = vm
@@ -480,6 +485,18 @@ def _create(state: dict[str, Any], script: str, argv: list[str]) -> int:
     except ScriptError as error:
         return _fail(str(error), error.number)
     return 0
+
+
+def _played(state: dict[str, Any], vm: dict[str, Any]) -> dict[str, Any] | None:
+    """A new VM whose name a lab host plays (`hosts`, written by lab up) runs on that host:
+    the MAC UTM picks for its first NIC (`random_mac` on a Mac) is the host's."""
+    played: dict[str, Any] | None = state.get("hosts", {}).get(vm["name"])
+    if played is None:
+        return None
+    vm["lab_host"] = played["lab_host"]
+    if played.get("mac"):
+        vm["nics"][0]["address"] = vm["mac"] = played["mac"]
+    return played
 
 
 def _made(made: dict[str, dict[str, Any]], variable: str) -> dict[str, Any]:

@@ -9,6 +9,9 @@ configuration record made: `memory`, `cpu_cores`, `nics` [{"mode", "address",
 "host_interface"}], `displays` [{"hardware"}] and `serial_ports` [{"interface", "port"}]
 (`mac` is the first NIC's address, `serial` the first TCP serial port's endpoint). The
 runbook's `update configuration` that drops the removable drives edits `drives` only.
+`hosts` (written by `runbook lab up`) maps a VM name to the lab host that plays a VM of that
+name: `{"lab_host", "state_dir", "mac", "console"}`; a VM made with that name runs on that host
+(`lab_host` in its record), so `utmctl start`/`stop` start and stop the host (runbook/lab/vm.py).
 A VM's console is its TCP serial port: typing stand-ins decode key events *independently* of
 runbook/console/keymap.py (tables built here from the reference's text) and write the
 characters there, so a lab console answers whichever backend typed.
@@ -224,16 +227,34 @@ def drive_rows(vm: dict[str, Any]) -> list[str]:
     ]
 
 
+def host_of(state: dict[str, Any], vm: dict[str, Any]) -> dict[str, Any] | None:
+    """The lab host that plays `vm` (its entry in `hosts`), or None."""
+    hosts: dict[str, dict[str, Any]] = state.get("hosts", {})
+    found = hosts.get(vm["name"])
+    return found if found is not None and found["lab_host"] == vm.get("lab_host") else None
+
+
+def _keyboard(vm: dict[str, Any]) -> dict[str, Any] | None:
+    """The keyboard port of the console of the lab host playing `vm` (its console.json)."""
+    played = host_of(load(), vm)
+    if played is None:
+        return None
+    try:
+        data = json.loads(Path(played["console"]).read_text())
+        return {"host": data["host"], "port": int(data["keyboard"])} if data["keyboard"] else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def type_on_console(vm: dict[str, Any], text: str) -> None:
     """Send typed text to the VM's lab console; Enter arrives as CR, like a keyboard.
 
     UTM types through SPICE, not through the serial port, whose one client may be the
     runbook's reader (QEMU serves one at a time, runbook/lab/console.py): so the text goes to
-    the console's keyboard port (`keyboards` in the state, written by lab up), and to the
-    serial port only for a console that has none (a test rig)."""
-    serial = vm.get("serial")
-    if not serial:
+    the keyboard port of the console of the host that plays the VM, and to the serial port
+    only for a VM that no lab host plays (a test rig)."""
+    keyboard = _keyboard(vm) or vm.get("serial")
+    if not keyboard:
         raise OSError(f"VM {vm['name']!r} has no lab console (no serial port in the state)")
-    keyboard = load().get("keyboards", {}).get(f"{serial['host']}:{serial['port']}") or serial
     with socket.create_connection((keyboard["host"], int(keyboard["port"])), timeout=5) as sock:
         sock.sendall(text.replace("\n", "\r").encode())

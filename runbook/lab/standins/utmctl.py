@@ -24,6 +24,11 @@ EVENT_FAILED = "Error from event: The operation couldn\u2019t be completed. (OSS
 # `services.qemuGuest`, so every lab VM's `guest_agent` is false and `ip-address` fails.
 NOT_RUNNING = "The virtual machine is not running."
 NO_AGENT = "The QEMU guest agent is not running or not installed on the guest."
+# `start` of a VM neither stopped nor paused, and `stop` (but --kill) of one not started, are
+# refused (UTMScriptingVirtualMachineImpl.swift `start`: operationNotAvailable; `stop`:
+# notRunning). A VM a lab host plays (`hosts` in the state) really starts and stops: the
+# host boots from its tree or powers off (runbook/lab/vm.py).
+NOT_AVAILABLE = "Operation not available."
 
 
 def _event_error(message: str) -> int:
@@ -63,8 +68,23 @@ def _run(args: argparse.Namespace, state: dict[str, Any], vm: dict[str, Any]) ->
     if args.cmd == "status":
         print(vm["status"])
     elif args.cmd == "start":
+        if vm["status"] not in ("stopped", "paused"):
+            return _event_error(NOT_AVAILABLE)
+        played = utm_state.host_of(state, vm)
+        if played is not None and vm["status"] == "stopped":
+            from runbook.lab import vm as lab_vm
+
+            serial = vm.get("serial") or {}
+            lab_vm.power_on(played, int(serial.get("port") or 0))
         vm["status"] = "started"
     elif args.cmd == "stop":
+        if vm["status"] != "started" and not args.kill:
+            return _event_error(NOT_RUNNING)
+        played = utm_state.host_of(state, vm)
+        if played is not None:
+            from runbook.lab import vm as lab_vm
+
+            lab_vm.power_off(played, force=not args.request)  # utmctl: --force by default
         vm["status"] = "stopped"
     elif args.cmd == "suspend":
         vm["status"] = "paused"
