@@ -6,6 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 UNAME := $(shell uname -s)
+# `runbook lab up` writes the lab's deployment params here: an ordinary params file whose
+# Mac-side programs are the lab's stand-ins; `make demo` deploys it.
+LAB_PARAMS := /var/lib/runbook-lab/params.yaml
 
 .PHONY: demo test lint system-deps venv bench clean lab-down
 
@@ -35,13 +38,13 @@ demo: $(STAMP)
 	$(BIN)/runbook plan params/cache.yaml
 else
 demo: system-deps $(STAMP)
-	$(BIN)/runbook lab up --params params/lab.yaml
-	$(BIN)/runbook deploy params/lab.yaml --yes
+	$(BIN)/runbook lab up --lab lab/lab.yaml --out $(LAB_PARAMS)
+	$(BIN)/runbook deploy $(LAB_PARAMS) --yes
 	$(BIN)/runbook records
 endif
 
 lab-down: $(STAMP)
-	$(BIN)/runbook lab down --params params/lab.yaml
+	$(BIN)/runbook lab down --lab lab/lab.yaml
 
 bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -1,7 +1,7 @@
 """Wall time of a full lab deploy (`runbook deploy PARAMS --yes`, every notebook) with 1 worker
 and with 4 workers (notebook 07 switches them in parallel). Root, 2 cores.
 
-Uses its own state dir, subnet and bridge, so a running params/lab.yaml lab is untouched.
+Uses its own state dir, subnet and bridge, so a running lab/lab.yaml lab is untouched.
 Each run starts from a fresh lab (down, up) and an empty secret store and records root.
 Prints `lab_deploy_1_worker_s=`, `lab_deploy_4_workers_s=`, then `ratio_4_workers_vs_1=` last.
 """

@@ -1,6 +1,6 @@
 """Wall time of `lab up` + `lab down` for 3 hosts (goal: under 10 s together). Needs root.
 
-Uses its own state dir, subnet and bridge, so a running `params/lab.yaml` lab is untouched.
+Uses its own state dir, subnet and bridge, so a running `lab/lab.yaml` lab is untouched.
 Run: sudo .venv/bin/python bench/lab_up.py [ROUNDS]
 """
 

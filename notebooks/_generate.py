@@ -76,8 +76,8 @@ On a machine without the checkout or UTM (a Linux box), those checks say *unchec
 Create each VM in UTM with a **bridged** network and the NixOS ISO attached, then start it.
 UTM is scripted through AppleScript (`make new virtual machine`) and `utmctl`; a VM created by
 AppleScript has no display unless one is given, and the console typing of notebook 02 needs it.
-In the lab (params with `lab:`), UTM is played by the lab's stand-ins and each VM's serial port
-is its host's console.""",
+The programs are the params' (`utm.utmctl`, `utm.osascript`); with `console.serial_port`, VM i
+gets a TCP serial console on 127.0.0.1 at serial_port + i, which 02 reads back.""",
         [
             ("## Create", "ctx.run_parallel([s.create(ctx, vm) for vm in ctx.dep.owned_vms])"),
             (

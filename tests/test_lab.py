@@ -1,7 +1,7 @@
 """The lab, for real: namespaces, sshd, fish, sudo, nix, the stand-ins and the handbook's Makefile.
 
 One lab (3 hosts: cache and worker1 installed, worker2 on the live ISO) serves the whole
-module; it has its own state dir, subnet and bridge, so it never touches `params/lab.yaml`'s
+module; it has its own state dir, subnet and bridge, so it never touches `lab/lab.yaml`'s
 lab. The handbook-path test (bootstrap0 -> bootstrap on the live host) runs last.
 """
 

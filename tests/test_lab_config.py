@@ -39,7 +39,7 @@ def test_params_lab_yaml_loads() -> None:
 )
 def test_bad_params_name_the_key(data: dict[str, object], expected: str) -> None:
     with pytest.raises(InputError, match=expected):
-        config.from_mapping(data, "params/lab.yaml")
+        config.from_mapping(data, "lab/lab.yaml")
 
 
 def _system(name: str, root: Path = LAB_CONFIG) -> system.SystemConfig:

@@ -1,6 +1,6 @@
 """The main job, for real: `runbook deploy` of a lab (cache VM + one worker), twice.
 
-A module-scoped lab of its own (state dir, subnet, bridge), so params/lab.yaml's lab and the
+A module-scoped lab of its own (state dir, subnet, bridge), so lab/lab.yaml's lab and the
 other lab tests are untouched. The deploy runs as `runbook deploy PARAMS --yes` in a child
 process with its own secret store and records root, as `make demo` runs it.
 """

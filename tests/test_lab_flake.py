@@ -96,8 +96,8 @@ def test_a_configuration_that_does_not_evaluate_stops_the_run(
 def test_conflicting_definitions_are_refused_like_the_module_system(
     tmp_path: Path, config: Path
 ) -> None:
-    """Two modules giving one option different plain values: nixpkgs lib/modules.nix
-    (mergeEqualOption) says 'has conflicting definition values'; mkDefault yields."""
+    """Two modules giving one option different plain values: nixpkgs
+    (lib/options.nix mergeEqualOption) says 'has conflicting definition values'; mkDefault yields."""
     from runbook.sections import s00_preflight
     from runbook.steps import StepFailed
 

@@ -82,9 +82,9 @@ FLAKE_FEATURES = "experimental-features = nix-command flakes"
 
 def build_toplevel(root: Path, name: str) -> str:
     """`nix build` the flake's `nixosConfigurations.NAME.config.system.build.toplevel` with the
-    host's real Nix, as nixos-rebuild does (nixpkgs pkgs/by-name/ni/nixos-rebuild-ng
-    `nix.build_flake`: `nix build --out-link ... FLAKE#nixosConfigurations."NAME".config.system.
-    build.toplevel`); the store path, read from `--json` (Nix 2.8 has no --print-out-paths).
+    host's real Nix, as nixos-rebuild does (NixOS/nixpkgs
+    pkgs/by-name/ni/nixos-rebuild-ng/src/nixos_rebuild/nix.py `build_flake`: `nix build
+    --print-out-paths FLAKE#nixosConfigurations."NAME".config.system.build.toplevel`); the store path, read from `--json` (Nix 2.8 has no --print-out-paths).
     A configuration that does not evaluate or build fails here, before anything changes."""
     attr = f'path:{root}#nixosConfigurations."{name}".config.system.build.toplevel'
     before = os.environ.get("NIX_CONFIG", "")

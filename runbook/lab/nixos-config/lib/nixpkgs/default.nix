@@ -4,7 +4,7 @@
 # merges them the way those types do for what the checkout sets (attribute sets merged, lists
 # concatenated, equal values kept, mkDefault < a plain value < mkForce), and refuses what the
 # module system refuses: two different plain values for one option ("conflicting definition
-# values", nixpkgs lib/modules.nix mergeEqualOption), an undefined package or variable, a file
+# values", nixpkgs lib/options.nix mergeEqualOption), an undefined package or variable, a file
 # that does not parse. `config.system.build.toplevel` is a real derivation whose output holds
 # the evaluated configuration (config.json): what the lab's nixos-rebuild builds and activates.
 let
