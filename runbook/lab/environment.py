@@ -78,12 +78,24 @@ def choose_serial_port(lab: LabParams, count: int, previous: int | None) -> int:
 def environment(
     lab: LabParams, template: dict[str, Any], source: str, previous_port: int | None
 ) -> Environment:
-    """Which VM each host plays (its `nixname`, one of the template's vms when it has some)
-    and the serial ports: VM i's console is on serial_port + i."""
-    names = vm_names(template) or [spec.nixname for spec in lab.hosts]
-    missing = [s.nixname for s in lab.hosts if s.nixname not in names]
+    """Which VM each host plays (its `nixname`, one of the template's vms) and the serial
+    ports: VM i's console is on serial_port + i. Without a deployment (a lab made from its
+    `lab:` section only) host i plays VM i, named its nixname, or its own name when several
+    hosts share one."""
+    nixnames = [spec.nixname for spec in lab.hosts]
+    names = vm_names(template)
+    if not names:
+        unique = len(set(nixnames)) == len(nixnames)
+        names = nixnames if unique else [spec.name for spec in lab.hosts]
+        port = choose_serial_port(lab, len(names), previous_port)
+        plays = {s.name: console.Plays(names[i], port + i) for i, s in enumerate(lab.hosts)}
+        return Environment(plays, port, template)
+    missing = [n for n in nixnames if n not in names]
     if missing:
         raise InputError(f"{source}: lab.hosts: {missing[0]!r} (nixname) is not one of the vms")
+    twice = [n for n in nixnames if nixnames.count(n) > 1]
+    if twice:
+        raise InputError(f"{source}: lab.hosts: two hosts play {twice[0]!r} (nixname)")
     port = choose_serial_port(lab, len(names), previous_port)
     plays = {
         spec.name: console.Plays(spec.nixname, port + names.index(spec.nixname))
