@@ -431,6 +431,18 @@ def callback_command(address: str, port: int | str, token: str) -> str:
     return f"timeout {CALLBACK_CONNECT_TIMEOUT} bash -c 'echo {HELLO_PREFIX}{token} >{target}'"
 
 
+def recv_line(sock: socket.socket, limit: int) -> bytes:
+    """What `sock` sends up to its first newline (or `limit` bytes, or its close); the socket's
+    own timeout bounds each read (OSError, TimeoutError included, reaches the caller)."""
+    data = b""
+    while b"\n" not in data and len(data) < limit:
+        chunk = sock.recv(256)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def tcp_callback(
     listen_address: str, type_command: Callable[[str], None], timeout: float = CALLBACK_TIMEOUT
 ) -> list[str]:
@@ -453,15 +465,10 @@ def tcp_callback(
                 break
             with conn:
                 conn.settimeout(max(0.1, min(2.0, end - time.monotonic())))
-                data = b""
                 try:
-                    while b"\n" not in data and len(data) < 256:
-                        chunk = conn.recv(256)
-                        if not chunk:
-                            break
-                        data += chunk
+                    data = recv_line(conn, 256)
                 except OSError:
-                    pass
+                    data = b""
             if want in data:
                 return [str(peer[0])]
             logger.info("call-back on %s:%d: %s said something else", listen_address, port, peer)

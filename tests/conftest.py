@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runbook.models import Host
+from runbook.models import Deadlines, Host
 from tests.sshd_rig import FISH_USER, PASS_USER, PASS_WORD, Sshd, start_sshd, stop_sshd
 
 IN_CI = bool(os.environ.get("CI"))
@@ -40,9 +40,9 @@ def sshd() -> Iterator[Sshd]:
     stop_sshd(s)
 
 
-@pytest.fixture
-def fish_host(sshd: Sshd, tmp_path: Path) -> Host:
-    # a known_hosts per test: one test changes the server's host key
+def fish_host_on(sshd: Sshd, tmp_path: Path, deadlines: Deadlines | None = None) -> Host:
+    """The fish-shell sudo user on the test sshd, with a known_hosts of its own (one test
+    changes the server's host key) and, if given, its own deadlines."""
     return Host(
         name="fishvm",
         address="127.0.0.1",
@@ -50,4 +50,10 @@ def fish_host(sshd: Sshd, tmp_path: Path) -> Host:
         port=sshd.port,
         identity=sshd.user_key,
         known_hosts=tmp_path / "known_hosts",
+        **({"deadlines": deadlines} if deadlines is not None else {}),
     )
+
+
+@pytest.fixture
+def fish_host(sshd: Sshd, tmp_path: Path) -> Host:
+    return fish_host_on(sshd, tmp_path)

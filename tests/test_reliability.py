@@ -26,7 +26,7 @@ from runbook.params import load
 from runbook.remote import Connection
 from runbook.secrets import SecretStore
 from runbook.steps import Context, Mode, Step, StepFailed
-from tests.conftest import FISH_USER, Sshd
+from tests.conftest import FISH_USER, Sshd, fish_host_on
 from tests.run_rig import REPO
 
 FAST: Deadlines = Deadlines(connect=5, command=60, stall=1.0, keepalive=0.5, keepalive_count=3)
@@ -81,15 +81,7 @@ def frozen_sessions(sshd: Sshd, after: float) -> Iterator[list[int]]:
 
 
 def _host(sshd: Sshd, tmp_path: Path, deadlines: Deadlines = FAST) -> Host:
-    return Host(
-        name="fishvm",
-        address="127.0.0.1",
-        user=FISH_USER,
-        port=sshd.port,
-        identity=sshd.user_key,
-        known_hosts=tmp_path / "known_hosts",
-        deadlines=deadlines,
-    )
+    return fish_host_on(sshd, tmp_path, deadlines)
 
 
 # -- 1. a dead link ends every remote command within its bound ----------------------------

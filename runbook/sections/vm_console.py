@@ -41,6 +41,7 @@ from runbook.discover import (
     SweepResult,
     Target,
     interface_address,
+    recv_line,
     resolve_address,
     serial_callback,
     sweep_hosts,
@@ -338,12 +339,7 @@ def sshd_banner(address: str, port: int = 22) -> str | None:
     try:
         with socket.create_connection((address, port), timeout=BANNER_TIMEOUT) as sock:
             sock.settimeout(BANNER_TIMEOUT)
-            data = b""
-            while b"\n" not in data and len(data) < 512:
-                chunk = sock.recv(256)
-                if not chunk:
-                    break
-                data += chunk
+            data = recv_line(sock, 512)
     except OSError:
         return None
     line = data.split(b"\n", 1)[0].decode(errors="replace").strip()
