@@ -245,9 +245,9 @@ def toplevel_build(ctx: Context, vm: VM) -> Step:
             )
         return f"built {built_path(result.stdout)}"
 
-    cmd = f"cd {ctx.dep.nixos_config} && {render(argv)}"
-    if ctx.dep.local_nix_config.strip():
-        cmd = "NIX_CONFIG=<params local_nix_config> " + cmd
+    # the environment goes on nix's own words, where a shell would apply it too
+    env = "NIX_CONFIG=<params local_nix_config> " if ctx.dep.local_nix_config.strip() else ""
+    cmd = f"cd {ctx.dep.nixos_config} && {env}{render(argv)}"
     return Step(f"build {vm.name} locally first (lesson 3)", "localhost", [cmd], probe, build)
 
 
