@@ -213,8 +213,10 @@ passed atticd's decode chain here.""",
 
 > **Attic 缓存管理 / 初始化 2-3**
 
-On the cache VM, as root: make an admin token with `atticd-atticadm make-token`, `attic login`,
-`attic cache create main`, `attic cache configure main --public`, then push every store path
+On the cache VM, as root: make an admin token with `atticd-atticadm make-token`, log root's
+attic client in (its `~/.config/attic/config.toml` written 0600 as `attic login` writes it, so
+the token is in no process argument; proven with a call only an authorized token passes, and
+redone after a token rotation), `attic cache create main`, `attic cache configure main --public`, then push every store path
 (`nix path-info --all | attic push main --stdin -j N`). The token goes to the secret store and is
 masked in every output. The cache's public key, read from `attic cache info` (on stderr), is kept
 for the workers (07). attic skips paths signed by cache.nixos.org unless `cache.upstream_filter`
@@ -272,10 +274,16 @@ pushed to the cache.""",
 
 > **当前缓存信息** · 验证: `curl -sf http://nixos-utm-cache.local:8080/main/nix-cache-info`
 
-Check the cache the way Nix does: `nix-cache-info`, then narinfo signatures against the trusted
-key; and have each worker really substitute a path from it (Nix checks the signature).""",
+Check the cache the way Nix does: `nix-cache-info`, then narinfo signatures against the key the
+live cache signs with; then what each worker's running Nix trusts (`nix show-config --json`): the
+cache among its substituters and that key among its trusted-public-keys (a regenerated keypair
+fails here, naming both keys); and have each worker really substitute a path from it.""",
         [
             ("## The cache answers and signs", "ctx.run(s.verify(ctx))"),
+            (
+                "## Each worker's Nix trusts the key the cache signs with now",
+                'ctx.run_parallel([s.trust(ctx, w) for w in ctx.dep.workers], none="no worker VMs to check")',
+            ),
             (
                 "## A real substitution on each worker",
                 'ctx.run_parallel([s.substitute(ctx, w) for w in ctx.dep.workers], none="no worker VMs to substitute on")',

@@ -93,12 +93,40 @@ def parse_make_token_output(stdout: str) -> Secret:
 # ---------------------------------------------------------------------------- login + cache
 
 
-def login_argv(name: str, endpoint: str, token: Secret, set_default: bool = False) -> list[str]:
-    """`attic login NAME ENDPOINT TOKEN`: writes the config only, no request (attic.md §4).
+# `client/src/config.rs`: `$XDG_CONFIG_HOME/attic/config.toml`, where the xdg crate takes
+# XDG_CONFIG_HOME only when it is absolute and falls back to $HOME/.config. Resolved on the
+# host, under the same sudo the client runs with, so the file written is the one it reads.
+CLIENT_CONFIG_PATH_SCRIPT: Final = (
+    'h=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}\n'
+    'case "${XDG_CONFIG_HOME:-}" in /*) d=$XDG_CONFIG_HOME ;; *) d=$h/.config ;; esac\n'
+    "printf '%s\\n' \"$d/attic/config.toml\""
+)
+CLIENT_CONFIG_MODE: Final = 0o600  # `FILE_MODE` in client/src/config.rs
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-_+]{0,49}$")  # attic/src/cache.rs
 
-    The token is in the argv; it is a registered Secret, so every Result and log masks it.
-    """
-    return ["attic", "login", name, endpoint, token.reveal(), *(["--set-default"] * set_default)]
+
+def client_config(name: str, endpoint: str, token: Secret) -> Secret:
+    """What `attic login NAME ENDPOINT TOKEN --set-default` leaves in a fresh config.toml
+    (`client/src/command/login.rs`, serialized `ConfigData` of `client/src/config.rs`):
+    `default-server`, then `[servers.NAME]` with `endpoint` and `token`. Written with
+    `Connection.put` (mode 0600 from the first byte), the token never is in an argv."""
+    if not _NAME_RE.match(name):
+        raise InputError(f"attic server name {name!r}: expected [A-Za-z0-9][A-Za-z0-9-_+]{{0,49}}")
+    if not _JWT_RE.match(token.reveal()):
+        raise InputError("attic token: expected a JWT (three base64url parts)")
+    # JSON string escapes are TOML basic-string escapes for this character set
+    text = (
+        f"default-server = {json.dumps(name)}\n\n"
+        f"[servers.{name}]\n"
+        f"endpoint = {json.dumps(endpoint)}\n"
+        f"token = {json.dumps(token.reveal())}\n"
+    )
+    return Secret(text, "attic client config")
+
+
+def client_config_shown(name: str, endpoint: str) -> str:
+    """The config file as a plan shows it, the token masked."""
+    return f'default-server = "{name}" [servers.{name}] endpoint = "{endpoint}" token = "*****"'
 
 
 def cache_create_argv(cache: str = DEFAULT_CACHE, public: bool = False) -> list[str]:
@@ -299,7 +327,12 @@ def judge_push(
 
 
 class AtticApiError(RunbookError):
-    """A request to atticd's API failed."""
+    """A request to atticd's API failed; `status` is the HTTP status, if one came, and
+    `error` the name in atticd's JSON error body (`NoSuchCache`, `Unauthorized`, ...)."""
+
+    def __init__(self, message: str, status: int | None = None, error: str = "") -> None:
+        super().__init__(message)
+        self.status, self.error = status, error
 
 
 def _api(
@@ -319,7 +352,9 @@ def _api(
             answer = json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace").strip()
-        raise AtticApiError(f"{method} {url}: HTTP {exc.code} {detail[:200]}") from None
+        raise AtticApiError(
+            f"{method} {url}: HTTP {exc.code} {detail[:200]}", exc.code, _error_name(detail)
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         raise AtticApiError(f"{method} {url}: {getattr(exc, 'reason', exc)}") from None
     except ValueError:
@@ -372,6 +407,23 @@ def get_missing_paths(
     if not isinstance(missing, list):
         raise AtticApiError(f"POST {url}: no missing_paths list in the answer")
     return sorted(by_hash[str(h)] for h in missing if str(h) in by_hash)
+
+
+def token_authorized(api_endpoint: str, cache: str, token: Secret, timeout: float = 10.0) -> str:
+    """Prove that atticd takes `token` for a push to `cache`: `POST get-missing-paths` with no
+    hashes needs push permission and reads nothing. atticd checks the permission first
+    (`server/src/api/v1/get_missing_paths.rs`, `auth_cache`), and ignores a bad token as
+    anonymous: 401 or 403 means the token is refused; 404 `NoSuchCache` comes only to a token
+    with permission on a cache not created yet (attic.md §5). Returns what was proven;
+    raises AtticApiError otherwise (its `status` says 401/403 for a refused token)."""
+    url = api_endpoint.rstrip("/") + "/_api/v1/get-missing-paths"
+    try:
+        _api(url, token, timeout, {"cache": cache, "store_path_hashes": []})
+    except AtticApiError as exc:
+        if exc.status == 404 and exc.error == "NoSuchCache":
+            return f"atticd grants the token push on {cache} (not created yet: 404 NoSuchCache)"
+        raise
+    return f"atticd grants the token push on {cache} (POST get-missing-paths: 200)"
 
 
 def store_path_hash(store_path: str) -> str:
@@ -596,3 +648,86 @@ def netrc_line(host: str, token: Secret) -> Secret:
 def basic_auth_header(token: Secret) -> Secret:
     """What Nix sends from netrc: Basic auth, the JWT as password (attic.md §2)."""
     return Secret("Basic " + base64.b64encode(f"x:{token.reveal()}".encode()).decode(), "auth")
+
+
+# ---------------------------------------------------------------------------- what a worker trusts
+
+# The settings a host's Nix runs with: `nix show-config --json` exists in Nix 2.8 and is kept
+# in newer Nix (and Lix) as a deprecated alias of `nix config show`; each setting is an object
+# whose `value` is the effective value (`BaseSetting<T>::toJSONObject`, NixOS/nix
+# src/libutil/config-impl.hh), `extra-*` lines already merged in.
+NIX_SHOW_CONFIG_ARGV: Final = (
+    "nix",
+    "--extra-experimental-features",
+    "nix-command",
+    "show-config",
+    "--json",
+)
+
+
+@dataclass(frozen=True)
+class NixTrust:
+    """A host's effective `substituters` and `trusted-public-keys`."""
+
+    substituters: tuple[str, ...]
+    trusted_public_keys: tuple[str, ...]
+
+
+def parse_nix_show_config(stdout: str) -> NixTrust:
+    """The two settings from `nix show-config --json`."""
+    try:
+        data = json.loads(stdout)
+    except ValueError:
+        raise AtticOutputError("`nix show-config --json` printed no JSON") from None
+    if not isinstance(data, dict):
+        raise AtticOutputError("`nix show-config --json` printed no JSON object")
+
+    def strings(name: str) -> tuple[str, ...]:
+        entry = data.get(name)
+        value = entry.get("value") if isinstance(entry, dict) else entry
+        if isinstance(value, str):
+            return tuple(value.split())
+        if isinstance(value, list):
+            return tuple(str(v) for v in value)
+        raise AtticOutputError(f"`nix show-config --json` has no {name} value")
+
+    return NixTrust(strings("substituters"), strings("trusted-public-keys"))
+
+
+class TrustMismatchError(RunbookError):
+    """A host's Nix would refuse the cache: it does not list it, or trusts another key."""
+
+
+def effective_keys(trusted_public_keys: Sequence[str]) -> dict[str, keys.NixPublicKey]:
+    """The key Nix checks each signer name against: the FIRST key of each name
+    (`getDefaultPublicKeys` puts them in a map with `emplace`, which keeps the first;
+    NixOS/nix src/libstore/keys.cc). A key Nix could not parse is left out here."""
+    found: dict[str, keys.NixPublicKey] = {}
+    for text in trusted_public_keys:
+        try:
+            key = keys.parse_public_key(text)
+        except InputError:
+            continue
+        found.setdefault(key.name, key)
+    return found
+
+
+def judge_trust(host: str, trust: NixTrust, cache_url: str, cache_key: str) -> str:
+    """Whether `host`'s Nix takes paths from `cache_url` signed by the live `cache_key`:
+    the URL among its substituters (up to a trailing slash), and the live key the one it
+    holds for the key's name (`effective_keys`). A mismatch names both keys and the host."""
+    live = keys.parse_public_key(cache_key)
+    url = cache_url.rstrip("/")
+    if url not in {s.rstrip("/") for s in trust.substituters}:
+        shown = " ".join(trust.substituters) or "none"
+        raise TrustMismatchError(
+            f"{host} does not use {url}: its Nix's substituters are {shown} (run notebook 07)"
+        )
+    held = effective_keys(trust.trusted_public_keys).get(live.name)
+    if held == live:
+        return f"{host} uses {url} and trusts its key {live}"
+    trusts = f"trusts {held}" if held else f"trusts no {live.name}: key"
+    raise TrustMismatchError(
+        f"{host} {trusts}, but the cache {url} signs with {live}: Nix there refuses its "
+        'paths ("not signed by any of the keys"); run notebook 07 to trust the new key'
+    )

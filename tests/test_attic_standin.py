@@ -6,6 +6,7 @@ Nix runs in a private mount namespace with a temporary directory bind-mounted on
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import os
@@ -613,3 +614,103 @@ def test_argv_builders_follow_the_handbook():
     assert token.reveal() == "eyJh.eyJz.c2ln" and str(token) == "*****"
     with pytest.raises(attic.AtticOutputError):
         attic.parse_make_token_output("Error: PubkeyOnlyCannotCreateToken\r\n")
+
+
+# ---------------------------------------------------------------------------- the client's config
+# zhaofengli/attic client/src/config.rs (ConfigData, ServerConfig, ServerTokenConfig), cache.rs
+
+
+def _client_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str | bytes) -> Path:
+    from runbook.lab.attic import client
+
+    path = tmp_path / "xdg" / "attic" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert client.config_path() == path
+    return path
+
+
+def test_client_reads_the_config_06_writes(tmp_path, monkeypatch):
+    from runbook.lab.attic import client
+
+    token = "eyJh.eyJz.c2ln"
+    _client_with(
+        tmp_path, monkeypatch, attic.client_config("local", "http://h:8080", Secret(token)).reveal()
+    )
+    server, cache = client.resolve(client.cache_ref("main"))
+    assert (server.name, server.endpoint, server.token, cache) == (
+        "local",
+        "http://h:8080",
+        token,
+        "main",
+    )
+    server, _ = client.resolve(client.cache_ref("local:main"))
+    assert server.token == token
+
+
+# (config text, the error, whether loading fails: `attic login` loads the config first too)
+@pytest.mark.parametrize(
+    ("text", "message", "on_load"),
+    [
+        (b"default-server = \"local\"\xff\n", "invalid utf-8 sequence of 1 bytes from index 24", True),
+        ("servers = [", "TOML parse error", True),
+        ('[servers.local]\ntoken = "t"\n', "missing field `endpoint`", True),
+        ('[servers.local]\nendpoint = 8080\n', "invalid type: integer, expected a string", True),
+        ('[servers."bad name"]\nendpoint = "http://h"\n', 'Invalid cache name "bad name"', True),
+        ('default-server = "-x"\n', 'Invalid cache name "-x"', True),
+        ('default-server = "other"\n[servers.local]\nendpoint = "http://h"\n',
+         'Configured default server "other" does not exist', False),
+        ("", "No servers are available.", False),
+        ('[servers.local]\nendpoint = "localhost"\n', "relative URL without a base", False),
+        ('[servers.local]\nendpoint = "http://h"\ntoken-file = "/nonexistent/t"\n',
+         "Failed to read token from /nonexistent/t", False),
+    ],
+)  # fmt: skip
+def test_client_refuses_what_config_rs_refuses(
+    tmp_path, monkeypatch, capsys, text, message, on_load
+):
+    from runbook.lab.attic import client
+
+    _client_with(tmp_path, monkeypatch, text)
+    with pytest.raises(client.ClientError) as caught:
+        client.resolve(client.cache_ref("main"))
+    assert message in str(caught.value)
+    assert client.main(["cache", "info", "main"]) == 1
+    assert f"Error: {message}" in capsys.readouterr().err
+    assert client.main(["login", "x", "http://h"]) == (1 if on_load else 0)
+
+
+def test_client_token_forms_as_config_rs_reads_them(tmp_path, monkeypatch):
+    """untagged: `token` first, then `token-file` (trimmed); flatten of an Option: a token of
+    the wrong type is no token, not an error. A qualified server that is missing is named."""
+    from runbook.lab.attic import client
+
+    (tmp_path / "t").write_text("  eyJf.eyJg.aGk \n")
+    _client_with(
+        tmp_path, monkeypatch,
+        '[servers.a]\nendpoint = "http://h"\ntoken = "eyJr.eyJz.c2ln"\n'
+        f'token-file = "{tmp_path / "t"}"\n'
+        f'[servers.b]\nendpoint = "http://h"\ntoken-file = "{tmp_path / "t"}"\n'
+        '[servers.c]\nendpoint = "http://h"\ntoken = 5\n',
+    )  # fmt: skip
+    assert client.resolve(client.cache_ref("a:main"))[0].token == "eyJr.eyJz.c2ln"
+    assert client.resolve(client.cache_ref("b:main"))[0].token == "eyJf.eyJg.aGk"
+    assert client.resolve(client.cache_ref("c:main"))[0].token is None
+    with pytest.raises(client.ClientError, match='Server "d" does not exist'):
+        client.resolve(client.cache_ref("d:main"))
+    with pytest.raises(argparse.ArgumentTypeError, match="Invalid cache reference"):
+        client.cache_ref("a:b:c")
+
+
+def test_client_login_keeps_the_token_when_none_is_given(tmp_path, monkeypatch, capsys):
+    """login.rs: an existing server gets the new endpoint, and a token only when given."""
+    from runbook.lab.attic import client
+
+    path = _client_with(tmp_path, monkeypatch, "")
+    assert client.main(["login", "local", "http://h", "eyJr.eyJz.c2ln"]) == 0
+    assert client.main(["login", "local", "http://other"]) == 0
+    assert '\u270d\ufe0f Overwriting server "local"' in capsys.readouterr().err
+    assert path.stat().st_mode & 0o777 == 0o600
+    server, _ = client.resolve(client.cache_ref("main"))
+    assert (server.endpoint, server.token) == ("http://other", "eyJr.eyJz.c2ln")

@@ -7,6 +7,8 @@ script on bash's stdin (lesson 5), and the token is a registered secret, masked 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +26,6 @@ from runbook.steps import TODO, Check, Context, Step
 NOTEBOOK: Final = "06-cache"
 SERVER: Final = "local"
 ENDPOINT: Final = "http://localhost:8080"
-PLACEHOLDER: Final = Secret("<admin token from the store>", "placeholder")
 
 
 def public_key_file(ctx: Context) -> Path:
@@ -46,6 +47,9 @@ def _token_valid(ctx: Context) -> Check:
     return Check(True, f"{ctx.dep.cache.admin_token} in the store is signed by this secret")
 
 
+MAKE_TOKEN: Final = "admin token (atticd-atticadm make-token)"
+
+
 def make_token(ctx: Context, vm: VM) -> Step:
     argv = attic.make_token_argv()
 
@@ -55,7 +59,7 @@ def make_token(ctx: Context, vm: VM) -> Step:
         return f"admin token kept in the secret store as {ctx.dep.cache.admin_token!r}"
 
     return Step(
-        "admin token (atticd-atticadm make-token)",
+        MAKE_TOKEN,
         host_label(ctx, vm),
         [ssh_render(ctx, vm, shlex.join(argv) + " </dev/null", sudo=True)],
         probe=lambda: _token_valid(ctx),
@@ -63,19 +67,74 @@ def make_token(ctx: Context, vm: VM) -> Step:
     )
 
 
+def client_config_path(ctx: Context, vm: VM) -> str:
+    """The config file root's attic client reads on `vm`, resolved there (attic.md §4)."""
+    out = ctx.connection(vm).run(attic.CLIENT_CONFIG_PATH_SCRIPT, elevate=Elevate.SUDO)
+    path = out.stdout.strip()
+    if not path.startswith("/") or "\n" in path:
+        raise RunbookError(f"{vm.name}: the attic client's config path came out as {path!r}")
+    return path
+
+
+def _client_config(ctx: Context) -> Secret:
+    return attic.client_config(SERVER, ENDPOINT, _admin_token(ctx))
+
+
+def _prove_token(ctx: Context) -> str:
+    """An authenticated call only a valid token passes (attic.token_authorized); atticd
+    ignoring the token (401/403) fails with why: it runs with another token secret."""
+    try:
+        return attic.token_authorized(api_base(ctx), ctx.dep.cache.name, _admin_token(ctx))
+    except attic.AtticApiError as exc:
+        if exc.status in (401, 403):
+            raise RunbookError(
+                f"atticd refuses {ctx.dep.cache.admin_token} (HTTP {exc.status} {exc.error}): it "
+                "runs with another token secret than the store's; run notebook 05 (restart)"
+            ) from None
+        raise
+
+
 def login(ctx: Context, vm: VM) -> Step:
-    def argv() -> list[str]:
-        return attic.login_argv(SERVER, ENDPOINT, _token(ctx) or PLACEHOLDER, set_default=True)
+    """`attic login` without the token in any argv: the config file the client writes
+    (client/src/config.rs, 0600) is written with `put`, as 05 writes the env file, and the
+    login is proven by an authenticated call. It is redone whenever the file does not hold the
+    stored token: after a rotation (`cache.rotate_token_secret`) or any new token, the old one
+    stays in the file and a public cache answers reads anyway, so only the hash tells."""
+
+    def probe() -> Check:
+        if MAKE_TOKEN in ctx.changed:
+            return TODO
+        path = client_config_path(ctx, vm)
+        want = hashlib.sha256(_client_config(ctx).reveal().encode()).hexdigest()
+        script = f"stat -c %a {shlex.quote(path)} && sha256sum {shlex.quote(path)}"
+        got = ctx.connection(vm).run(script, elevate=Elevate.SUDO, check=False)
+        lines = got.stdout.split("\n")
+        if not (got.ok and lines[0].strip() == "600" and lines[1].split()[:1] == [want]):
+            print(f"      {path} does not hold the stored token (mode 0600): logging in")
+            return TODO
+        return Check(True, f"{path} holds the stored token; {_prove_token(ctx)}")
 
     def apply() -> str:
-        ctx.connection(vm).run(argv(), elevate=Elevate.SUDO)
-        return f"root's attic client logged in to {ENDPOINT} as {SERVER!r}"
+        path = client_config_path(ctx, vm)
+        ctx.connection(vm).put(
+            path, _client_config(ctx), mode=attic.CLIENT_CONFIG_MODE, owner="root"
+        )
+        return f"{path} written (0600, root; no token in any argv); {_prove_token(ctx)}"
 
+    shown_config = attic.client_config_shown(SERVER, ENDPOINT)
+    body = json.dumps({"cache": ctx.dep.cache.name, "store_path_hashes": []})
+    proof_url = f"{api_base(ctx)}_api/v1/get-missing-paths"
+    proof = "proves the token: needs push permission"
     return Step(
         "attic login",
         host_label(ctx, vm),
-        [ssh_render(ctx, vm, shlex.join(argv()), sudo=True)],
-        probe=_cache_info_ok(ctx, vm),
+        [
+            ssh_render(ctx, vm, attic.CLIENT_CONFIG_PATH_SCRIPT.replace("\n", "; "), sudo=True)
+            + "   # the client's config.toml",
+            f"put <that path> (mode 0600 from the first byte, owner root): {shown_config}",
+            f"curl -sf -H 'Authorization: Bearer <token>' -d '{body}' {proof_url}   # {proof}",
+        ],
+        probe=probe,
         action=apply,
         remote=True,
     )
@@ -142,7 +201,7 @@ def make_public(ctx: Context, vm: VM) -> Step:
 PATHS_SCRIPT: Final = "nix path-info --all --sigs"
 
 
-def _api_base(ctx: Context) -> str:
+def api_base(ctx: Context) -> str:
     c = ctx.dep.cache
     return f"http://{c.host}:{c.port}/"
 
@@ -164,7 +223,7 @@ class _PushPlan:
 def _push_plan(ctx: Context, vm: VM) -> _PushPlan:
     """The cache VM's store paths that `attic push` would send: those not signed by one of
     the cache's own `upstream_cache_key_names` (read from the server, as the client does)."""
-    config = attic.get_cache_config(_api_base(ctx), ctx.dep.cache.name, _admin_token(ctx))
+    config = attic.get_cache_config(api_base(ctx), ctx.dep.cache.name, _admin_token(ctx))
     out = ctx.connection(vm).run(PATHS_SCRIPT, elevate=Elevate.SUDO).stdout
     eligible, upstream = attic.split_upstream(
         attic.parse_path_info_sigs(out),
@@ -237,11 +296,11 @@ def read_cache(ctx: Context, vm: VM) -> Step:
     configuration over HTTP and keep its public key for 07, changing nothing on the VM. The
     cache's own deployment makes it; until then this step fails and says so."""
     c = ctx.dep.cache
-    url = f"{_api_base(ctx)}_api/v1/cache-config/{c.name}"
+    url = f"{api_base(ctx)}_api/v1/cache-config/{c.name}"
 
     def probe() -> Check:
         try:
-            config = attic.get_cache_config(_api_base(ctx), c.name, _token(ctx))
+            config = attic.get_cache_config(api_base(ctx), c.name, _token(ctx))
         except attic.AtticApiError as exc:
             return Check(False, f"the cache cannot be read yet: {exc}")
         if not config.public_key:

@@ -1,9 +1,13 @@
-"""08 Attic 缓存管理 / 当前缓存信息: verify the cache as Nix would (nix-cache-info, signatures)
-and make a worker really substitute a path from it.
+"""08 Attic 缓存管理 / 当前缓存信息: verify the cache as Nix would (nix-cache-info, signatures),
+check that each worker's running Nix trusts the key the cache signs with now, and make a
+worker really substitute a path from it.
 
-The path is the cache VM's own system (`/nix/var/nix/profiles/system`): it was pushed in 06
-and no worker builds it, so a worker can only get it from the cache. Nix checks the
-narinfo's signature against `trusted-public-keys` itself; its log names the substituter.
+The key is the live cache's (`GET /_api/v1/cache-config/{cache}`), never the checkout's: a
+regenerated keypair makes the key 07 gave the workers stale, and only the workers' own
+settings (`nix show-config --json` over SSH) tell whether they follow. The path is the cache
+VM's own system (`/nix/var/nix/profiles/system`): it was pushed in 06 and no worker builds it,
+so a worker can only get it from the cache. Nix checks the narinfo's signature against
+`trusted-public-keys` itself; its log names the substituter.
 """
 
 from __future__ import annotations
@@ -13,18 +17,28 @@ from typing import Final
 
 from runbook import attic
 from runbook.errors import RunbookError
+from runbook.models import Elevate
 from runbook.params import VM
 from runbook.sections.common import host_label, render, ssh_render
-from runbook.sections.s06_cache import public_key_file
+from runbook.sections.s06_cache import api_base
 from runbook.steps import TODO, Check, Context, Step
 
 NOTEBOOK: Final = "08-verify"
 SAMPLE_PATH_SCRIPT: Final = "readlink -f /nix/var/nix/profiles/system"
 
 
-def _key(ctx: Context) -> str:
-    path = public_key_file(ctx)
-    return path.read_text().strip() if path.is_file() else "<public key from notebook 06>"
+def live_key(ctx: Context) -> str:
+    """The key the cache signs with now, from its cache-config (a public cache answers
+    anonymously; the admin token is sent when the store has one, for a private cache)."""
+    c = ctx.dep.cache
+    config = attic.get_cache_config(api_base(ctx), c.name, ctx.store.get(c.admin_token))
+    if not config.public_key:
+        raise RunbookError(f"{api_base(ctx)}_api/v1/cache-config/{c.name} gives no public_key")
+    return config.public_key
+
+
+def _config_url(ctx: Context) -> str:
+    return f"{api_base(ctx)}_api/v1/cache-config/{ctx.dep.cache.name}"
 
 
 def _sample_path(ctx: Context) -> str:
@@ -38,21 +52,54 @@ def verify(ctx: Context) -> Step:
     url = ctx.dep.cache.url
 
     def check() -> str:
-        path = _sample_path(ctx)
-        report = attic.verify_cache(url, _key(ctx), [path])
-        report.raise_for_failures()
-        return f"nix-cache-info fields and the signature of {path} check out with {_key(ctx)}"
+        key, path = live_key(ctx), _sample_path(ctx)
+        attic.verify_cache(url, key, [path]).raise_for_failures()
+        return f"nix-cache-info fields and the signature of {path} check out with {key}"
 
     return Step(
         f"verify {url}",
         f"localhost -> {ctx.dep.cache.host}",
         [
+            f"curl -sf {_config_url(ctx)}   # public_key: the key it signs with now",
             f"curl -sf {url}/nix-cache-info",
-            render(
-                ["runbook", "verify-cache", url, "--public-key", _key(ctx), "--store-path", "P"]
-            ),
+            render(["runbook", "verify-cache", url, "--public-key", "K", "--store-path", "P"]),
         ],
         probe=lambda: Check(True, check()),  # a check only: when it passes, nothing to do
+        action=check,
+        remote=True,
+    )
+
+
+SHOW_CONFIG: Final = shlex.join(attic.NIX_SHOW_CONFIG_ARGV)
+
+
+def trust(ctx: Context, worker: VM) -> Step:
+    """What the worker's Nix runs with (root's view, the nix-daemon's: `nix show-config`
+    through sudo), compared with the live cache: its URL among the substituters and the live
+    key the one trusted for the cache's name; then the sample path's signature checked with
+    that key. A key drift (the cache's keypair regenerated, 07 not rerun) fails here, naming
+    the worker, the key it trusts and the key the cache signs with."""
+    url = ctx.dep.cache.url
+
+    def check() -> str:
+        shown = ctx.connection(worker).run(list(attic.NIX_SHOW_CONFIG_ARGV), elevate=Elevate.SUDO)
+        settings = attic.parse_nix_show_config(shown.stdout)
+        key = live_key(ctx)
+        said = attic.judge_trust(worker.name, settings, url, key)
+        path = _sample_path(ctx)
+        held = str(attic.effective_keys(settings.trusted_public_keys)[key.split(":", 1)[0]])
+        attic.verify_cache(url, held, [path]).raise_for_failures()
+        return f"{said}; the signature of {path} checks out with the key {worker.name} holds"
+
+    return Step(
+        f"{worker.name} trusts the key {ctx.dep.cache.name} signs with now",
+        host_label(ctx, worker),
+        [
+            ssh_render(ctx, worker, SHOW_CONFIG, sudo=True)
+            + "   # substituters, trusted-public-keys",
+            f"curl -sf {_config_url(ctx)}   # public_key",
+        ],
+        probe=lambda: Check(True, check()),  # a check only, as verify
         action=check,
         remote=True,
     )
@@ -89,4 +136,5 @@ def substitute(ctx: Context, worker: VM) -> Step:
 
 
 def steps(ctx: Context) -> list[Step]:
-    return [verify(ctx), *(substitute(ctx, w) for w in ctx.dep.workers)]
+    workers = ctx.dep.workers
+    return [verify(ctx), *(trust(ctx, w) for w in workers), *(substitute(ctx, w) for w in workers)]

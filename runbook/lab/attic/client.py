@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,34 +30,114 @@ NIX_FLAGS: Final = ["--extra-experimental-features", "nix-command"]
 
 
 class ClientError(Exception):
-    """Printed as `Error: <name>: <message>` (attic.md §4)."""
+    """Printed as `Error: <name>: <message>` for an API error (attic.md §4), or as
+    `Error: <message>` for the client's own anyhow errors (`name` empty)."""
 
     def __init__(self, name: str, message: str) -> None:
         self.name, self.message = name, message
-        super().__init__(f"{name}: {message}")
+        super().__init__(f"{name}: {message}" if name else message)
 
 
 # ---------------------------------------------------------------------------- config file
+#
+# zhaofengli/attic `client/src/config.rs`: `$XDG_CONFIG_HOME/attic/config.toml` (the xdg crate:
+# XDG_CONFIG_HOME when absolute, else $HOME/.config), read whole, UTF-8, TOML into
+# `ConfigData { default-server: Option<ServerName>, servers: HashMap<ServerName, ServerConfig> }`.
+# `ServerConfig { endpoint: String, #[serde(flatten)] token: Option<ServerTokenConfig> }`, the
+# token `untagged`: `{ token }` tried first, then `{ token-file }` (read and trimmed when a
+# command builds its API client, `ServerTokenConfig::get`). serde's flatten of an Option gives
+# None when the inner value does not deserialize, so a token of the wrong type is no token.
+# Unknown keys are ignored (no deny_unknown_fields). Server names are cache names
+# (`client/src/cache.rs` `ServerName(CacheName)`; `attic/src/cache.rs` CACHE_NAME_REGEX).
+
+NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-_+]{0,49}$")
+_URL_SCHEME_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 
 
 def config_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "attic" / "config.toml"
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    base = Path(xdg) if xdg.startswith("/") else Path.home() / ".config"
+    return base / "attic" / "config.toml"
 
 
-def load_config() -> dict[str, Any]:
+@dataclass(frozen=True)
+class ServerEntry:
+    endpoint: str
+    token: str | None = None  # `ServerTokenConfig::Raw`
+    token_file: str | None = None  # `ServerTokenConfig::File`
+
+
+@dataclass
+class Config:
+    default_server: str | None
+    servers: dict[str, ServerEntry]
+
+
+def _type_error(value: object, expected: str) -> ClientError:
+    kinds = {bool: "boolean", int: "integer", float: "floating point", list: "sequence"}
+    kind = "map" if isinstance(value, dict) else kinds.get(type(value), "string")
+    return ClientError("", f"invalid type: {kind}, expected {expected}")
+
+
+def _server_name(value: object) -> str:
+    """`CacheName::deserialize`: a string matching the cache-name pattern."""
+    if not isinstance(value, str):
+        raise _type_error(value, "a string")
+    if not NAME_RE.match(value):
+        raise ClientError("", f'Invalid cache name "{value}"')  # AtticError::InvalidCacheName
+    return value
+
+
+def _server_entry(raw: object) -> ServerEntry:
+    if not isinstance(raw, dict):
+        raise _type_error(raw, "struct ServerConfig")
+    if "endpoint" not in raw:
+        raise ClientError("", "missing field `endpoint`")
+    if not isinstance(raw["endpoint"], str):
+        raise _type_error(raw["endpoint"], "a string")
+    token, token_file = raw.get("token"), raw.get("token-file")
+    if isinstance(token, str):  # untagged: Raw first
+        return ServerEntry(raw["endpoint"], token=token)
+    if isinstance(token_file, str):
+        return ServerEntry(raw["endpoint"], token_file=token_file)
+    return ServerEntry(raw["endpoint"])  # flatten Option: None when neither deserializes
+
+
+def load_config() -> Config:
+    """`ConfigData::load_from_path`: no file is an empty config; anything else must parse."""
     path = config_path()
-    return tomllib.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return Config(None, {})
+    raw = path.read_bytes()
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:  # std::str::from_utf8's Utf8Error
+        raise ClientError(
+            "", f"invalid utf-8 sequence of {exc.end - exc.start} bytes from index {exc.start}"
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ClientError("", f"TOML parse error: {exc}") from None
+    default = data.get("default-server")
+    servers_raw = data.get("servers", {})
+    if not isinstance(servers_raw, dict):
+        raise _type_error(servers_raw, "a map")
+    servers = {_server_name(k): _server_entry(v) for k, v in servers_raw.items()}
+    return Config(_server_name(default) if default is not None else None, servers)
 
 
-def save_config(conf: dict[str, Any]) -> None:
-    """TOML as in attic.md §4, mode 0600."""
+def save_config(conf: Config) -> None:
+    """`Config::save`: `toml::to_string(ConfigData)`, mode 0600 (`FILE_MODE`)."""
     lines = []
-    if conf.get("default-server"):
-        lines.append(f"default-server = {json.dumps(conf['default-server'])}")
-    for name, server in conf.get("servers", {}).items():
-        lines += ["", f"[servers.{json.dumps(name)}]"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in server.items()]
+    if conf.default_server is not None:
+        lines.append(f"default-server = {json.dumps(conf.default_server)}")
+    for name, server in conf.servers.items():
+        lines += ["", f"[servers.{name}]", f"endpoint = {json.dumps(server.endpoint)}"]
+        if server.token is not None:
+            lines.append(f"token = {json.dumps(server.token)}")
+        elif server.token_file is not None:
+            lines.append(f"token-file = {json.dumps(server.token_file)}")
     write_private(config_path(), ("\n".join(lines) + "\n").encode())
 
 
@@ -67,25 +148,48 @@ class Server:
     token: str | None
 
 
-def resolve(ref: str) -> tuple[Server, str]:
-    """`[server:]cache` -> (server, cache); default server, else the first one (attic.md §4)."""
+def cache_ref(text: str) -> tuple[str | None, str]:
+    """`CacheRef::from_str` (client/src/cache.rs): the whole string as a cache name, else
+    `server:cache` split at the first colon, both valid names; else "Invalid cache reference"
+    (a clap value error, exit 2)."""
+    if NAME_RE.match(text):
+        return None, text
+    server, sep, cache = text.partition(":")
+    if sep and NAME_RE.match(server) and NAME_RE.match(cache):
+        return server, cache
+    raise argparse.ArgumentTypeError("Invalid cache reference")
+
+
+def resolve(ref: tuple[str | None, str]) -> tuple[Server, str]:
+    """`ConfigData::resolve_cache` and `default_server`, then the token as
+    `ApiClient::from_server_config` reads it (`ServerConfig::token`) and the endpoint as it
+    parses it (`Url::parse`)."""
     conf = load_config()
-    servers: dict[str, Any] = conf.get("servers", {})
-    server_name, sep, cache = ref.rpartition(":")
-    if not sep:
-        server_name = conf.get("default-server") or next(iter(servers), "")
-    if server_name not in servers:
-        raise ClientError(
-            "NoSuchServer" if sep else "NoDefaultServer",
-            f'No server named "{server_name}" configured'
-            if sep
-            else "No servers configured. Run `attic login` first.",
-        )
-    entry = servers[server_name]
-    token = entry.get("token")
-    if not token and entry.get("token-file"):
-        token = Path(entry["token-file"]).read_text().strip()
-    return Server(server_name, str(entry["endpoint"]), token), cache
+    server_name, cache = ref
+    if server_name is not None:
+        if server_name not in conf.servers:
+            raise ClientError("", f'Server "{server_name}" does not exist')
+    elif conf.default_server is not None:
+        server_name = conf.default_server
+        if server_name not in conf.servers:
+            raise ClientError("", f'Configured default server "{server_name}" does not exist')
+    elif conf.servers:
+        server_name = next(iter(conf.servers))  # a HashMap's first: any of them upstream
+    else:
+        raise ClientError("", "No servers are available.")
+    entry = conf.servers[server_name]
+    token = entry.token
+    if entry.token_file is not None:
+        try:
+            token = Path(entry.token_file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "stream did not contain valid UTF-8"
+            raise ClientError(
+                "", f"Failed to read token from {entry.token_file}\n\nCaused by:\n    {why}"
+            ) from None
+    if not _URL_SCHEME_RE.match(entry.endpoint):
+        raise ClientError("", "relative URL without a base")  # url::ParseError
+    return Server(server_name, entry.endpoint, token), cache
 
 
 # ---------------------------------------------------------------------------- HTTP
@@ -128,16 +232,22 @@ def api(
 
 
 def cmd_login(args: argparse.Namespace) -> int:
+    """`client/src/command/login.rs`: loads the config (a broken one fails here too), then
+    overwrites the endpoint and, only when one is given, the token of an existing server,
+    or adds a new one; default when `--set-default` or the only server. No request is sent.
+    The token may come from ATTIC_LOGIN_TOKEN (clap `env`)."""
     conf = load_config()
-    servers = conf.setdefault("servers", {})
-    verb = "Overwriting" if args.name in servers else "Configuring"
-    print(f'\u270d\ufe0f {verb} server "{args.name}"', file=sys.stderr)
-    entry: dict[str, str] = {"endpoint": args.endpoint}
-    if args.token:
-        entry["token"] = args.token
-    servers[args.name] = entry
-    if args.set_default or len(servers) == 1:
-        conf["default-server"] = args.name
+    token = args.token if args.token is not None else os.environ.get("ATTIC_LOGIN_TOKEN")
+    old = conf.servers.get(args.name)
+    if old is not None:
+        print(f'\u270d\ufe0f Overwriting server "{args.name}"', file=sys.stderr)
+        keep = (old.token, old.token_file) if token is None else (token, None)
+        conf.servers[args.name] = ServerEntry(args.endpoint, *keep)
+    else:
+        print(f'\u270d\ufe0f Configuring server "{args.name}"', file=sys.stderr)
+        conf.servers[args.name] = ServerEntry(args.endpoint, token=token)
+    if args.set_default or len(conf.servers) == 1:
+        conf.default_server = args.name
     save_config(conf)
     return 0
 
@@ -386,7 +496,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attic")
     sub = parser.add_subparsers(dest="command", required=True)
     login = sub.add_parser("login")
-    login.add_argument("name")
+    login.add_argument("name", type=_login_name)
     login.add_argument("endpoint")
     login.add_argument("token", nargs="?")
     login.add_argument("--set-default", action="store_true")
@@ -394,13 +504,13 @@ def _parser() -> argparse.ArgumentParser:
 
     cache = sub.add_parser("cache").add_subparsers(dest="cache_command", required=True)
     create = cache.add_parser("create")
-    create.add_argument("cache")
+    create.add_argument("cache", type=cache_ref)
     create.add_argument("--public", action="store_true")
     create.add_argument("--priority", type=int, default=41)
     create.add_argument("--upstream-cache-key-name", action="append", default=[])
     create.set_defaults(func=cmd_cache_create)
     configure = cache.add_parser("configure")
-    configure.add_argument("cache")
+    configure.add_argument("cache", type=cache_ref)
     vis = configure.add_mutually_exclusive_group()
     vis.add_argument("--public", action="store_true")
     vis.add_argument("--private", action="store_true")
@@ -412,15 +522,15 @@ def _parser() -> argparse.ArgumentParser:
     configure.add_argument("--upstream-cache-key-name", action="append", default=[])
     configure.set_defaults(func=cmd_cache_configure)
     info = cache.add_parser("info")
-    info.add_argument("cache")
+    info.add_argument("cache", type=cache_ref)
     info.set_defaults(func=cmd_cache_info)
     destroy = cache.add_parser("destroy")
-    destroy.add_argument("cache")
+    destroy.add_argument("cache", type=cache_ref)
     destroy.add_argument("--no-confirm", action="store_true")
     destroy.set_defaults(func=cmd_cache_destroy)
 
     push = sub.add_parser("push")
-    push.add_argument("cache")
+    push.add_argument("cache", type=cache_ref)
     push.add_argument("paths", nargs="*")
     push.add_argument("--stdin", action="store_true")
     push.add_argument("--no-closure", action="store_true")
@@ -429,6 +539,12 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("-j", "--jobs", type=int, default=5)
     push.set_defaults(func=cmd_push)
     return parser
+
+
+def _login_name(text: str) -> str:
+    if not NAME_RE.match(text):
+        raise argparse.ArgumentTypeError(f'Invalid cache name "{text}"')
+    return text
 
 
 def _seconds(text: str) -> int:
@@ -445,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ClientError as exc:
-        print(f"Error: {exc.name}: {exc.message}", file=sys.stderr)
+        print(f"Error: {exc}", file=sys.stderr)
         return 1
 
 
