@@ -31,7 +31,7 @@ nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "lan
 src = out / "empty.ipynb"
 nbformat.write(nb, src)
 if shared:
-    from runbook.runner import KernelThread, NotebookRun, Stream
+    from runbook.notebook.runner import KernelThread, NotebookRun, Stream
     import io
     kt = KernelThread(out)
     kt.start()

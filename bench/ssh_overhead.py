@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runbook.models import Host
-from runbook.remote import Connection
+from runbook.core.models import Host
+from runbook.transport.remote import Connection
 from tests.sshd_rig import FISH_USER, start_sshd, stop_sshd
 
 N = 200

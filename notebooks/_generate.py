@@ -3,7 +3,7 @@
 
 The notebooks are thin: the handbook's text, a `parameters` cell, then one cell per step
 calling `runbook.sections.<module>`, a summary, and an optional step panel for JupyterLab
-(`runbook.widgets.interactive_panel`). Edit the text here, not in the .ipynb files.
+(`runbook.notebook.widgets.interactive_panel`). Edit the text here, not in the .ipynb files.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ One row per step with **Plan** (its commands), **Check** (already done?) and **A
 of that one step: check, then apply; a dangerous step needs the *confirm* box). A batch run
 (`runbook deploy`/`plan`) shows no panel and keeps no widget in its record."""
 
-PANEL = "from runbook.widgets import interactive_panel\n\ninteractive_panel(ctx, s.steps)"
+PANEL = "from runbook.notebook.widgets import interactive_panel\n\ninteractive_panel(ctx, s.steps)"
 
 # (module, title markdown, [(step markdown, step code), ...])
 NOTEBOOKS: list[tuple[str, str, list[tuple[str, str]]]] = [
@@ -329,7 +329,7 @@ regenerate them. Each step first tries a fresh SSH login; only when that fails i
 DASHBOARD_TITLE = """# Records · 部署记录 — the runs, as tables
 
 Every `runbook plan` / `runbook deploy` leaves a record folder: the executed notebooks, `run.log`,
-`manifest.json` and HTML exports. This dashboard reads them with `runbook.records` into pandas."""
+`manifest.json` and HTML exports. This dashboard reads them with `runbook.notebook.records` into pandas."""
 
 DASHBOARD_PARAMS = """\
 records_root = "../records"  # the records folder (`runbook --records DIR`, RUNBOOK_RECORDS)
@@ -371,7 +371,7 @@ def section(module: str, title: str, steps: list[tuple[str, str]]) -> nbformat.N
         _code(PARAMETERS, "parameters"),
         _code(
             f"from runbook.sections import {module} as s\n"
-            "from runbook.steps import open_context\n\n"
+            "from runbook.engine.steps import open_context\n\n"
             "ctx = open_context(s.NOTEBOOK, params, mode, confirm, secrets_dir, record_dir)"
         ),
     ]

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any, Final, NoReturn
 
 from runbook import __version__
-from runbook.errors import EXIT_BAD_INPUT, RunbookError
-from runbook.secrets import install_log_masking, mask
+from runbook.core.errors import EXIT_BAD_INPUT, RunbookError
+from runbook.core.masking import install_log_masking, mask
 
 logger: Final = logging.getLogger(__name__)
 EXIT_PIPE: Final = 128 + 13  # a writer whose reader went away, as a shell reports SIGPIPE

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runbook.models import Deadlines, Host
+from runbook.core.models import Deadlines, Host
 from tests.sshd_rig import FISH_USER, PASS_USER, PASS_WORD, Sshd, start_sshd, stop_sshd
 
 IN_CI = bool(os.environ.get("CI"))

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from runbook import keys
+from runbook.cache import keys
 from runbook.lab.attic.token import CachePermission, encode_token, make_claims
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from runbook import attic
-from runbook.errors import CommandError, RunbookError
-from runbook.models import Result
-from runbook.params import load
-from runbook.secrets import Secret, SecretStore
+from runbook.cache import attic
+from runbook.core.errors import CommandError, RunbookError
+from runbook.core.models import Result
+from runbook.core.params import load
+from runbook.core.secrets import Secret, SecretStore
+from runbook.engine.steps import Context, Mode
 from runbook.sections import s06_cache
-from runbook.steps import Context, Mode
 
 SYSTEM = "/nix/store/3k1wymic8p7h5pfcqfhh0jan8ny2a712-nixos-system-nixos-utm-cache-25.11"
 ETC = "/nix/store/544qcchwgcgpz3xi1bbml28f8jj6009p-etc"

@@ -27,9 +27,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from runbook import attic, keys
+from runbook.cache import attic, keys
+from runbook.core.secrets import Secret, write_private
 from runbook.lab.attic.token import CachePermission, encode_token, make_claims
-from runbook.secrets import Secret, write_private
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / "runbook" / "lab" / "bin"
@@ -158,6 +158,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         shutil.which("nix-store") is not None and shutil.which("unshare") is not None,
         "needs nix-bin and util-linux unshare",
     )
+    # the private store is bound over /nix, which a clean Debian lacks until Nix first runs
+    # (as `runbook lab up` does, see lifecycle.MOUNT_POINTS)
+    Path("/nix").mkdir(exist_ok=True)
     root = tmp_path_factory.mktemp("attic")
     (root / "nix").mkdir()
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

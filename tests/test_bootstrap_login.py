@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from runbook.errors import AuthenticationRefusedError, ConnectError, RunbookError
-from runbook.models import Host
-from runbook.params import load
-from runbook.remote import Connection
-from runbook.secrets import SecretStore
+from runbook.core.errors import AuthenticationRefusedError, ConnectError, RunbookError
+from runbook.core.models import Host
+from runbook.core.params import load
+from runbook.core.secrets import SecretStore
+from runbook.engine.steps import Context, Mode, StepFailed
 from runbook.sections import s04_bootstrap
-from runbook.steps import Context, Mode, StepFailed
+from runbook.transport.remote import Connection
 from tests.sshd_rig import FISH_USER, Sshd, free_port
 
 

@@ -1,5 +1,5 @@
 """JupyterLab in a real browser: a user opens a section notebook, runs it top to bottom in plan
-mode against params/cache.yaml, and uses the step panel (runbook.widgets).
+mode against params/cache.yaml, and uses the step panel (runbook.notebook.widgets).
 
 Real JupyterLab server, real kernel, Debian's chromium driven headless by playwright (the
 python package; its driver ships in the wheel, `playwright install` is never run). Flags and
@@ -211,7 +211,7 @@ def _plan_and_use_the_panel(lab: Lab, page: Any) -> Any:
     first.wait_for()
     first.locator(".widget-button", has_text="Plan").click()
     first.locator(
-        ".widget-output", has_text="$ runbook.keys.generate_token_secret(4096)"
+        ".widget-output", has_text="$ runbook.cache.keys.generate_token_secret(4096)"
     ).wait_for()
     first.locator(".widget-button", has_text="Check").click()
     first.locator(".widget-output", has_text="[to do]").wait_for()

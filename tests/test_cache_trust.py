@@ -27,15 +27,15 @@ from pathlib import Path
 
 import pytest
 
-from runbook import attic
-from runbook.errors import RunbookError
+from runbook.cache import attic
+from runbook.core.errors import RunbookError
+from runbook.core.models import Result
+from runbook.core.params import load
+from runbook.core.secrets import Secret, SecretStore
+from runbook.engine.steps import Context, Mode
 from runbook.lab.attic import client as standin
 from runbook.lab.attic.state import CacheRecord, PathObject, generate_keypair
-from runbook.models import Result
-from runbook.params import load
-from runbook.secrets import Secret, SecretStore
 from runbook.sections import s06_cache, s08_verify
-from runbook.steps import Context, Mode
 from tests.conftest import need
 
 SYSTEM = "/nix/store/3k1wymic8p7h5pfcqfhh0jan8ny2a712-nixos-system-nixos-utm-cache-25.11"

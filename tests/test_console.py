@@ -13,15 +13,15 @@ from unittest import mock
 
 import pytest
 
-from runbook import utm
 from runbook.cli import execute
-from runbook.console import backends, keymap
-from runbook.errors import ConnectError, InputError
-from runbook.models import Result
-from runbook.secrets import Secret
+from runbook.core.errors import ConnectError, InputError
+from runbook.core.models import Result
+from runbook.core.secrets import Secret
+from runbook.mac import utm
+from runbook.mac.console import backends, keymap
 from tests.console_rig import ConsoleRig, start_console
 
-# Golden tables written from the reference text, not from runbook/console/keymap.py:
+# Golden tables written from the reference text, not from runbook/mac/console/keymap.py:
 # utm-makefile-keys.md §4 (kVK codes; "Characters that need Shift on US ANSI") ...
 _MAC_TEXT = (
     "a=0 b=11 c=8 d=2 e=14 f=3 g=5 h=4 i=34 j=38 k=40 l=37 m=46 n=45 o=31 p=35 q=12 r=15 "
@@ -270,7 +270,7 @@ def _osascript_answer(argv: list[str], **kwargs: object) -> Result:
 
 @pytest.fixture
 def run(on_mac: None) -> Iterator[mock.MagicMock]:
-    with mock.patch("runbook.local.run", autospec=True) as m:
+    with mock.patch("runbook.transport.local.run", autospec=True) as m:
         m.side_effect = _osascript_answer
         yield m
 
@@ -317,7 +317,7 @@ def test_utm_input_untypable_is_input_error(run: mock.MagicMock) -> None:
 
 def test_utm_input_off_macos_is_unchecked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "linux")
-    with mock.patch("runbook.local.run", autospec=True) as run:
+    with mock.patch("runbook.transport.local.run", autospec=True) as run:
         with pytest.raises(utm.MacOnlyError, match=r"^unchecked: "):
             backends.UtmInputBackend().type_text("vm", "x")
         with pytest.raises(utm.MacOnlyError):

@@ -21,13 +21,13 @@ from unittest import mock
 
 import pytest
 
-from runbook.console import backends
-from runbook.errors import CommandError, RunbookError
+from runbook.core.errors import CommandError, RunbookError
+from runbook.core.params import load
+from runbook.core.secrets import Secret, SecretStore
+from runbook.engine.steps import Context, Mode, Outcome
 from runbook.lab.standins import hs as hs_standin
-from runbook.params import load
-from runbook.secrets import Secret, SecretStore
+from runbook.mac.console import backends
 from runbook.sections import s02_console, vm_console
-from runbook.steps import Context, Mode, Outcome
 from tests.console_rig import install_standins
 from tests.run_rig import PARAMS
 
@@ -361,7 +361,7 @@ def test_quartz_unreadable_running_list_and_windows_refuses(macos: list[tuple[st
 
 
 def test_started_vms_reads_utmctl_list(monkeypatch: pytest.MonkeyPatch) -> None:
-    from runbook import utm
+    from runbook.mac import utm
 
     rows = [
         utm.VmEntry("1", utm.VmStatus.STARTED, VM),

@@ -1,4 +1,4 @@
-"""runbook.discover: parsers on recorded outputs, resolution with injected lookups (lesson 8).
+"""runbook.mac.discover: parsers on recorded outputs, resolution with injected lookups (lesson 8).
 
 No test here sends an mDNS query or contacts any address but loopback and a network namespace
 the test creates: name lookups go to an injected resolver or to `localhost`, every external
@@ -19,10 +19,11 @@ from unittest import mock
 
 import pytest
 
-from runbook import discover
-from runbook.console import backends, keymap
-from runbook.errors import CommandTimeoutError
-from runbook.models import Result
+from runbook.core.errors import CommandTimeoutError
+from runbook.core.models import Result
+from runbook.mac import discover
+from runbook.mac.console import backends, keymap
+from runbook.transport.remote import tcp_probe
 from tests.conftest import need
 from tests.console_rig import start_console
 
@@ -73,7 +74,7 @@ CONSOLE = (
 def no_real_commands(monkeypatch: pytest.MonkeyPatch) -> Iterator[mock.MagicMock]:
     """Nothing here may run dns-sd/avahi/arp/utmctl for real."""
     monkeypatch.setattr(discover.local, "which", lambda name: None)
-    with mock.patch("runbook.local.run", autospec=True) as run:
+    with mock.patch("runbook.transport.local.run", autospec=True) as run:
         run.side_effect = AssertionError("a test tried to run an external command")
         yield run
 
@@ -301,12 +302,12 @@ def test_tcp_probe_on_loopback() -> None:
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
-        assert discover.tcp_probe(port, timeout=1)("127.0.0.1")
-    assert not discover.tcp_probe(port, timeout=1)("127.0.0.1")
+        assert tcp_probe(port, timeout=1)("127.0.0.1")
+    assert not tcp_probe(port, timeout=1)("127.0.0.1")
 
 
 def test_target_from_params() -> None:
-    from runbook.params import VM
+    from runbook.core.params import VM
 
     vm = VM(name="vm-aarch64-utm-cache", role="cache", address="nixos-utm-cache.local", mac=MAC)
     assert discover.Target.from_params(vm) == discover.Target(
@@ -518,11 +519,11 @@ class _FakeConsole:
 def test_02_types_the_password_first_when_the_vm_is_not_found_yet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runbook.params import load
-    from runbook.secrets import SecretStore
+    from runbook.core.params import load
+    from runbook.core.secrets import SecretStore
+    from runbook.engine.steps import Context, Mode, Outcome
     from runbook.sections import s02_console
     from runbook.sections.vm_console import MacSide
-    from runbook.steps import Context, Mode, Outcome
     from tests.run_rig import PARAMS
 
     events: list[str] = []

@@ -18,10 +18,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from runbook import params
+from runbook.core import params
+from runbook.core.params import Deployment
 from runbook.doctor import (
     CHECKS,
-    Context,
+    DoctorContext,
     Finding,
     Status,
     as_dataframe,
@@ -29,7 +30,6 @@ from runbook.doctor import (
     run_checks,
     run_context,
 )
-from runbook.params import Deployment
 from tests.conftest import need
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nixos-config"
@@ -459,7 +459,7 @@ def test_other_addresses_are_never_contacted(clean: Path, key: Path, monkeypatch
 
 
 def test_a_lab_address_is_tried_and_a_silent_one_is_unchecked(clean: Path, key: Path):
-    ctx = Context(deployment(clean, key, host="127.0.0.1", port=9), clean)
+    ctx = DoctorContext(deployment(clean, key, host="127.0.0.1", port=9), clean)
     trusted = by_id(run_context(ctx))["worker-trusted-key"]
     assert trusted.status is Status.OK and "cache not reachable from here (http://127.0.0.1:9/" in (
         trusted.finding
@@ -489,12 +489,12 @@ def fake_utm(tmp_path: Path, version: str) -> Path:
 def test_mac_checks_on_a_mac(clean: Path, key: Path, tmp_path: Path):
     utmctl = fake_utm(tmp_path, "4.6.4")
     dep = deployment(clean, key, utmctl=utmctl, backend="serial")
-    found = by_id(run_context(Context(dep, clean, system="Darwin")))
+    found = by_id(run_context(DoctorContext(dep, clean, system="Darwin")))
     assert found["utmctl"].status is Status.OK and "1 VMs" in found["utmctl"].finding
     assert found["utm-version"].status is Status.WARN  # 4.6.4 < 4.7.3, serial needs no typing
     assert found["console-backend"].status is Status.FAIL  # serial without a port
     dep = deployment(clean, key, utmctl=utmctl)
-    found = by_id(run_context(Context(dep, clean, system="Darwin")))
+    found = by_id(run_context(DoctorContext(dep, clean, system="Darwin")))
     assert found["utm-version"].status is Status.FAIL  # utm-input needs 4.7.3
 
 
@@ -511,7 +511,7 @@ def test_utm_input_needs_utm_4_7_3(
     clean: Path, key: Path, tmp_path: Path, version: str, status: Status, says: str
 ) -> None:
     dep = deployment(clean, key, utmctl=fake_utm(tmp_path, version))  # backend utm-input
-    verdict = by_id(run_context(Context(dep, clean, system="Darwin")))["utm-version"]
+    verdict = by_id(run_context(DoctorContext(dep, clean, system="Darwin")))["utm-version"]
     assert verdict.status is status and says in verdict.finding
     if status is Status.FAIL:
         assert "#7360" in verdict.finding and "4.7.3" in verdict.fix
@@ -519,7 +519,7 @@ def test_utm_input_needs_utm_4_7_3(
 
 def test_a_missing_utmctl_fails_on_a_mac(clean: Path, key: Path, tmp_path: Path):
     dep = deployment(clean, key, utmctl=tmp_path / "nowhere" / "utmctl", backend="hammerspoon")
-    found = by_id(run_context(Context(dep, clean, system="Darwin")))
+    found = by_id(run_context(DoctorContext(dep, clean, system="Darwin")))
     assert found["utmctl"].status is Status.FAIL and found["utm-version"].status is Status.FAIL
 
 

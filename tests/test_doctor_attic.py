@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from runbook import params
+from runbook.core import params
+from runbook.core.params import Deployment, load
+from runbook.core.secrets import SecretStore
 from runbook.doctor import Finding, Status, run_checks
-from runbook.params import Deployment, load
-from runbook.secrets import SecretStore
+from runbook.engine.steps import Context, Mode
 from runbook.sections import s05_token_secret, s06_cache, s07_workers
-from runbook.steps import Context, Mode
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BASE = FIXTURES / "realrepo-attic"

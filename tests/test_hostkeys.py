@@ -1,4 +1,4 @@
-"""runbook.hostkeys: trust on first use, refuse a change, replace every old line."""
+"""runbook.transport.hostkeys: trust on first use, refuse a change, replace every old line."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from runbook.errors import HostKeyChangedError
-from runbook.hostkeys import KnownHosts, entry_name, fingerprint
+from runbook.core.errors import HostKeyChangedError
+from runbook.transport.hostkeys import KnownHosts, entry_name, fingerprint
 
 
 def _ed25519() -> paramiko.PKey:

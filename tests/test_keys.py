@@ -1,4 +1,4 @@
-"""runbook.keys: atticd's token-secret decode chain and Nix narinfo signatures (attic.md §1, §6)."""
+"""runbook.cache.keys: atticd's token-secret decode chain and Nix narinfo signatures (attic.md §1, §6)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from runbook import keys
-from runbook.errors import InputError
-from runbook.secrets import MASK, mask
+from runbook.cache import keys
+from runbook.core.errors import InputError
+from runbook.core.masking import MASK, mask
 
 # attic.md §6, from attic's server/src/narinfo/tests.rs
 VEC_HEX = "sha256:91e129ac1959d062ad093d2b1f8b65afae0f712056fe3eac78ec530ff6a1bb9a"

@@ -14,7 +14,7 @@ import pytest
 
 from runbook.lab import activate, nixconfig, system
 from runbook.lab.standins import nixos_rebuild
-from runbook.nixcfg import ConfigTree, edit_sequentially, plan_package
+from runbook.nix.nixcfg import ConfigTree, edit_sequentially, plan_package
 
 LAB_CONFIG = Path(__file__).resolve().parents[1] / "runbook" / "lab" / "nixos-config"
 CACHE = "vm-aarch64-utm-cache"

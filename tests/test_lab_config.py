@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runbook.errors import InputError
+from runbook.core.errors import InputError
 from runbook.lab import activate, config, nixconfig, services, system
 from runbook.lab.standins import nixos_rebuild
 from tests.conftest import need

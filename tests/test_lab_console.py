@@ -221,8 +221,8 @@ def local_console(tmp_path: Path) -> Iterator[_LocalConsole]:
 def test_a_second_client_waits_unserved_until_the_first_leaves(
     local_console: _LocalConsole,
 ) -> None:
-    from runbook.console.backends import SerialConsole
-    from runbook.errors import CommandError
+    from runbook.core.errors import CommandError
+    from runbook.mac.console.backends import SerialConsole
 
     first = SerialConsole("127.0.0.1", local_console.port)
     first.send("echo first-$((1+1))\n")
@@ -243,8 +243,8 @@ def test_a_second_client_waits_unserved_until_the_first_leaves(
 
 def test_the_old_two_connection_pattern_times_out(local_console: _LocalConsole) -> None:
     """Notebook 02's old watcher + typist: a reader connection, then the backend's own."""
-    from runbook.console.backends import SerialBackend
-    from runbook.errors import CommandError
+    from runbook.core.errors import CommandError
+    from runbook.mac.console.backends import SerialBackend
 
     watcher = SerialBackend(port=local_console.port).session()
     watcher.drain(0.3)
@@ -259,9 +259,9 @@ def test_the_old_two_connection_pattern_times_out(local_console: _LocalConsole) 
 def test_02_types_the_password_over_one_shared_connection(local_console: _LocalConsole) -> None:
     """The product's path: typing, the prompt waits and a command's answer all go through
     the serial backend's one connection, so a one-client console serves all of them."""
-    from runbook.console.backends import SerialBackend
-    from runbook.params import VM
-    from runbook.secrets import Secret
+    from runbook.core.params import VM
+    from runbook.core.secrets import Secret
+    from runbook.mac.console.backends import SerialBackend
     from runbook.sections.s02_console import type_password
     from runbook.sections.vm_console import VmConsole, run_marked
 
@@ -281,7 +281,7 @@ def test_keyboard_port_types_while_the_serial_port_has_its_client(
 ) -> None:
     """UTM's keyboard input is not the serial port: the typing stand-ins write to the
     console's keyboard port, whatever client holds the serial port."""
-    from runbook.console.backends import SerialBackend
+    from runbook.mac.console.backends import SerialBackend
 
     reader = SerialBackend(port=local_console.port)
     reader.session().drain(0.3)
@@ -295,8 +295,8 @@ def test_keyboard_port_types_while_the_serial_port_has_its_client(
 
 
 def test_console_is_a_root_shell_inside_the_host(lab: list[Any]) -> None:
-    from runbook.console.backends import SerialBackend, clean_console_text
     from runbook.lab import lifecycle
+    from runbook.mac.console.backends import SerialBackend, clean_console_text
 
     ports = {h.name: h.console_port for h in lifecycle.status(LAB)}
     assert all(ports.values()), ports
@@ -317,10 +317,10 @@ def test_console_is_a_root_shell_inside_the_host(lab: list[Any]) -> None:
 def test_utm_standins_have_the_installed_vm(lab: list[Any], work: Path) -> None:
     """UTM (the params' utmctl and osascript) has the VM the installed host plays, with that
     host's console as its TCP serial port and its MAC; the live host's VM is 01's to make."""
-    from runbook import utm
-    from runbook.errors import CommandError
+    from runbook.core.errors import CommandError
+    from runbook.core.params import load_params
     from runbook.lab import console
-    from runbook.params import load_params
+    from runbook.mac import utm
 
     params = _lab_params()
     dep = load_params(work / "params.yaml")
@@ -338,9 +338,9 @@ def test_utm_standins_have_the_installed_vm(lab: list[Any], work: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["utm-input", "hammerspoon", "serial"])
 def test_every_backend_types_into_the_lab_console(lab: list[Any], work: Path, backend: str) -> None:
-    from runbook.console.backends import SerialBackend, make_backend
+    from runbook.core.params import load_params
     from runbook.lab import console
-    from runbook.params import load_params
+    from runbook.mac.console.backends import SerialBackend, make_backend
 
     dep = load_params(work / "params.yaml")
     port = console.port(_lab_params(), "rbc-inst")
@@ -360,9 +360,9 @@ def test_every_backend_types_into_the_lab_console(lab: list[Any], work: Path, ba
 
 
 def test_01_02_create_set_password_and_find_the_address(lab: list[Any], work: Path) -> None:
-    from runbook.models import Host
-    from runbook.remote import Connection
-    from runbook.secrets import Secret
+    from runbook.core.models import Host
+    from runbook.core.secrets import Secret
+    from runbook.transport.remote import Connection
 
     first = _runbook(work, "deploy", str(work / "params.yaml"), "--only", "01,02")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
@@ -416,8 +416,8 @@ def test_90_recovers_host_keys_lost_under_a_running_sshd(lab: list[Any], work: P
 def test_90_steps_recover_a_dead_sshd_and_rerun_is_already_done(
     lab: list[Any], work: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from runbook.engine.steps import Outcome, open_context
     from runbook.sections import s90_recover
-    from runbook.steps import Outcome, open_context
 
     path_before = os.environ.get("PATH")
     monkeypatch.setenv("RUNBOOK_ROOT_PASSWORD", PASSWORD)
@@ -443,9 +443,9 @@ def test_the_live_host_is_as_bare_as_the_iso(lab: list[Any]) -> None:
 
 
 def test_a_serial_console_serves_one_client_at_a_time(lab: list[Any]) -> None:
-    from runbook.console.backends import SerialConsole
-    from runbook.errors import CommandError
+    from runbook.core.errors import CommandError
     from runbook.lab import console
+    from runbook.mac.console.backends import SerialConsole
 
     port = console.port(_lab_params(), "rbc-inst")
     assert port is not None
@@ -469,10 +469,10 @@ def test_the_call_back_finds_the_vm_with_a_backend_that_cannot_read(
 ) -> None:
     """A one-shot listener on the Mac's bridged address (the lab bridge's 10.231.12.1): the
     typed command connects to it, and the connection's source is the VM's address."""
-    from runbook.console.backends import make_backend
+    from runbook.engine.steps import open_context
+    from runbook.mac.console.backends import make_backend
     from runbook.sections import s02_console
     from runbook.sections.vm_console import VmConsole, mac_side, resolve
-    from runbook.steps import open_context
 
     ctx = open_context(
         s02_console.NOTEBOOK, str(work / "params.yaml"), "deploy", secrets_dir=str(work / "s")
@@ -489,8 +489,8 @@ def test_the_call_back_finds_the_vm_with_a_backend_that_cannot_read(
 
 
 def test_console_comes_back_after_the_host_reboots(lab: list[Any]) -> None:
-    from runbook.console.backends import SerialBackend
     from runbook.lab import console, host
+    from runbook.mac.console.backends import SerialBackend
 
     params = _lab_params()
     before = console.endpoint(params, "rbc-live")

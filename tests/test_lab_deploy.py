@@ -125,7 +125,7 @@ def test_the_worker_substitutes_from_the_cache(rig: Rig) -> None:
 def test_lab_up_made_an_ordinary_deployment(rig: Rig) -> None:
     """The params name the stand-ins as a Mac's params name UTM's programs; the lab's root
     password is in the secret store (0600) under the params' name, not in the params."""
-    from runbook.params import load_params
+    from runbook.core.params import load_params
 
     dep = load_params(rig.params)
     assert dep.utm.utmctl == STATE / "mac" / "bin" / "utmctl" and dep.utm.utmctl.is_file()

@@ -261,10 +261,10 @@ def test_a_second_deploy_changes_nothing(rig: Rig) -> None:
 def test_remove_iso_starts_a_vm_left_stopped(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     """No ISO but the VM stopped (a run that failed after the removal): not done; the rerun
     starts it and waits for the installed login, then it is already done."""
-    from runbook import utm
+    from runbook.engine.steps import Outcome, open_context
     from runbook.lab.host import init_pid
+    from runbook.mac import utm
     from runbook.sections import s03_bootstrap0
-    from runbook.steps import Outcome, open_context
 
     monkeypatch.chdir(rig.params.parent)
     ctx = open_context(
@@ -300,9 +300,9 @@ def test_04_repairs_lost_host_keys_over_the_kept_session(
     """Lesson 3 for real: sshd loses its host keys under a session kept open; 04's fresh-login
     check fails, repairs over that session (ssh-keygen -A, sshd restart, new keys pinned from
     it), and passes only once a fresh connection works."""
+    from runbook.engine.steps import open_context
     from runbook.lab import exec_in
     from runbook.sections import s04_bootstrap
-    from runbook.steps import open_context
 
     monkeypatch.chdir(rig.params.parent)
     ctx = open_context(
@@ -340,8 +340,8 @@ def test_an_unexpected_host_key_change_is_still_refused(rig: Rig) -> None:
     )
     assert "set root's password on vm-aarch64-utm" in refused.out  # 02 refused it, typed nothing
     # 03 and 04's steps refuse it too (their checks never read it as "not installed yet")
+    from runbook.engine.steps import StepFailed, open_context
     from runbook.sections import s03_bootstrap0, s04_bootstrap
-    from runbook.steps import StepFailed, open_context
 
     for module, make_step in [(s03_bootstrap0, "bootstrap0"), (s04_bootstrap, "copy")]:
         ctx = open_context(
@@ -376,9 +376,9 @@ def test_no_password_or_secret_in_the_records(rig: Rig) -> None:
 
 def test_an_address_that_no_longer_answers_is_not_used(tmp_path: Path) -> None:
     """A resumed run's recorded address that stopped answering falls back to the params."""
+    from runbook.core.params import load
+    from runbook.engine.steps import record_address, with_run_addresses
     from runbook.lab import deployment
-    from runbook.params import load
-    from runbook.steps import record_address, with_run_addresses
 
     lab_file = deployment.write(
         tmp_path / "p.yaml", state_dir=tmp_path, subnet="127.0.0.0/24", bridge="rbx"

@@ -16,10 +16,10 @@ TEMPLATE = Path(__file__).resolve().parents[1] / "runbook" / "lab" / "nixos-conf
 
 
 def _context(tmp_path: Path, config: Path) -> object:
+    from runbook.core.params import load
+    from runbook.core.secrets import SecretStore
+    from runbook.engine.steps import Context, Mode
     from runbook.lab.environment import LOCAL_NIX_CONFIG
-    from runbook.params import load
-    from runbook.secrets import SecretStore
-    from runbook.steps import Context, Mode
 
     key = tmp_path / "id_ed25519"
     key.touch()
@@ -51,8 +51,8 @@ def config(tmp_path: Path) -> Path:
 
 
 def test_00_builds_the_lab_toplevel_then_finds_it_built(tmp_path: Path, config: Path) -> None:
+    from runbook.engine.steps import Outcome
     from runbook.sections import s00_preflight
-    from runbook.steps import Outcome
 
     ctx = _context(tmp_path, config)
     vm = ctx.dep.cache_vm  # type: ignore[attr-defined]
@@ -79,8 +79,8 @@ def test_00_builds_the_lab_toplevel_then_finds_it_built(tmp_path: Path, config: 
 def test_a_configuration_that_does_not_evaluate_stops_the_run(
     tmp_path: Path, config: Path, edit: tuple[str, str, str], says: str
 ) -> None:
+    from runbook.engine.steps import StepFailed
     from runbook.sections import s00_preflight
-    from runbook.steps import StepFailed
 
     rel, old, new = edit
     text = (config / rel).read_text()
@@ -98,8 +98,8 @@ def test_conflicting_definitions_are_refused_like_the_module_system(
 ) -> None:
     """Two modules giving one option different plain values: nixpkgs
     (lib/options.nix mergeEqualOption) says 'has conflicting definition values'; mkDefault yields."""
+    from runbook.engine.steps import StepFailed
     from runbook.sections import s00_preflight
-    from runbook.steps import StepFailed
 
     extra = config / "machines" / "vm-aarch64-utm-cache.nix"
     extra.write_text(

@@ -29,7 +29,7 @@ PASSWORDS = {"root": "Mk-live-iso-51x", "jqwang": "jqwang-lab"}
 
 @dataclass
 class Rig:
-    ctx: object  # runbook.steps.Context
+    ctx: object  # runbook.engine.steps.Context
     config: Path  # the lab's working copy of the nixos-config (what vm/copy sends)
     params: Path
 
@@ -40,10 +40,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     for tool in ("sshd", "fish", "sudo", "rsync", "ip", "unshare", "make", "nsenter"):
         need(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(), f"needs {tool}")
     from runbook import lab
+    from runbook.core.params import load
+    from runbook.core.secrets import SecretStore
+    from runbook.engine.steps import Context, Mode
     from runbook.lab import deployment
-    from runbook.params import load
-    from runbook.secrets import SecretStore
-    from runbook.steps import Context, Mode
 
     tmp = tmp_path_factory.mktemp("labmake")
     params = deployment.write(
@@ -99,7 +99,7 @@ def test_vm_copy_as_the_user_needs_only_the_key(rig: Rig, monkeypatch: pytest.Mo
 
 
 def test_a_changed_host_key_is_refused(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
-    from runbook.errors import HostKeyChangedError
+    from runbook.core.errors import HostKeyChangedError
     from runbook.sections.common import run_make, user_switch
 
     _no_askpass(monkeypatch)

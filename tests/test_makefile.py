@@ -1,4 +1,4 @@
-"""runbook.makefile: the variables a nixos-config Makefile gives on a Mac, checked against GNU make."""
+"""runbook.nix.makefile: the variables a nixos-config Makefile gives on a Mac, checked against GNU make."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runbook.makefile import Makefile
+from runbook.nix.makefile import Makefile
 from tests.conftest import need
 
 CLEAN = Path(__file__).parent / "fixtures" / "nixos-config" / "clean" / "Makefile"
@@ -86,9 +86,9 @@ PASSWORD_OPTIONS = (
 
 
 def _golden_ctx(tmp_path: Path, text: str = GOLDEN_PARAMS):  # type: ignore[no-untyped-def]
-    from runbook.params import Loaded, parse
-    from runbook.secrets import SecretStore
-    from runbook.steps import Context, Mode
+    from runbook.core.params import Loaded, parse
+    from runbook.core.secrets import SecretStore
+    from runbook.engine.steps import Context, Mode
 
     dep = parse(text)
     return Context("09-update", Loaded(tmp_path / "p.yaml", "x", dep), Mode.PLAN, False,
@@ -132,7 +132,7 @@ def test_make_argv_golden(tmp_path: Path) -> None:
 
 
 def test_a_path_make_would_split_is_refused(tmp_path: Path) -> None:
-    from runbook.errors import InputError
+    from runbook.core.errors import InputError
     from runbook.sections.common import user_switch
 
     ctx = _golden_ctx(tmp_path, GOLDEN_PARAMS.replace("/.ssh/id_ed25519", "/my keys/id"))
@@ -180,7 +180,7 @@ def _closed_port() -> int:
 
 
 def test_an_override_in_the_checkout_is_refused_before_make_runs(tmp_path: Path) -> None:
-    from runbook.errors import RunbookError
+    from runbook.core.errors import RunbookError
     from runbook.sections.common import run_make, user_switch
 
     checkout = tmp_path / "nixos-config"

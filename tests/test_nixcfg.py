@@ -1,4 +1,4 @@
-"""runbook.nixcfg on a handbook-shaped nixos-config (tests/fixtures/nixos-config)."""
+"""runbook.nix.nixcfg on a handbook-shaped nixos-config (tests/fixtures/nixos-config)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from runbook.errors import InputError, RunbookError
-from runbook.nixcfg import (
+from runbook.core.errors import InputError, RunbookError
+from runbook.nix.nixcfg import (
     Change,
     ConfigTree,
     NixPath,
@@ -31,7 +31,7 @@ from runbook.nixcfg import (
     system_view,
     write_changes,
 )
-from runbook.nixfile import NixFile, apply_edits
+from runbook.nix.nixfile import NixFile, apply_edits
 from tests.conftest import need
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nixos-config" / "handbook"
@@ -296,14 +296,14 @@ def test_system_view_value_follows_module_priorities(tmp_path: Path, defs, expec
 
 
 def _edit(source: str, *planners) -> str:
-    from runbook.nixcfg import edit_sequentially
-    from runbook.nixfile import NixFile
+    from runbook.nix.nixcfg import edit_sequentially
+    from runbook.nix.nixfile import NixFile
 
     return edit_sequentially(NixFile(source.encode(), "m.nix"), list(planners)).decode()
 
 
 def test_plan_package_adds_a_binding_or_extends_the_files_list() -> None:
-    from runbook.nixcfg import plan_package
+    from runbook.nix.nixcfg import plan_package
 
     assert _edit("{ pkgs, ... }:\n{\n  a = 1;\n}\n", plan_package) == (
         "{ pkgs, ... }:\n{\n  a = 1;\n  environment.systemPackages = [ pkgs.attic-client ];\n}\n"
@@ -319,7 +319,7 @@ def test_plan_package_adds_a_binding_or_extends_the_files_list() -> None:
 
 
 def test_plan_setting_sets_replaces_or_refuses() -> None:
-    from runbook.nixcfg import AVAHI_ENABLE, AVAHI_NSS, plan_setting
+    from runbook.nix.nixcfg import AVAHI_ENABLE, AVAHI_NSS, plan_setting
 
     def enable(nix):
         return plan_setting(nix, AVAHI_ENABLE, "true")

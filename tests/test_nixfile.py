@@ -1,4 +1,4 @@
-"""runbook.nixfile: full attribute paths, literal values and splices, checked against real Nix."""
+"""runbook.nix.nixfile: full attribute paths, literal values and splices, checked against real Nix."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from runbook.errors import InputError
-from runbook.nixfile import (
+from runbook.core.errors import InputError
+from runbook.nix.nixfile import (
     Edit,
     NixFile,
     apply_edits,

@@ -10,9 +10,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from runbook import keys
-from runbook.runner import discover
-from runbook.secrets import SecretStore
+from runbook.cache import keys
+from runbook.core.secrets import SecretStore
+from runbook.notebook.runner import discover
 from tests.run_rig import PARAMS, REPO, guard_env, runbook, scan
 
 NOTEBOOKS = REPO / "notebooks"

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runbook.errors import InputError, RunbookError
-from runbook.params import load
-from runbook.secrets import SecretStore
+from runbook.core.errors import InputError, RunbookError
+from runbook.core.params import load
+from runbook.core.secrets import SecretStore
+from runbook.engine.steps import Context, Mode
 from runbook.sections import (
     s00_preflight,
     s01_create_vm,
@@ -29,7 +30,6 @@ from runbook.sections import (
     s09_update,
     s90_recover,
 )
-from runbook.steps import Context, Mode
 from tests.run_rig import PARAMS, guard_env, runbook
 
 CACHE_VM = "vm-aarch64-utm-cache"

@@ -1,4 +1,4 @@
-"""runbook.params: the shipped params validate; every mistake is one line naming file and key."""
+"""runbook.core.params: the shipped params validate; every mistake is one line naming file and key."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runbook.errors import InputError
-from runbook.params import check_paths, load, parse, require_paths
+from runbook.core.errors import InputError
+from runbook.core.params import check_paths, load, parse, require_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 

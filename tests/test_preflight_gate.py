@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from runbook import cli
-from runbook.params import load
-from runbook.secrets import SecretStore
+from runbook.core.params import load
+from runbook.core.secrets import SecretStore
+from runbook.engine.steps import FAIL_STEP_ENV, Context, Mode, Outcome, StepFailed
 from runbook.sections import s00_preflight
-from runbook.steps import FAIL_STEP_ENV, Context, Mode, Outcome, StepFailed
 from tests.test_doctor import (
     ATTIC_NESTED,
     CACHE_SYSTEM,

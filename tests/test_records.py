@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from runbook import cli, records
-from runbook.errors import InputError
+from runbook import cli
+from runbook.core.errors import InputError
+from runbook.notebook import records
 
 
 def _manifest(rid: str, status: str = "completed", failed: str | None = None) -> records.Manifest:
@@ -108,7 +109,7 @@ def test_cli_records_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_run_lock_clean_end_leaves_nothing_and_a_dead_holder_is_named(tmp_path: Path) -> None:
-    from runbook.errors import RunLockedError
+    from runbook.core.errors import RunLockedError
 
     lock = records.RunLock(tmp_path, "cache")
     lock.acquire(None)
@@ -135,7 +136,7 @@ def test_a_refused_write_leaves_no_temp_file_and_says_disk_full(
     import errno
     import os
 
-    from runbook.errors import RecordWriteError
+    from runbook.core.errors import RecordWriteError
 
     real = os.replace
 

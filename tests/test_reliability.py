@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from runbook.errors import CommandStalledError, ConnectionLostError, HostKeyChangedError
-from runbook.models import Deadlines, Host
-from runbook.params import load
-from runbook.remote import Connection
-from runbook.secrets import SecretStore
-from runbook.steps import Context, Mode, Step, StepFailed
+from runbook.core.errors import CommandStalledError, ConnectionLostError, HostKeyChangedError
+from runbook.core.models import Deadlines, Host
+from runbook.core.params import load
+from runbook.core.secrets import SecretStore
+from runbook.engine.steps import Context, Mode, Step, StepFailed
+from runbook.transport.remote import Connection
 from tests.conftest import FISH_USER, Sshd, fish_host_on
 from tests.run_rig import REPO
 
@@ -195,7 +195,7 @@ def test_a_step_on_a_frozen_host_fails_naming_step_host_and_what_stalled(
 
 
 def test_bad_timeouts_are_refused_in_one_line(sshd: Sshd, tmp_path: Path) -> None:
-    from runbook.errors import InputError
+    from runbook.core.errors import InputError
 
     with pytest.raises(InputError) as info:
         load(_params(tmp_path, sshd, "  keepalive: 0\n"))
@@ -284,7 +284,7 @@ def _fault_notebooks(dir_: Path, names: tuple[str, ...] = ("00-fault", "01-after
                 metadata={"tags": ["parameters"]},
             ),
             nbformat.v4.new_code_cell(
-                "from runbook.steps import Step, open_context\n"
+                "from runbook.engine.steps import Step, open_context\n"
                 f"ctx = open_context({name!r}, params, mode, confirm, secrets_dir, record_dir)"
             ),
             nbformat.v4.new_code_cell(
@@ -380,7 +380,7 @@ class Rig:
 
 
 def _gone(pid: int, within: float = 10.0) -> bool:
-    from runbook.kernel_thread import _alive
+    from runbook.notebook.kernel_thread import _alive
 
     deadline = time.monotonic() + within
     while _alive(pid):
@@ -606,7 +606,8 @@ def test_a_step_past_timeouts_step_is_stopped_and_named(tmp_path: Path) -> None:
 def test_a_crash_in_the_runner_still_ends_the_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from runbook import cli, runner
+    from runbook import cli
+    from runbook.notebook import runner
 
     rig = Rig(tmp_path)
     monkeypatch.setenv("RB_MARKS", str(rig.marks))

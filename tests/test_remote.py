@@ -1,4 +1,4 @@
-"""runbook.remote / runbook.shell against a real OpenSSH sshd with a fish login shell."""
+"""runbook.transport.remote / runbook.transport.shell against a real OpenSSH sshd with a fish login shell."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from runbook.errors import (
+from runbook.core.errors import (
     CommandError,
     CommandTimeoutError,
     ConnectError,
     ConnectionLostError,
     HostKeyChangedError,
 )
-from runbook.models import Elevate, Host
-from runbook.remote import Connection
-from runbook.secrets import Secret
+from runbook.core.models import Elevate, Host
+from runbook.core.secrets import Secret
+from runbook.transport.remote import Connection
 from tests.conftest import FISH_USER, PASS_USER, PASS_WORD, Sshd
 
 HANDBOOK_CMD = "if [ 1 = 1 ]; then echo inside-if; fi && echo chained"

@@ -14,9 +14,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from runbook import cli, kernel_thread, runner
-from runbook.secrets import SecretStore
-from runbook.steps import FAIL_STEP_ENV, Mode
+from runbook import cli
+from runbook.core.secrets import SecretStore
+from runbook.engine.steps import FAIL_STEP_ENV, Mode
+from runbook.notebook import kernel_thread, runner
 from tests.run_rig import PARAMS, REPO, runbook, scan, write_params
 
 INSTALL = "install /var/lib/atticd/env (0600)"
@@ -101,8 +102,8 @@ def test_failed_step_is_named_and_resume_completes(
 def test_dangerous_step_needs_yes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """03 in a lab-free deploy: the VM probe cannot connect (closed loopback port): it fails,
     naming the step; with the wipe not confirmed and nothing to probe it would say --yes."""
-    from runbook.params import load
-    from runbook.steps import Context, Step, StepFailed
+    from runbook.core.params import load
+    from runbook.engine.steps import Context, Step, StepFailed
 
     ctx = Context(
         "03-bootstrap0",
@@ -171,7 +172,7 @@ LEAKY_NOTEBOOK = [
     ),
     (
         "code",
-        "from runbook.steps import open_context\nctx = open_context('99-leak', params, mode, confirm, secrets_dir, record_dir)",
+        "from runbook.engine.steps import open_context\nctx = open_context('99-leak', params, mode, confirm, secrets_dir, record_dir)",
     ),
     (
         "code",
@@ -186,7 +187,7 @@ LEAKY_NOTEBOOK = [
     (
         "code",
         (
-            "from runbook.secrets import Secret\n"
+            "from runbook.core.secrets import Secret\n"
             "fresh = Secret('-'.join(['Made', 'At', 'Run', 'Time', 'Secret', '77']), 'fresh')\n"
             "print(fresh.reveal())\nraise ValueError('boom ' + value + ' ' + fresh.reveal())"
         ),
@@ -259,7 +260,7 @@ def test_sigint_leaves_a_valid_record_marked_interrupted(tmp_path: Path) -> None
     # Python then keeps it so: the run under test gets the handler a terminal's Ctrl-C meets.
     script = (
         "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
-        "import sys\nfrom pathlib import Path\nfrom runbook import runner\nfrom runbook.steps import Mode\n"
+        "import sys\nfrom pathlib import Path\nfrom runbook import runner\nfrom runbook.engine.steps import Mode\n"
         f"req = runner.RunRequest(params=Path({str(PARAMS / 'cache.yaml')!r}), mode=Mode.PLAN, "
         f"records_root=Path({str(root)!r}), secrets_dir=Path({str(tmp_path / 's')!r}), notebooks_dir=Path({str(nbs)!r}))\n"
         "sys.exit(runner.run(req))\n"

@@ -1,4 +1,4 @@
-"""runbook.secrets: masking everywhere, a 0700/0600 store."""
+"""runbook.core.secrets: masking everywhere, a 0700/0600 store."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from runbook.errors import CommandError, InputError
-from runbook.models import Result
-from runbook.secrets import MASK, MaskingFilter, Secret, SecretStore, mask, write_private
+from runbook.core.errors import CommandError, InputError
+from runbook.core.masking import MASK, MaskingFilter, mask
+from runbook.core.models import Result
+from runbook.core.secrets import Secret, SecretStore, write_private
 
 
 def test_secret_prints_masked_everywhere() -> None:

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from runbook.errors import CommandError
-from runbook.params import load
-from runbook.secrets import Secret, SecretStore
-from runbook.sections import s02_console, s03_bootstrap0, s05_token_secret, s06_cache
-from runbook.steps import (
+from runbook.core.errors import CommandError
+from runbook.core.params import load
+from runbook.core.secrets import Secret, SecretStore
+from runbook.engine.steps import (
     DONE,
     FAIL_STEP_ENV,
     TODO,
@@ -23,6 +22,7 @@ from runbook.steps import (
     open_context,
     unchecked,
 )
+from runbook.sections import s02_console, s03_bootstrap0, s05_token_secret, s06_cache
 from tests.run_rig import PARAMS, write_params
 
 
@@ -144,14 +144,14 @@ def test_injected_failure_and_bad_mode(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv(FAIL_STEP_ENV, "05:x")
     with pytest.raises(StepFailed, match="injected failure"):
         ctx.run(Step("x", "localhost"))
-    from runbook.errors import InputError
+    from runbook.core.errors import InputError
 
     with pytest.raises(InputError, match="mode"):
         open_context("00", str(PARAMS / "cache.yaml"), "yolo", secrets_dir=str(tmp_path / "s"))
 
 
 def test_widget_panel_plans_checks_and_applies(tmp_path: Path) -> None:
-    from runbook.widgets import panel
+    from runbook.notebook.widgets import panel
 
     ctx = _ctx(tmp_path)
     ran: list[str] = []

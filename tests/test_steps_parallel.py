@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from runbook import local
-from runbook.params import load
-from runbook.secrets import SecretStore
+from runbook.core.params import load
+from runbook.core.secrets import SecretStore
+from runbook.engine.steps import DONE, TODO, Check, Context, Mode, Outcome, Step, StepFailed
 from runbook.sections.common import run_make
-from runbook.steps import DONE, TODO, Check, Context, Mode, Outcome, Step, StepFailed
+from runbook.transport import local
 from tests.run_rig import PARAMS
 
 

@@ -1,4 +1,4 @@
-"""runbook.utm: golden argv for utmctl/osascript, parsers on the reference's output samples."""
+"""runbook.mac.utm: golden argv for utmctl/osascript, parsers on the reference's output samples."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from unittest import mock
 
 import pytest
 
-from runbook import utm
-from runbook.errors import CommandError, InputError
-from runbook.models import Result
-from runbook.params import VM
+from runbook.core.errors import CommandError, InputError
+from runbook.core.models import Result
+from runbook.core.params import VM
+from runbook.mac import utm
 
 UTMCTL = "/Applications/UTM.app/Contents/MacOS/utmctl"
 
@@ -37,7 +37,7 @@ def on_mac(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def run(on_mac: None):
-    with mock.patch("runbook.local.run", autospec=True) as m:
+    with mock.patch("runbook.transport.local.run", autospec=True) as m:
         m.return_value = res()
         yield m
 
@@ -194,7 +194,7 @@ def test_nonzero_exit_fails(run: mock.MagicMock) -> None:
 
 def test_off_macos_is_unchecked_and_runs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "linux")
-    with mock.patch("runbook.local.run", autospec=True) as run:
+    with mock.patch("runbook.transport.local.run", autospec=True) as run:
         for call in (
             lambda: utm.list_vms(),
             lambda: utm.start("x"),
@@ -623,9 +623,9 @@ def test_the_standins_utm_lets_utm_input_run_and_4_7_2_is_refused(standins: Path
 
 def _context_01(tmp_path: Path, standins: Path, mode: str) -> Any:
     """Notebook 01's context for one VM (vm-test-cache) on the stand-ins' UTM."""
-    from runbook.params import load
-    from runbook.secrets import SecretStore
-    from runbook.steps import Context, Mode
+    from runbook.core.params import load
+    from runbook.core.secrets import SecretStore
+    from runbook.engine.steps import Context, Mode
     from tests.run_rig import write_params
 
     (tmp_path / "nixos.iso").write_bytes(b"iso")
@@ -643,8 +643,8 @@ def _context_01(tmp_path: Path, standins: Path, mode: str) -> Any:
 def test_01_creates_once_then_is_done_and_never_calls_a_wrong_vm_done(
     tmp_path: Path, standins: Path
 ) -> None:
+    from runbook.engine.steps import Outcome, StepFailed
     from runbook.sections import s01_create_vm
-    from runbook.steps import Outcome, StepFailed
 
     ctx = _context_01(tmp_path, standins, "deploy")
     vm = ctx.dep.vms[0]

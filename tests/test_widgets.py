@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runbook.params import load
-from runbook.secrets import Secret, SecretStore
-from runbook.steps import Context, Mode, Step, StepRecord
-from runbook.widgets import interactive_panel, panel
+from runbook.core.params import load
+from runbook.core.secrets import Secret, SecretStore
+from runbook.engine.steps import Context, Mode, Step, StepRecord
+from runbook.notebook.widgets import interactive_panel, panel
 from tests.run_rig import PARAMS
 
 

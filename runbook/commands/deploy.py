@@ -11,9 +11,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from runbook.errors import InputError
-from runbook.records import default_root, resolve
-from runbook.steps import Mode
+from runbook.core.errors import InputError
+from runbook.engine.steps import Mode
+from runbook.notebook.records import default_root, resolve
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from runbook import runner
+    from runbook.notebook import runner
 
     root: Path = args.records or default_root()
     only = tuple(x.strip() for x in args.only.split(",") if x.strip()) if args.only else ()

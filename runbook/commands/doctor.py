@@ -7,10 +7,10 @@ import logging
 from pathlib import Path
 from typing import Any, Final
 
-from runbook import params
-from runbook.doctor import Context, failed, plan_fixes, render_json, render_text, run_context
-from runbook.errors import EXIT_FAILED, EXIT_OK, InputError
-from runbook.nixcfg import write_changes
+from runbook.core import params
+from runbook.core.errors import EXIT_FAILED, EXIT_OK, InputError
+from runbook.doctor import DoctorContext, failed, plan_fixes, render_json, render_text, run_context
+from runbook.nix.nixcfg import write_changes
 
 logger: Final = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(func=handle)
 
 
-def _context(args: argparse.Namespace) -> Context:
+def _context(args: argparse.Namespace) -> DoctorContext:
     deployment = params.load(args.params).deployment if args.params is not None else None
     config = args.nixos_config or (deployment.nixos_config if deployment else Path("."))
     # the error names where the path came from: the option, or the params file's key
@@ -57,7 +57,7 @@ def _context(args: argparse.Namespace) -> Context:
         raise InputError(f"{source}: not a directory")
     if not (config / "flake.nix").is_file():
         raise InputError(f"{source}: not a nixos-config checkout (expected a flake.nix in it)")
-    return Context(deployment, config)
+    return DoctorContext(deployment, config)
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -71,7 +71,7 @@ def handle(args: argparse.Namespace) -> int:
         elif changes:
             write_changes(changes)
             logger.info("fixed %d file(s); checking again", len(changes))
-            ctx = Context(ctx.deployment, ctx.root)
+            ctx = DoctorContext(ctx.deployment, ctx.root)
             findings = run_context(ctx)
     print(render_json(findings) if args.json else render_text(findings, ctx.notes()))
     return EXIT_FAILED if failed(findings) else EXIT_OK

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from runbook.errors import CommandError, InputError
-from runbook.models import Elevate, Host
-from runbook.remote import Connection
-from runbook.secrets import secret_from_env
+from runbook.core.errors import CommandError, InputError
+from runbook.core.models import Elevate, Host
+from runbook.core.secrets import secret_from_env
+from runbook.transport.remote import Connection
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:

@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 from typing import Any, Final
 
-from runbook import keys
-from runbook.errors import EXIT_OK, InputError
-from runbook.secrets import write_private
+from runbook.cache import keys
+from runbook.core.errors import EXIT_OK, InputError
+from runbook.core.secrets import write_private
 
 logger: Final = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import json
 import logging
 from typing import Any, Final
 
-from runbook.console import keymap
-from runbook.errors import EXIT_OK, InputError
+from runbook.core.errors import EXIT_OK, InputError
+from runbook.mac.console import keymap
 
 logger: Final = logging.getLogger(__name__)
 

@@ -9,8 +9,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runbook.errors import EXIT_OK
-from runbook.records import default_root, notebook_rows, read_manifest, resolve, summary_rows
+from runbook.core.errors import EXIT_OK
+from runbook.notebook.records import (
+    default_root,
+    notebook_rows,
+    read_manifest,
+    resolve,
+    summary_rows,
+)
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:

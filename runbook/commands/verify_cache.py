@@ -10,10 +10,10 @@ import logging
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from runbook import keys
-from runbook.attic import verify_cache
-from runbook.errors import EXIT_FAILED, EXIT_OK, InputError
-from runbook.secrets import secret_from_env
+from runbook.cache import keys
+from runbook.cache.attic import verify_cache
+from runbook.core.errors import EXIT_FAILED, EXIT_OK, InputError
+from runbook.core.secrets import secret_from_env
 
 logger: Final = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Each check is an independent function with a stable id and the handbook lesson it guards
 (`reference/handbook.zh.md`); it looks at the user's nixos-config checkout (read with the
-tree-sitter reader in `runbook.nixfile` / `runbook.nixcfg`, never with regular expressions
+tree-sitter reader in `runbook.nix.nixfile` / `runbook.nix.nixcfg`, never with regular expressions
 over Nix text), the params and the Mac, and returns a status (`ok`, `warn`, `fail`, or
 `unchecked` with the reason), the finding (file:line where there is one) and the fix.
 
@@ -15,7 +15,7 @@ The modules: `context` (what the checks read), `model` (findings and their rende
 (all of them in order) and `fixes` (--fix / --diff).
 """
 
-from runbook.doctor.context import Context
+from runbook.doctor.context import DoctorContext
 from runbook.doctor.fixes import plan_fixes, planned_changes
 from runbook.doctor.live import resolve_without_network
 from runbook.doctor.model import (
@@ -30,7 +30,7 @@ from runbook.doctor.run import CHECKS, run_checks, run_context
 
 __all__ = [
     "CHECKS",
-    "Context",
+    "DoctorContext",
     "Finding",
     "Status",
     "as_dataframe",

@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 from typing import Final
 
-from runbook.discover import is_ip
-from runbook.doctor.context import NO_PARAMS, Context, describe, option_path, where_set
-from runbook.doctor.model import Check, Status, Verdict, check, ok, unchecked
-from runbook.nixcfg import (
+from runbook.doctor.context import NO_PARAMS, DoctorContext, describe, option_path, where_set
+from runbook.doctor.model import DoctorCheck, Status, Verdict, check, ok, unchecked_verdict
+from runbook.mac.discover import is_ip
+from runbook.nix.nixcfg import (
     NixPath,
     Opaque,
     SystemView,
@@ -20,20 +20,22 @@ from runbook.nixcfg import (
 
 logger: Final = logging.getLogger(__name__)
 
-CHECKS: Final[list[Check]] = []
+CHECKS: Final[list[DoctorCheck]] = []
 
 
-def _cache(ctx: Context) -> SystemView | Verdict:
+def _cache(ctx: DoctorContext) -> SystemView | Verdict:
     view = ctx.cache_view
     if isinstance(view, str):
-        return unchecked(view, "name the cache VM in params (cache.vm)")
+        return unchecked_verdict(view, "name the cache VM in params (cache.vm)")
     if view.broken:
-        return unchecked(f"{', '.join(map(str, view.broken))} does not parse (see nix-parse)")
+        return unchecked_verdict(
+            f"{', '.join(map(str, view.broken))} does not parse (see nix-parse)"
+        )
     return view
 
 
 @check(CHECKS, "atticd-enabled", "architecture: the cache VM runs atticd (nixpkgs' module)")
-def check_atticd_enabled(ctx: Context) -> Verdict:
+def check_atticd_enabled(ctx: DoctorContext) -> Verdict:
     view = _cache(ctx)
     if isinstance(view, Verdict):
         if ctx.deployment is not None and isinstance(ctx.cache_view, str):
@@ -49,7 +51,7 @@ def check_atticd_enabled(ctx: Context) -> Verdict:
     if value is True:
         return ok(f"{view.name} enables services.atticd{where_set(view, path)}")
     if isinstance(value, Undecided | Opaque):
-        return unchecked(f"services.atticd.enable: {describe(value)}")
+        return unchecked_verdict(f"services.atticd.enable: {describe(value)}")
     return Verdict(
         Status.FAIL,
         f"{view.name}: services.atticd.enable is {describe(value)}{where_set(view, path)}",
@@ -60,7 +62,7 @@ def check_atticd_enabled(ctx: Context) -> Verdict:
 @check(
     CHECKS, "atticd-env-file", "lesson 2: the token secret lives in an env file outside /nix/store"
 )
-def check_atticd_env_file(ctx: Context) -> Verdict:
+def check_atticd_env_file(ctx: DoctorContext) -> Verdict:
     view = _cache(ctx)
     if isinstance(view, Verdict):
         return view
@@ -79,7 +81,7 @@ def check_atticd_env_file(ctx: Context) -> Verdict:
     elif value is None or value == Opaque("null"):
         problem = "is not set: the atticd module asserts it is (attic.md §3)"
     else:
-        return unchecked(
+        return unchecked_verdict(
             f"environmentFile is {describe(value)}{where}: make sure it is outside /nix/store"
         )
     return Verdict(Status.FAIL, f"environmentFile {describe(value)} {problem}{where}", fix)
@@ -91,7 +93,7 @@ def check_atticd_env_file(ctx: Context) -> Verdict:
     "Attic 缓存管理: notebook 06 runs `attic` on the cache VM (services.atticd installs only "
     "atticd-atticadm)",
 )
-def check_attic_client(ctx: Context) -> Verdict:
+def check_attic_client(ctx: DoctorContext) -> Verdict:
     """nixpkgs nixos/modules/services/networking/atticd.nix puts only its `atticd-atticadm`
     wrapper in environment.systemPackages: without pkgs.attic-client, `attic login` is
     "command not found"."""
@@ -102,11 +104,11 @@ def check_attic_client(ctx: Context) -> Verdict:
     if found.where is not None:
         return ok(f"{view.name} installs the attic client ({found.where})")
     if found.conditional:
-        return unchecked(
+        return unchecked_verdict(
             f"the attic client is installed under mkIf at {', '.join(found.conditional)}"
         )
     if found.undecided:
-        return unchecked(
+        return unchecked_verdict(
             f"environment.systemPackages at {', '.join(found.undecided)} is an expression this "
             "reader does not evaluate: make sure it has pkgs.attic-client"
         )
@@ -125,7 +127,7 @@ def check_attic_client(ctx: Context) -> Verdict:
 
 
 @check(CHECKS, "cache-port-open", "architecture: workers reach atticd (the module opens no port)")
-def check_cache_port_open(ctx: Context) -> Verdict:
+def check_cache_port_open(ctx: DoctorContext) -> Verdict:
     view = _cache(ctx)
     if isinstance(view, Verdict):
         return view
@@ -134,7 +136,7 @@ def check_cache_port_open(ctx: Context) -> Verdict:
     if enabled is False:
         return ok(f"the firewall is off{where_set(view, ('networking', 'firewall', 'enable'))}")
     if enabled is not None and enabled is not True:
-        return unchecked(f"networking.firewall.enable: {describe(enabled)}")
+        return unchecked_verdict(f"networking.firewall.enable: {describe(enabled)}")
     path = ("networking", "firewall", "allowedTCPPorts")
     ports = view.value(path)
     if isinstance(ports, list) and port in ports:
@@ -142,7 +144,7 @@ def check_cache_port_open(ctx: Context) -> Verdict:
     if isinstance(ports, Undecided | Opaque) or (
         isinstance(ports, list) and any(isinstance(p, Opaque) for p in ports)
     ):
-        return unchecked(f"allowedTCPPorts is {describe(ports)}{where_set(view, path)}")
+        return unchecked_verdict(f"allowedTCPPorts is {describe(ports)}{where_set(view, path)}")
     return Verdict(
         Status.FAIL,
         f"{view.name}: the firewall is on and allowedTCPPorts ({describe(ports)}) lacks {port}",
@@ -153,7 +155,7 @@ def check_cache_port_open(ctx: Context) -> Verdict:
 @check(
     CHECKS, "avahi-publish", "architecture, lesson 8: the Mac resolves the cache as <host>.local"
 )
-def check_avahi_publish(ctx: Context) -> Verdict:
+def check_avahi_publish(ctx: DoctorContext) -> Verdict:
     view = _cache(ctx)
     if isinstance(view, Verdict):
         return view
@@ -167,7 +169,7 @@ def check_avahi_publish(ctx: Context) -> Verdict:
         return ok(f"avahi publishes the addresses{where_set(view, wanted[2])}")
     if any(isinstance(v, Undecided | Opaque) for v in values.values()):
         shown = "; ".join(f"{k}: {describe(v)}" for k, v in values.items())
-        return unchecked(shown)
+        return unchecked_verdict(shown)
     off = ", ".join(f"{k} is {describe(v)}" for k, v in values.items() if v is not True)
     return Verdict(
         Status.FAIL,
@@ -180,9 +182,9 @@ def check_avahi_publish(ctx: Context) -> Verdict:
 @check(
     CHECKS, "hostname-matches-mdns", "architecture, lesson 8: <hostName>.local is the cache's name"
 )
-def check_hostname_matches_mdns(ctx: Context) -> Verdict:
+def check_hostname_matches_mdns(ctx: DoctorContext) -> Verdict:
     if ctx.deployment is None:
-        return unchecked(NO_PARAMS)
+        return unchecked_verdict(NO_PARAMS)
     view = _cache(ctx)
     if isinstance(view, Verdict):
         return view
@@ -196,9 +198,9 @@ def check_hostname_matches_mdns(ctx: Context) -> Verdict:
             f"set cache.host to {describe(name).strip(chr(34))}.local, the mDNS name",
         )
     if not host.endswith(".local"):
-        return unchecked(f"params cache.host {host} is not an mDNS (.local) name")
+        return unchecked_verdict(f"params cache.host {host} is not an mDNS (.local) name")
     if isinstance(name, Undecided | Opaque):
-        return unchecked(f"networking.hostName is {describe(name)}")
+        return unchecked_verdict(f"networking.hostName is {describe(name)}")
     actual = name if isinstance(name, str) else "nixos"  # NixOS's default hostName
     if actual.lower() == host.removesuffix(".local").lower():
         return ok(f"networking.hostName = {actual}{where_set(view, path)} answers {host}")

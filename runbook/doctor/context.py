@@ -17,8 +17,9 @@ from typing import Final
 
 from tree_sitter import Node
 
-from runbook.makefile import Makefile
-from runbook.nixcfg import (
+from runbook.core.params import VM, Deployment
+from runbook.nix.makefile import Makefile
+from runbook.nix.nixcfg import (
     ConfigTree,
     FlakeSystem,
     Literal,
@@ -29,8 +30,7 @@ from runbook.nixcfg import (
     flake_systems,
     modules_view,
 )
-from runbook.nixfile import NixFile, string_value
-from runbook.params import VM, Deployment
+from runbook.nix.nixfile import NixFile, string_value
 
 logger: Final = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class CacheTarget:
         return f"http://{self.host}:{self.port}/{self.name}"
 
 
-class Context:
+class DoctorContext:
     """The checkout, the params and this machine, as the checks read them."""
 
     def __init__(

@@ -9,14 +9,15 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Final
 
-from runbook.doctor.context import Context
+from runbook.core.errors import InputError
+from runbook.core.params import Deployment
+from runbook.doctor.context import DoctorContext
 from runbook.doctor.model import Finding, Status
 from runbook.doctor.run import run_context
 from runbook.doctor.worker_checks import SUBSTITUTERS
-from runbook.errors import InputError
-from runbook.nixcfg import (
+from runbook.nix.nixcfg import (
     Change,
-    Plan,
+    FixPlan,
     attic_inputs,
     declared_inputs,
     lock_text,
@@ -26,8 +27,7 @@ from runbook.nixcfg import (
     read_lock,
     stale_lock_inputs,
 )
-from runbook.nixfile import NixFile
-from runbook.params import Deployment
+from runbook.nix.nixfile import NixFile
 
 logger: Final = logging.getLogger(__name__)
 
@@ -38,15 +38,15 @@ FIXABLE: Final = frozenset(
 
 
 def plan_fixes(
-    ctx: Context, findings: Sequence[Finding], checks: Collection[str] = FIXABLE
-) -> Plan:
+    ctx: DoctorContext, findings: Sequence[Finding], checks: Collection[str] = FIXABLE
+) -> FixPlan:
     """Edits for lesson 1 (attic input, its references, the lock) and the workers' cache
     substituter, for those of `checks` that warn or fail; every other finding needs a
     decision the user makes."""
     failing = {
         f.check for f in findings if f.status in (Status.FAIL, Status.WARN) and f.check in checks
     }
-    plan = Plan()
+    plan = FixPlan()
     if failing & {"attic-flake-input", "attic-module-import"} and ctx.flake is not None:
         plan.extend(plan_attic_flake_removal(ctx.tree))
         _plan_lock(ctx, ctx.flake, plan)
@@ -61,7 +61,7 @@ def plan_fixes(
     return plan
 
 
-def _plan_identity_key(ctx: Context, plan: Plan) -> None:
+def _plan_identity_key(ctx: DoctorContext, plan: FixPlan) -> None:
     """The identity's public key into `users.users.USER.openssh.authorizedKeys.keys` of the
     file that lists the user's keys, else of the one that defines the user; nothing when the
     user is not defined or the key cannot be read (those need the user's decision)."""
@@ -88,7 +88,7 @@ def _plan_identity_key(ctx: Context, plan: Plan) -> None:
         plan.edits.setdefault(target[0], []).append(edit)
 
 
-def _plan_lock(ctx: Context, flake: NixFile, plan: Plan) -> None:
+def _plan_lock(ctx: DoctorContext, flake: NixFile, plan: FixPlan) -> None:
     lock_path = ctx.root / "flake.lock"
     if not lock_path.is_file():
         return
@@ -103,5 +103,5 @@ def planned_changes(
 ) -> list[Change]:
     """The new content of each file `runbook doctor --fix` would edit for `checks` (every
     one checked to parse), without writing anything; `nixcfg.write_changes` writes them."""
-    ctx = Context(deployment, nixos_config)
+    ctx = DoctorContext(deployment, nixos_config)
     return ctx.tree.changes(plan_fixes(ctx, run_context(ctx), checks))

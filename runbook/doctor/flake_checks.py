@@ -8,19 +8,19 @@ import logging
 from pathlib import Path
 from typing import Any, Final
 
-from runbook import local
-from runbook.doctor.context import NO_PARAMS, NOT_A_SYSTEM, Context
-from runbook.doctor.model import Check, Status, Verdict, check, ok, unchecked
-from runbook.errors import tail
-from runbook.nixcfg import attic_inputs, is_attic_url, read_lock
+from runbook.core.errors import tail
+from runbook.doctor.context import NO_PARAMS, NOT_A_SYSTEM, DoctorContext
+from runbook.doctor.model import DoctorCheck, Status, Verdict, check, ok, unchecked_verdict
+from runbook.nix.nixcfg import attic_inputs, is_attic_url, read_lock
+from runbook.transport import local
 
 logger: Final = logging.getLogger(__name__)
 
-CHECKS: Final[list[Check]] = []
+CHECKS: Final[list[DoctorCheck]] = []
 
 
 @check(CHECKS, "nix-parse", "all: a file that does not parse stops every nixos-rebuild")
-def check_nix_parse(ctx: Context) -> Verdict:
+def check_nix_parse(ctx: DoctorContext) -> Verdict:
     broken = [f"{rel}: {exc}" for rel, exc in ctx.tree.broken.items()]
     confirmed = "tree-sitter"
     if local.which("nix-instantiate") is not None and ctx.parsed:
@@ -45,11 +45,11 @@ def _nix_refuses(root: Path, files: list[Path]) -> list[str]:
 
 
 @check(CHECKS, "vm-configurations", "部署流程: NIXNAME=<vm> builds flake.nix's nixosConfiguration")
-def check_vm_configurations(ctx: Context) -> Verdict:
+def check_vm_configurations(ctx: DoctorContext) -> Verdict:
     if ctx.flake is None:
-        return unchecked("flake.nix does not parse")
+        return unchecked_verdict("flake.nix does not parse")
     if not ctx.systems:
-        return unchecked("flake.nix names no nixosConfigurations this reader can list")
+        return unchecked_verdict("flake.nix names no nixosConfigurations this reader can list")
     listed = ", ".join(
         f"{name} (user {system.user})" if system.user else name
         for name, system in sorted(ctx.systems.items())
@@ -83,10 +83,10 @@ def check_vm_configurations(ctx: Context) -> Verdict:
 @check(
     CHECKS, "attic-flake-input", "lesson 1: the attic flake's client fails to build (-std=c++2a)"
 )
-def check_attic_flake_input(ctx: Context) -> Verdict:
+def check_attic_flake_input(ctx: DoctorContext) -> Verdict:
     flake = ctx.flake
     if flake is None:
-        return unchecked("flake.nix does not parse")
+        return unchecked_verdict("flake.nix does not parse")
     found = [
         f"flake.nix:{flake.under(('inputs', name))[0].line}: input {name} = {source}"
         for name, source in sorted(attic_inputs(flake).items())
@@ -122,7 +122,7 @@ def _fetches_attic(node: Any) -> bool:
     "attic-module-import",
     "lesson 1: the attic flake's module and packages go with its input",
 )
-def check_attic_module_import(ctx: Context) -> Verdict:
+def check_attic_module_import(ctx: DoctorContext) -> Verdict:
     names = {"attic"} | (set(attic_inputs(ctx.flake)) if ctx.flake is not None else set())
     found: list[str] = []
     for rel, nix in ctx.parsed.items():
@@ -143,5 +143,5 @@ def check_attic_module_import(ctx: Context) -> Verdict:
             "(`runbook doctor --fix` does this)",
         )
     if ctx.tree.broken:
-        return unchecked("some .nix files do not parse (see nix-parse)")
+        return unchecked_verdict("some .nix files do not parse (see nix-parse)")
     return ok("no module uses inputs.attic")

@@ -8,11 +8,11 @@ import plistlib
 from pathlib import Path
 from typing import Final
 
-from runbook import local
-from runbook.doctor.context import NO_PARAMS, Context
-from runbook.doctor.model import Check, Status, Verdict, check, ok, unchecked
-from runbook.errors import tail
-from runbook.utm import INPUT_AUTOMATION_MIN
+from runbook.core.errors import tail
+from runbook.doctor.context import NO_PARAMS, DoctorContext
+from runbook.doctor.model import DoctorCheck, Status, Verdict, check, ok, unchecked_verdict
+from runbook.mac.utm import INPUT_AUTOMATION_MIN
+from runbook.transport import local
 
 logger: Final = logging.getLogger(__name__)
 
@@ -22,13 +22,13 @@ DEFAULT_UTMCTL: Final = Path("/Applications/UTM.app/Contents/MacOS/utmctl")
 UTM_INPUT_MIN: Final = INPUT_AUTOMATION_MIN
 NOT_MACOS: Final = "not on macOS"
 
-CHECKS: Final[list[Check]] = []
+CHECKS: Final[list[DoctorCheck]] = []
 
 
 @check(CHECKS, "ssh-key", "lesson 7: after the switch only the user's key logs in")
-def check_ssh_key(ctx: Context) -> Verdict:
+def check_ssh_key(ctx: DoctorContext) -> Verdict:
     if ctx.deployment is None:
-        return unchecked(NO_PARAMS)
+        return unchecked_verdict(NO_PARAMS)
     key = ctx.deployment.identity
     if not key.is_file():
         return Verdict(
@@ -74,14 +74,14 @@ def _halves_match(key: Path, public: Path) -> bool:
     return written == derived.split()[:2]
 
 
-def _utmctl(ctx: Context) -> Path:
+def _utmctl(ctx: DoctorContext) -> Path:
     return ctx.deployment.utm.utmctl if ctx.deployment is not None else DEFAULT_UTMCTL
 
 
 @check(CHECKS, "utmctl", "部署流程 1: UTM's command line drives the VMs")
-def check_utmctl(ctx: Context) -> Verdict:
+def check_utmctl(ctx: DoctorContext) -> Verdict:
     if ctx.system != "Darwin":
-        return unchecked(NOT_MACOS)
+        return unchecked_verdict(NOT_MACOS)
     utmctl = _utmctl(ctx)
     if not utmctl.is_file():
         return Verdict(
@@ -108,14 +108,14 @@ def utm_version(utmctl: Path) -> tuple[int, ...] | None:
         return None
 
 
-def _backend(ctx: Context) -> str:
+def _backend(ctx: DoctorContext) -> str:
     return ctx.deployment.console.backend if ctx.deployment is not None else "utm-input"
 
 
 @check(CHECKS, "utm-version", "lesson 4: UTM >= 4.7.3 types on the console without Hammerspoon")
-def check_utm_version(ctx: Context) -> Verdict:
+def check_utm_version(ctx: DoctorContext) -> Verdict:
     if ctx.system != "Darwin":
-        return unchecked(NOT_MACOS)
+        return unchecked_verdict(NOT_MACOS)
     version = utm_version(_utmctl(ctx))
     if version is None:
         return Verdict(
@@ -138,9 +138,9 @@ def check_utm_version(ctx: Context) -> Verdict:
 
 
 @check(CHECKS, "console-backend", "lesson 4: the console backend can type into the VM")
-def check_console_backend(ctx: Context) -> Verdict:
+def check_console_backend(ctx: DoctorContext) -> Verdict:
     if ctx.system != "Darwin":
-        return unchecked(NOT_MACOS)
+        return unchecked_verdict(NOT_MACOS)
     backend = _backend(ctx)
     if backend == "hammerspoon":
         if local.which("hs") is None:

@@ -12,8 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Final
 
-from runbook.discover import is_ip
-from runbook.doctor.context import Context
+from runbook.doctor.context import DoctorContext
+from runbook.mac.discover import is_ip
 
 logger: Final = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def resolve_without_network(host: str) -> list[str]:
     return found
 
 
-def live_cache_key(ctx: Context) -> tuple[str | None, str]:
+def live_cache_key(ctx: DoctorContext) -> tuple[str | None, str]:
     """The public key the cache serves (GET /CACHE/attic-cache-info, attic.md §5), only from
     a cache on loopback or the VMs' bridged subnet; else None and why."""
     target = ctx.target

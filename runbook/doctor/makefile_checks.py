@@ -7,38 +7,38 @@ import logging
 import re
 from typing import Final
 
-from runbook.doctor.context import NO_PARAMS, Context
-from runbook.doctor.model import Check, Status, Verdict, check, ok, unchecked
-from runbook.makefile import Makefile
-from runbook.params import DiskInterface
+from runbook.core.params import DiskInterface
+from runbook.doctor.context import NO_PARAMS, DoctorContext
+from runbook.doctor.model import DoctorCheck, Status, Verdict, check, ok, unchecked_verdict
+from runbook.nix.makefile import Makefile
 
 logger: Final = logging.getLogger(__name__)
 
 _DEVICE: Final = re.compile(r"/dev/(\$\((\w+)\)|\$\{(\w+)\}|[A-Za-z0-9]+)")
 
-CHECKS: Final[list[Check]] = []
+CHECKS: Final[list[DoctorCheck]] = []
 
 
-def _makefile(ctx: Context) -> Makefile | Verdict:
+def _makefile(ctx: DoctorContext) -> Makefile | Verdict:
     if ctx.makefile is None:
-        return unchecked("no Makefile in the checkout")
+        return unchecked_verdict("no Makefile in the checkout")
     return ctx.makefile
 
 
 @check(CHECKS, "makefile-disk-device", "部署流程 3: vm/bootstrap0 partitions the VM's disk")
-def check_makefile_disk_device(ctx: Context) -> Verdict:
+def check_makefile_disk_device(ctx: DoctorContext) -> Verdict:
     make = _makefile(ctx)
     if isinstance(make, Verdict):
         return make
     recipe = make.recipes.get("vm/bootstrap0")
     if recipe is None:
-        return unchecked("the Makefile has no vm/bootstrap0 target")
+        return unchecked_verdict("the Makefile has no vm/bootstrap0 target")
     used: dict[str, int] = {}
     for number, line in recipe:
         for device in _devices(line, make):
             used.setdefault(device, number)
     if not used:
-        return unchecked("vm/bootstrap0 names no /dev disk")
+        return unchecked_verdict("vm/bootstrap0 names no /dev disk")
     dep = ctx.deployment
     vms = (
         {vm.name: vm.disk_interface for vm in dep.vms}
@@ -88,7 +88,7 @@ def _devices(line: str, make: Makefile) -> list[str]:
     "makefile-password-ssh",
     "lesson 7: the Makefile's ssh options give way to the runbook's",
 )
-def check_makefile_password_ssh(ctx: Context) -> Verdict:
+def check_makefile_password_ssh(ctx: DoctorContext) -> Verdict:
     make = _makefile(ctx)
     if isinstance(make, Verdict):
         return make
@@ -114,7 +114,7 @@ def check_makefile_password_ssh(ctx: Context) -> Verdict:
 
 
 @check(CHECKS, "makefile-nixname-default", "部署流程: NIXNAME names the VM's configuration")
-def check_makefile_nixname_default(ctx: Context) -> Verdict:
+def check_makefile_nixname_default(ctx: DoctorContext) -> Verdict:
     make = _makefile(ctx)
     if isinstance(make, Verdict):
         return make

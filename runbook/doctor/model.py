@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final
 
-from runbook.doctor.context import Context
+from runbook.doctor.context import DoctorContext
 
 if TYPE_CHECKING:
     import pandas
@@ -56,30 +56,30 @@ def ok(finding: str) -> Verdict:
     return Verdict(Status.OK, finding)
 
 
-def unchecked(reason: str, fix: str = "") -> Verdict:
+def unchecked_verdict(reason: str, fix: str = "") -> Verdict:
     return Verdict(Status.UNCHECKED, reason, fix)
 
 
 # -- declaring checks ---------------------------------------------------------------------------
 
-CheckFunction = Callable[[Context], Verdict]
+CheckFunction = Callable[[DoctorContext], Verdict]
 
 
 @dataclass(frozen=True)
-class Check:
+class DoctorCheck:
     id: str
     lesson: str
     run: CheckFunction
 
 
 def check(
-    checks: list[Check], check_id: str, lesson: str
+    checks: list[DoctorCheck], check_id: str, lesson: str
 ) -> Callable[[CheckFunction], CheckFunction]:
     """Declare the decorated function as check `check_id` guarding `lesson`, appended to
     `checks` (each check module's list, in the order its checks run)."""
 
     def register(function: CheckFunction) -> CheckFunction:
-        checks.append(Check(check_id, lesson, function))
+        checks.append(DoctorCheck(check_id, lesson, function))
         return function
 
     return register

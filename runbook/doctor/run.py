@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 from typing import Final
 
+from runbook.core.errors import RunbookError
+from runbook.core.params import Deployment
 from runbook.doctor import (
     cache_checks,
     flake_checks,
@@ -14,15 +16,13 @@ from runbook.doctor import (
     system_checks,
     worker_checks,
 )
-from runbook.doctor.context import Context
-from runbook.doctor.model import Check, Finding, unchecked
-from runbook.errors import RunbookError
-from runbook.params import Deployment
+from runbook.doctor.context import DoctorContext
+from runbook.doctor.model import DoctorCheck, Finding, unchecked_verdict
 
 logger: Final = logging.getLogger(__name__)
 
 # The checkout, the cache, the workers, the Makefile, every VM, then this machine.
-CHECKS: list[Check] = [
+CHECKS: list[DoctorCheck] = [
     *flake_checks.CHECKS,
     *cache_checks.CHECKS,
     *worker_checks.CHECKS,
@@ -32,14 +32,14 @@ CHECKS: list[Check] = [
 ]
 
 
-def run_context(ctx: Context) -> list[Finding]:
+def run_context(ctx: DoctorContext) -> list[Finding]:
     """Every check on one context; a check that cannot read what it needs says unchecked."""
     findings: list[Finding] = []
     for item in CHECKS:
         try:
             verdict = item.run(ctx)
         except (RunbookError, OSError) as exc:
-            verdict = unchecked(f"could not read what it needs: {exc}")
+            verdict = unchecked_verdict(f"could not read what it needs: {exc}")
         findings.append(Finding(item.id, item.lesson, verdict.status, verdict.finding, verdict.fix))
     return findings
 
@@ -49,4 +49,4 @@ def run_checks(deployment: Deployment | None, nixos_config: Path) -> list[Findin
 
     Raises InputError when `nixos_config` is not a checkout (no flake.nix).
     """
-    return run_context(Context(deployment, nixos_config))
+    return run_context(DoctorContext(deployment, nixos_config))

@@ -9,22 +9,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from runbook.doctor.context import NO_PARAMS, Context, describe, parse_public_key, where_set
-from runbook.doctor.model import Check, Status, Verdict, check, ok, unchecked
-from runbook.nixcfg import NixPath, Opaque, SystemView, Undecided
-from runbook.nixfile import DYNAMIC
+from runbook.doctor.context import NO_PARAMS, DoctorContext, describe, parse_public_key, where_set
+from runbook.doctor.model import DoctorCheck, Status, Verdict, check, ok, unchecked_verdict
+from runbook.nix.nixcfg import NixPath, Opaque, SystemView, Undecided
+from runbook.nix.nixfile import DYNAMIC
 
 logger: Final = logging.getLogger(__name__)
 
-CHECKS: Final[list[Check]] = []
+CHECKS: Final[list[DoctorCheck]] = []
 
 
-def _each_system(ctx: Context, judge: Callable[[SystemView], Verdict]) -> Verdict:
+def _each_system(ctx: DoctorContext, judge: Callable[[SystemView], Verdict]) -> Verdict:
     """The worst verdict over the cache and worker systems (all of them named in it)."""
     views = ctx.all_views
     if not views:
         why = f" ({NO_PARAMS})" if ctx.deployment is None else ""
-        return unchecked(f"no VM configuration found{why}")
+        return unchecked_verdict(f"no VM configuration found{why}")
     verdicts = [(view.name, judge(view)) for view in views]
     order = [Status.FAIL, Status.UNCHECKED, Status.WARN, Status.OK]
     worst = min((v for _, v in verdicts), key=lambda v: order.index(v.status))
@@ -37,12 +37,12 @@ def _each_system(ctx: Context, judge: Callable[[SystemView], Verdict]) -> Verdic
 
 
 @check(CHECKS, "root-login-after-switch", "lesson 7: root cannot log in after vm/switch")
-def check_root_login_after_switch(ctx: Context) -> Verdict:
+def check_root_login_after_switch(ctx: DoctorContext) -> Verdict:
     def judge(view: SystemView) -> Verdict:
         path = ("services", "openssh", "settings", "PermitRootLogin")
         permit, mutable = view.value(path), view.value(("users", "mutableUsers"))
         if isinstance(permit, Undecided | Opaque) or isinstance(mutable, Undecided | Opaque):
-            return unchecked(
+            return unchecked_verdict(
                 f"PermitRootLogin {describe(permit)}, mutableUsers {describe(mutable)}"
             )
         reasons = []
@@ -67,7 +67,7 @@ def check_root_login_after_switch(ctx: Context) -> Verdict:
     return _each_system(ctx, judge)
 
 
-def _user_of(ctx: Context, view: SystemView) -> str | None:
+def _user_of(ctx: DoctorContext, view: SystemView) -> str | None:
     """The user the runbook logs in as: params `user`, else the one the flake's mkSystem
     names for this system, else the only normal user the modules define."""
     if ctx.user:
@@ -84,8 +84,8 @@ def _undefined(view: SystemView, user: str) -> Verdict | None:
     if user in names:
         return None
     if DYNAMIC in names:
-        return unchecked(f"users.users.${{…}}: which user {view.name} defines is not read")
-    return unchecked(f"users.users.{user} is not defined (see user-key-authorized)")
+        return unchecked_verdict(f"users.users.${{…}}: which user {view.name} defines is not read")
+    return unchecked_verdict(f"users.users.{user} is not defined (see user-key-authorized)")
 
 
 def _root_gone(view: SystemView) -> bool:
@@ -108,7 +108,7 @@ AUTHORIZED: Final = ("openssh", "authorizedKeys")
 
 
 def _authorized_keys(
-    ctx: Context, view: SystemView, user: str
+    ctx: DoctorContext, view: SystemView, user: str
 ) -> tuple[list[tuple[tuple[str, str], str]], str | None]:
     """The keys the configuration authorizes for `user`, each with where it comes from, and
     why the list is not all known (a value this reader does not evaluate), if it is not."""
@@ -142,20 +142,22 @@ def _authorized_keys(
 
 
 @check(CHECKS, "user-key-authorized", "lesson 7: after the switch only the user's key logs in")
-def check_user_key_authorized(ctx: Context) -> Verdict:
+def check_user_key_authorized(ctx: DoctorContext) -> Verdict:
     identity = ctx.identity_key
 
     def judge(view: SystemView) -> Verdict:
         user = _user_of(ctx, view)
         if user is None:
-            return unchecked("no user found (" + NO_PARAMS + ")")
+            return unchecked_verdict("no user found (" + NO_PARAMS + ")")
         if view.name == str(ctx.worker_module):  # no system to read, only the worker module
-            return unchecked(f"no VM configuration the checkout builds, only {view.name}")
+            return unchecked_verdict(f"no VM configuration the checkout builds, only {view.name}")
         defined = view.names_under(("users", "users"))
         if user not in defined:
             if DYNAMIC in defined:
                 at = view.where(("users", "users", DYNAMIC)) or "an interpolated name"
-                return unchecked(f"users.users.${{…}} at {at}: which user it defines is not read")
+                return unchecked_verdict(
+                    f"users.users.${{…}} at {at}: which user it defines is not read"
+                )
             named = f" (the flake builds it for user {view.user})" if view.user else ""
             return Verdict(
                 Status.FAIL,
@@ -171,9 +173,9 @@ def check_user_key_authorized(ctx: Context) -> Verdict:
             at = next(w for k, w in keys if k == identity)
             return ok(f"{user} authorizes the identity's key ({at})")
         if unknown is not None:
-            return unchecked(f"{user}'s keys: {unknown}")
+            return unchecked_verdict(f"{user}'s keys: {unknown}")
         if isinstance(identity, str):
-            return unchecked(identity)
+            return unchecked_verdict(identity)
         if identity is None:  # no params: which key the runbook uses is not known
             if keys:
                 return ok(f"{user} has {len(keys)} authorized key(s) ({where}); {NO_PARAMS}")
@@ -198,11 +200,11 @@ def check_user_key_authorized(ctx: Context) -> Verdict:
 
 
 @check(CHECKS, "login-shell-fish", "lesson 5: fish parses what ssh sends")
-def check_login_shell_fish(ctx: Context) -> Verdict:
+def check_login_shell_fish(ctx: DoctorContext) -> Verdict:
     def judge(view: SystemView) -> Verdict:
         user = _user_of(ctx, view)
         if user is None:
-            return unchecked("no user found (" + NO_PARAMS + ")")
+            return unchecked_verdict("no user found (" + NO_PARAMS + ")")
         if (undefined := _undefined(view, user)) is not None:
             return undefined
         path: tuple[str, ...] = ("users", "users", user, "shell")
@@ -211,7 +213,7 @@ def check_login_shell_fish(ctx: Context) -> Verdict:
             path = ("users", "defaultUserShell")
             shell = view.value(path)
         if isinstance(shell, Undecided):
-            return unchecked(f"{user}'s shell: {shell.reason}")
+            return unchecked_verdict(f"{user}'s shell: {shell.reason}")
         if shell is not None and "fish" in describe(shell):
             return Verdict(
                 Status.WARN,
@@ -225,11 +227,11 @@ def check_login_shell_fish(ctx: Context) -> Verdict:
 
 
 @check(CHECKS, "sudo-nopasswd", "lesson 7: sudo without a password for wheel")
-def check_sudo_nopasswd(ctx: Context) -> Verdict:
+def check_sudo_nopasswd(ctx: DoctorContext) -> Verdict:
     def judge(view: SystemView) -> Verdict:
         user = _user_of(ctx, view)
         if user is None:
-            return unchecked("no user found (" + NO_PARAMS + ")")
+            return unchecked_verdict("no user found (" + NO_PARAMS + ")")
         if (undefined := _undefined(view, user)) is not None:
             return undefined
         groups = view.value(("users", "users", user, "extraGroups"))
@@ -248,7 +250,7 @@ def check_sudo_nopasswd(ctx: Context) -> Verdict:
         if needs is False:
             return ok(f"wheelNeedsPassword = false{where_set(view, path)}")
         if isinstance(needs, Undecided | Opaque):
-            return unchecked(f"wheelNeedsPassword {describe(needs)}")
+            return unchecked_verdict(f"wheelNeedsPassword {describe(needs)}")
         return Verdict(
             Status.WARN,
             f"security.sudo.wheelNeedsPassword is {describe(needs)}: sudo asks {user}'s password",
@@ -260,13 +262,13 @@ def check_sudo_nopasswd(ctx: Context) -> Verdict:
 
 
 @check(CHECKS, "nic-name-pinned", "lesson 8: DHCP only on a named interface")
-def check_nic_name_pinned(ctx: Context) -> Verdict:
+def check_nic_name_pinned(ctx: DoctorContext) -> Verdict:
     def judge(view: SystemView) -> Verdict:
         path = ("networking", "useDHCP")
         global_dhcp = view.value(path)
         if global_dhcp is not False:
             if isinstance(global_dhcp, Undecided | Opaque):
-                return unchecked(f"networking.useDHCP {describe(global_dhcp)}")
+                return unchecked_verdict(f"networking.useDHCP {describe(global_dhcp)}")
             return ok(f"DHCP on every interface (networking.useDHCP {describe(global_dhcp)})")
         nics = view.names_under(("networking", "interfaces"))
         pinned = [
@@ -305,7 +307,7 @@ def _no_address(view: SystemView, nics: list[str], where: str) -> Verdict:
         )
         return ok(f"networking.useDHCP = false{where}; addresses from {how}")
     if isinstance(manager, Undecided | Opaque):
-        return unchecked(f"networking.networkmanager.enable {describe(manager)}")
+        return unchecked_verdict(f"networking.networkmanager.enable {describe(manager)}")
     return Verdict(
         Status.FAIL,
         f"networking.useDHCP = false{where} and no interface has DHCP or an address: the VM "
@@ -316,14 +318,14 @@ def _no_address(view: SystemView, nics: list[str], where: str) -> Verdict:
 
 
 @check(CHECKS, "guest-agent", "lesson 8: utmctl ip-address needs the QEMU guest agent")
-def check_guest_agent(ctx: Context) -> Verdict:
+def check_guest_agent(ctx: DoctorContext) -> Verdict:
     def judge(view: SystemView) -> Verdict:
         path = ("services", "qemuGuest", "enable")
         value = view.value(path)
         if value is True:
             return ok(f"services.qemuGuest.enable{where_set(view, path)}")
         if isinstance(value, Undecided | Opaque):
-            return unchecked(f"services.qemuGuest.enable {describe(value)}")
+            return unchecked_verdict(f"services.qemuGuest.enable {describe(value)}")
         return Verdict(
             Status.WARN,
             f"services.qemuGuest.enable is {describe(value)}: `utmctl ip-address` cannot answer",

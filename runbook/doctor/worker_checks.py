@@ -7,13 +7,13 @@ import logging
 from typing import Final
 from urllib.parse import urlsplit
 
-from runbook.discover import is_ip
-from runbook.doctor.context import CacheTarget, Context, describe
+from runbook.cache.keys import parse_public_key
+from runbook.core.errors import InputError
+from runbook.doctor.context import CacheTarget, DoctorContext, describe
 from runbook.doctor.live import live_cache_key
-from runbook.doctor.model import Check, Status, Verdict, check, ok, unchecked
-from runbook.errors import InputError
-from runbook.keys import parse_public_key
-from runbook.nixcfg import Literal, Opaque, SystemView, Undecided, mdns_resolution
+from runbook.doctor.model import DoctorCheck, Status, Verdict, check, ok, unchecked_verdict
+from runbook.mac.discover import is_ip
+from runbook.nix.nixcfg import Literal, Opaque, SystemView, Undecided, mdns_resolution
 
 logger: Final = logging.getLogger(__name__)
 
@@ -22,16 +22,16 @@ EXTRA_SUBSTITUTERS: Final = ("nix", "settings", "extra-substituters")
 TRUSTED_KEYS: Final = ("nix", "settings", "trusted-public-keys")
 EXTRA_TRUSTED_KEYS: Final = ("nix", "settings", "extra-trusted-public-keys")
 
-CHECKS: Final[list[Check]] = []
+CHECKS: Final[list[DoctorCheck]] = []
 
 
-def _workers(ctx: Context) -> list[SystemView] | Verdict:
+def _workers(ctx: DoctorContext) -> list[SystemView] | Verdict:
     views = ctx.worker_views
     if not views:
-        return unchecked(f"{ctx.worker_module} (the workers' module) not found")
+        return unchecked_verdict(f"{ctx.worker_module} (the workers' module) not found")
     broken = [str(p) for v in views for p in v.broken]
     if broken:
-        return unchecked(f"{', '.join(broken)} does not parse (see nix-parse)")
+        return unchecked_verdict(f"{', '.join(broken)} does not parse (see nix-parse)")
     return views
 
 
@@ -50,7 +50,7 @@ def _merged(view: SystemView, *paths: tuple[str, ...]) -> tuple[list[Literal], s
 
 
 @check(CHECKS, "worker-substituter", "Worker VM 配置: workers substitute from the cache")
-def check_worker_substituter(ctx: Context) -> Verdict:
+def check_worker_substituter(ctx: DoctorContext) -> Verdict:
     views = _workers(ctx)
     if isinstance(views, Verdict):
         return views
@@ -60,12 +60,12 @@ def check_worker_substituter(ctx: Context) -> Verdict:
     for view in views:
         items, where, undecided = _merged(view, SUBSTITUTERS, EXTRA_SUBSTITUTERS)
         if undecided:
-            return unchecked(f"{view.name}: {undecided}")
+            return unchecked_verdict(f"{view.name}: {undecided}")
         strings = [i for i in items if isinstance(i, str)]
         if url.rstrip("/") in {i.rstrip("/") for i in strings}:
             fine.append(f"{view.name} ({where})")
         elif any(isinstance(i, Opaque) for i in items):
-            return unchecked(f"{view.name}: substituters hold expressions ({where})")
+            return unchecked_verdict(f"{view.name}: substituters hold expressions ({where})")
         elif ips := [i for i in strings if _same_cache_by_ip(i, ctx.target)]:
             by_ip.append(f"{view.name} uses {ips[0]} ({where})")
         else:
@@ -101,7 +101,7 @@ def _same_cache_by_ip(url: str, target: CacheTarget) -> bool:
     "worker-mdns",
     "架构, Worker VM 配置: workers resolve the cache's .local name (avahi with nssmdns4)",
 )
-def check_worker_mdns(ctx: Context) -> Verdict:
+def check_worker_mdns(ctx: DoctorContext) -> Verdict:
     """A `.local` name resolves on NixOS only through avahi's NSS module: services.avahi.enable
     and services.avahi.nssmdns4 (nixpkgs nixos/modules/services/networking/avahi-daemon.nix)."""
     host = ctx.target.host
@@ -117,7 +117,7 @@ def check_worker_mdns(ctx: Context) -> Verdict:
         values = mdns_resolution(view)
         if any(isinstance(v, Undecided | Opaque) for v in values.values()):
             shown = "; ".join(f"{k}: {describe(v)}" for k, v in values.items())
-            return unchecked(f"{view.name}: {shown}")
+            return unchecked_verdict(f"{view.name}: {shown}")
         off = [f"{k} is {describe(v)}" for k, v in values.items() if v is not True]
         (lacking if off else fine).append(f"{view.name} ({', '.join(off) or 'avahi + nssmdns4'})")
     if lacking:
@@ -133,7 +133,7 @@ def check_worker_mdns(ctx: Context) -> Verdict:
 
 
 @check(CHECKS, "worker-trusted-key", "Worker VM 配置: workers trust the cache's current key")
-def check_worker_trusted_key(ctx: Context) -> Verdict:
+def check_worker_trusted_key(ctx: DoctorContext) -> Verdict:
     views = _workers(ctx)
     if isinstance(views, Verdict):
         return views
@@ -146,7 +146,7 @@ def check_worker_trusted_key(ctx: Context) -> Verdict:
     for view in views:
         items, where, undecided = _merged(view, TRUSTED_KEYS, EXTRA_TRUSTED_KEYS)
         if undecided:
-            return unchecked(f"{view.name}: {undecided}")
+            return unchecked_verdict(f"{view.name}: {undecided}")
         keys = [i for i in items if isinstance(i, str) and i.partition(":")[0] == name]
         bad = [k for k in keys if not _is_public_key(k)]
         if bad:

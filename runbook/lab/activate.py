@@ -48,8 +48,8 @@ def system_packages(ev: Evaluated) -> tuple[str, ...]:
     files (`pkgs.git`, `git` under `with pkgs;`, lists joined with `++`). NixOS merges the
     modules' lists; a form the lab cannot evaluate (a variable, `lib.optionals`, `mkIf`) is
     an error, as for the other options."""
-    from runbook.nixcfg import SYSTEM_PACKAGES, package_elements
-    from runbook.nixfile import NixFile
+    from runbook.nix.nixcfg import SYSTEM_PACKAGES, package_elements
+    from runbook.nix.nixfile import NixFile
 
     names: set[str] = set()
     for path in ev.files:

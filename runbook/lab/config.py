@@ -17,7 +17,7 @@ from typing import Any, Final
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from runbook.errors import InputError
+from runbook.core.errors import InputError
 
 logger: Final = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ from typing import Any, Final
 from runbook.lab import host
 from runbook.lab.config import HostSpec, LabParams, Phase
 from runbook.lab.net import netns
-from runbook.local import run
+from runbook.transport.local import run
 
 logger: Final = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import yaml
 
-from runbook.errors import InputError
+from runbook.core.errors import InputError
 from runbook.lab import console
 from runbook.lab.config import LabParams
 
@@ -140,7 +140,7 @@ HEADER: Final = (
 
 def write_params(lab: LabParams, env: Environment, source: str, out: Path) -> Path:
     """Validate the params as the product does, then write them (no secret in them)."""
-    from runbook.params import parse
+    from runbook.core.params import parse
 
     data = params(lab, env)
     text = yaml.safe_dump(data, sort_keys=False)
@@ -153,8 +153,8 @@ def write_params(lab: LabParams, env: Environment, source: str, out: Path) -> Pa
 def store_passwords(lab: LabParams, template: dict[str, Any], secrets_dir: Path | None) -> None:
     """The live ISO's root password, when the lab has one, in the secret store (0600) under
     the params' `bootstrap.password_secret`, as a user stores theirs."""
-    from runbook.params import Bootstrap
-    from runbook.secrets import SecretStore
+    from runbook.core.params import Bootstrap
+    from runbook.core.secrets import SecretStore
 
     bootstrap = Bootstrap.model_validate(template.get("bootstrap") or {})
     password = lab.passwords.get(bootstrap.user)

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from runbook.errors import RunbookError
+from runbook.core.errors import RunbookError
 from runbook.lab import system
 from runbook.lab.config import SSH_PORT, HostSpec, LabParams, Phase
 from runbook.lab.net import NETNS_DIR, netns
-from runbook.local import run
+from runbook.transport.local import run
 
 logger: Final = logging.getLogger(__name__)
 

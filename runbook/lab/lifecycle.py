@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from runbook.errors import InputError, RunbookError
+from runbook.core.errors import InputError, RunbookError
+from runbook.core.secrets import write_private
 from runbook.lab import console, environment, host, net, services, system
 from runbook.lab.config import SSH_PORT, HostSpec, LabParams, Phase, from_mapping, load, load_file
-from runbook.local import run
-from runbook.secrets import write_private
+from runbook.transport.local import run
 
 logger: Final = logging.getLogger(__name__)
 
@@ -143,8 +143,8 @@ def authorize_key(config: Path, user: str, pubkey: str) -> None:
     """Put `pubkey` in `users.users.USER.openssh.authorizedKeys.keys` of the user's file, as a
     user pastes their Mac's key (mitchellh/nixos-config users/mitchellh/nixos.nix lists it
     inline): a splice at the parser's byte ranges; nothing when it is there already."""
-    from runbook.nixcfg import plan_list_item, write_keeping_mode
-    from runbook.nixfile import NixFile, apply_edits
+    from runbook.nix.nixcfg import plan_list_item, write_keeping_mode
+    from runbook.nix.nixfile import NixFile, apply_edits
 
     rel = Path("users") / user / "nixos.nix"
     if not (config / rel).is_file():

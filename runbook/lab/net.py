@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Final
 
 from runbook.lab.config import NETNS_PREFIX, LabParams
-from runbook.local import run
+from runbook.transport.local import run
 
 logger: Final = logging.getLogger(__name__)
 NETNS_DIR: Final = Path("/run/netns")

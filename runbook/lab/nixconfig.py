@@ -1,4 +1,4 @@
-"""Read the settings the lab applies from a NixOS configuration, with runbook/nixfile.py.
+"""Read the settings the lab applies from a NixOS configuration, with runbook/nix/nixfile.py.
 
 What a lab switch evaluates, as lib/mksystem.nix builds a system (reference/
 utm-makefile-keys.md §1 "lib/mksystem.nix": machines/${name}.nix, users/${user}/nixos.nix):
@@ -17,8 +17,8 @@ from typing import Final
 
 from tree_sitter import Node
 
-from runbook.errors import InputError
-from runbook.nixfile import Binding, NixFile, list_elements, string_value
+from runbook.core.errors import InputError
+from runbook.nix.nixfile import Binding, NixFile, list_elements, string_value
 
 logger: Final = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class EvalError(InputError):
 
 
 @dataclass
-class Definition:
+class LabDefinition:
     value: Value
     priority: int
     where: str
@@ -45,7 +45,7 @@ class Definition:
 @dataclass
 class Evaluated:
     files: list[Path] = field(default_factory=list)
-    defs: dict[tuple[str, ...], list[Definition]] = field(default_factory=dict)
+    defs: dict[tuple[str, ...], list[LabDefinition]] = field(default_factory=dict)
 
     def get(self, *path: str, default: Value = None) -> Value:
         found = self.defs.get(tuple(path))
@@ -148,7 +148,7 @@ def evaluate(entry_files: list[Path], options: dict[tuple[str, ...], str]) -> Ev
                 continue
             value = literal(binding.value, nix, kind)
             result.defs.setdefault(binding.path, []).append(
-                Definition(value, _priority(binding, nix), f"{path}:{binding.line}")
+                LabDefinition(value, _priority(binding, nix), f"{path}:{binding.line}")
             )
     return result
 

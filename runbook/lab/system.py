@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from runbook.local import run
+from runbook.transport.local import run
 
 logger: Final = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from runbook.errors import RunbookError
+from runbook.core.errors import RunbookError
 from runbook.lab import console, host
 from runbook.lab.config import LabParams, from_mapping
 from runbook.lab.net import netns
-from runbook.local import run
+from runbook.transport.local import run
 
 POWER_OFF_TIMEOUT: Final = 10.0
 REGISTRY: Final = "lab.json"  # lifecycle.REGISTRY: the lab's params, written by lab up

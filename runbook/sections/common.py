@@ -11,13 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from runbook import local
-from runbook.errors import CommandError, ConnectError, HostKeyChangedError, InputError, RunbookError
-from runbook.models import Elevate, Result
-from runbook.params import VM
-from runbook.secrets import Secret, write_private
-from runbook.step_output import line_printer
-from runbook.steps import DONE, TODO, Check, Context, unchecked
+from runbook.core.errors import (
+    CommandError,
+    ConnectError,
+    HostKeyChangedError,
+    InputError,
+    RunbookError,
+)
+from runbook.core.models import Elevate, Result
+from runbook.core.params import VM
+from runbook.core.secrets import Secret, write_private
+from runbook.engine.step_output import line_printer
+from runbook.engine.steps import DONE, TODO, Check, Context, unchecked
+from runbook.transport import local
 
 # The nixos-config Makefile's variables (utm-makefile-keys.md §1): NIXADDR, NIXPORT, NIXUSER, NIXNAME.
 ATTICD_ENV: Final = "/var/lib/atticd/env"
@@ -122,7 +128,7 @@ def remote_probe(
 
 def login_works(ctx: Context, vm: VM) -> Check:
     """A fresh connection as the installed user with the key, and passwordless sudo (lesson 7)."""
-    from runbook.remote import Connection
+    from runbook.transport.remote import Connection
 
     with Connection(ctx.dep.host(vm, installed=True)) as conn:
         ok = conn.run("sudo -n true", check=False).ok
@@ -179,7 +185,7 @@ def _arg(argv: Sequence[str], name: str) -> str | None:
 def refuse_overridden_options(argv: Sequence[str]) -> None:
     """`override SSH_OPTIONS = ...` in the checkout would ignore the runbook's SSH_OPTIONS:
     then ssh would ask a password and check no host key. Refused before make runs."""
-    from runbook.makefile import Makefile
+    from runbook.nix.makefile import Makefile
 
     if _arg(argv, "SSH_OPTIONS") is None:
         return
@@ -232,7 +238,7 @@ UPSTREAM_INITIAL_ROOT: Final = "root"
 def installed_root_password(ctx: Context) -> Secret:
     """root's password on the system bootstrap0 installed: the one the checkout's Makefile
     writes into configuration.nix (read from its vm/bootstrap0 recipe), else upstream's."""
-    from runbook.makefile import Makefile
+    from runbook.nix.makefile import Makefile
 
     value = UPSTREAM_INITIAL_ROOT
     path = ctx.dep.nixos_config / "Makefile"

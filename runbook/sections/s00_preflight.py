@@ -11,14 +11,14 @@ import os
 import re
 from typing import TYPE_CHECKING, Final
 
-from runbook import local
-from runbook.errors import CommandError, RunbookError
-from runbook.params import VM, check_paths
+from runbook.core.errors import CommandError, RunbookError
+from runbook.core.params import VM, check_paths
+from runbook.engine.steps import DONE, TODO, Check, Context, Step, unchecked
 from runbook.sections.common import config_present, render
-from runbook.steps import DONE, TODO, Check, Context, Step, unchecked
+from runbook.transport import local
 
 if TYPE_CHECKING:
-    from runbook.nixcfg import Change
+    from runbook.nix.nixcfg import Change
 
 NOTEBOOK: Final = "00-architecture-preflight"
 HOST_TOOLS: Final = ("nix", "ssh", "rsync", "make")
@@ -48,7 +48,7 @@ def paths(ctx: Context) -> Step:
         return unchecked("not on this machine: " + "; ".join(problems)) if problems else DONE
 
     def require() -> str:
-        from runbook.errors import InputError
+        from runbook.core.errors import InputError
 
         if problems := missing():
             raise InputError("; ".join(problems))
@@ -69,7 +69,7 @@ def host_tools(ctx: Context) -> Step:
         return unchecked("not on this machine: " + ", ".join(gone)) if gone else DONE
 
     def require() -> str:
-        from runbook.errors import InputError
+        from runbook.core.errors import InputError
 
         if gone := absent():
             raise InputError("host tools missing: " + ", ".join(gone))
@@ -140,7 +140,7 @@ def attic_flake(ctx: Context) -> Step:
         return TODO if pending else Check(True, "no attic flake input or module")
 
     def fix() -> str:
-        from runbook.nixcfg import write_changes
+        from runbook.nix.nixcfg import write_changes
 
         write_changes(changes())
         local.run(["nix", "flake", "lock"], cwd=config, on_line=lambda _s, ln: print(f"      {ln}"))

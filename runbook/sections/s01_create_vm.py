@@ -1,12 +1,12 @@
 """01 部署流程速查 1: create each VM in UTM (bridged network, booting the NixOS ISO), start it.
 
-Through runbook.utm: one `make new virtual machine` whose configuration record holds every
+Through runbook.mac.utm: one `make new virtual machine` whose configuration record holds every
 setting (RAM, cores, the bridged NIC with its MAC, a display, the disk's interface and, where
 known, a TCP serial console; `utm.create_vm_record`), so a failure leaves no VM behind, and
 `utmctl list/status/start` (§2). A VM of that name counts as done only when UTM's configuration,
 read back (`utm.vm_config`), has what the later notebooks need (`utm.config_differences`); one
 that exists but differs is a failing check that says what differs, never created twice. The
-checks are unchecked where the params' utmctl cannot run (runbook.utm.can_run).
+checks are unchecked where the params' utmctl cannot run (runbook.mac.utm.can_run).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-from runbook import utm
-from runbook.errors import InputError, RunbookError
-from runbook.params import VM
+from runbook.core.errors import InputError, RunbookError
+from runbook.core.params import VM
+from runbook.engine.steps import DONE, TODO, Check, Context, Step, unchecked
+from runbook.mac import utm
 from runbook.sections.common import render
 from runbook.sections.vm_console import MacSide, mac_side
-from runbook.steps import DONE, TODO, Check, Context, Step, unchecked
 
 NOTEBOOK: Final = "01-create-vm"
 ISO_PLACEHOLDER: Final = "/path/to/nixos-minimal-aarch64.iso"

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import Final
 
-from runbook.discover import CALLBACK_COMMAND, AddressNotFoundError, callback_command
-from runbook.errors import ConnectError, HostKeyChangedError, RunbookError
-from runbook.params import VM
-from runbook.remote import Connection
-from runbook.secrets import Secret
+from runbook.core.errors import ConnectError, HostKeyChangedError, RunbookError
+from runbook.core.params import VM
+from runbook.core.secrets import Secret
+from runbook.engine.steps import DONE, TODO, Check, Context, Step, record_address
+from runbook.mac.discover import CALLBACK_COMMAND, AddressNotFoundError, callback_command
 from runbook.sections.vm_console import (
     LazyConsole,
     VmConsole,
@@ -32,7 +32,7 @@ from runbook.sections.vm_console import (
     type_line,
     watching,
 )
-from runbook.steps import DONE, TODO, Check, Context, Step, record_address
+from runbook.transport.remote import Connection
 
 NOTEBOOK: Final = "02-console-ip"
 # shadow's passwd prompts (the NixOS ISO and Debian ship the same shadow-utils wording).
@@ -169,7 +169,7 @@ def find_address(ctx: Context, vm: VM) -> Step:
             if con is not None:
                 con.close()
         moved = "" if found.address == vm.address else f" (params say {vm.address})"
-        # 03-09 of this run use it (runbook.steps.with_run_addresses); never a later run
+        # 03-09 of this run use it (runbook.engine.steps.with_run_addresses); never a later run
         record_address(ctx.record_dir, vm.name, found.address, found.method)
         return f"{found.address}{moved}, found by {found.method}; tried: {'; '.join(found.tried)}"
 

@@ -8,12 +8,11 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from runbook import utm
-from runbook.errors import CommandError, ConnectError, HostKeyChangedError, RunbookError
-from runbook.hostkeys import entry_name
-from runbook.params import VM
-from runbook.remote import Connection
-from runbook.secrets import Secret
+from runbook.core.errors import CommandError, ConnectError, HostKeyChangedError, RunbookError
+from runbook.core.params import VM
+from runbook.core.secrets import Secret
+from runbook.engine.steps import Check, Context, Step, record_address, run_addresses
+from runbook.mac import utm
 from runbook.sections.common import (
     host_label,
     installed_root_password,
@@ -27,7 +26,8 @@ from runbook.sections.common import (
 )
 from runbook.sections.s01_create_vm import listed
 from runbook.sections.vm_console import MacSide, mac_side, resolve
-from runbook.steps import Check, Context, Step, record_address, run_addresses
+from runbook.transport.hostkeys import entry_name
+from runbook.transport.remote import Connection
 
 NOTEBOOK: Final = "03-bootstrap0"
 MAKEFILE_DISK: Final = (

@@ -11,16 +11,16 @@ import logging
 import re
 from typing import Final
 
-from runbook.errors import (
+from runbook.core.errors import (
     AuthenticationRefusedError,
     CommandError,
     ConnectError,
     HostKeyChangedError,
     RunbookError,
 )
-from runbook.models import Elevate, Result
-from runbook.params import VM
-from runbook.remote import Connection
+from runbook.core.models import Elevate, Result
+from runbook.core.params import VM
+from runbook.engine.steps import Check, Context, Step
 from runbook.sections import s00_preflight
 from runbook.sections.common import (
     ATTICD_ENV,
@@ -35,7 +35,7 @@ from runbook.sections.common import (
     ssh_render,
 )
 from runbook.sections.vm_console import key_fingerprint, parse_public_keys, pin_host_keys
-from runbook.steps import Check, Context, Step
+from runbook.transport.remote import Connection
 
 logger: Final = logging.getLogger(__name__)
 

@@ -18,11 +18,12 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Final
 
-from runbook import keys
-from runbook.errors import InputError, RunbookError
-from runbook.models import Elevate
-from runbook.params import VM
-from runbook.secrets import Secret
+from runbook.cache import keys
+from runbook.core.errors import InputError, RunbookError
+from runbook.core.models import Elevate
+from runbook.core.params import VM
+from runbook.core.secrets import Secret
+from runbook.engine.steps import TODO, Check, Context, Step
 from runbook.sections.common import (
     ATTICD_ENV,
     config_present,
@@ -31,10 +32,9 @@ from runbook.sections.common import (
     ssh_render,
     user_switch,
 )
-from runbook.steps import TODO, Check, Context, Step
 
 if TYPE_CHECKING:
-    from runbook.nixcfg import Change
+    from runbook.nix.nixcfg import Change
 
 NOTEBOOK: Final = "05-token-secret"
 GENERATE: Final = "generate the token secret locally (lessons 2, 6)"
@@ -64,7 +64,7 @@ def generate(ctx: Context) -> Step:
         ctx.store.put(name, keys.generate_token_secret(4096))
         return f"RSA-4096, PKCS#8 PEM, base64 without newlines -> {ctx.store.path(name)} (0600)"
 
-    cmd = f"runbook.keys.generate_token_secret(4096) -> secret store {name!r} ({ctx.store.path(name)}, 0600)"
+    cmd = f"runbook.cache.keys.generate_token_secret(4096) -> secret store {name!r} ({ctx.store.path(name)}, 0600)"
     return Step(GENERATE, "localhost", [cmd], probe, make)
 
 
@@ -111,7 +111,7 @@ def install_env(ctx: Context, vm: VM) -> Step:
 def _client_changes(ctx: Context, vm: VM) -> tuple[list[Change], str]:
     """The edit that installs pkgs.attic-client in the cache's configuration (in the file that
     enables services.atticd), none when a module installs it; and where it is or goes."""
-    from runbook.nixcfg import (
+    from runbook.nix.nixcfg import (
         Change,
         ConfigTree,
         cache_module,
@@ -149,7 +149,7 @@ def attic_client(ctx: Context, vm: VM) -> Step:
         return TODO if pending else Check(True, f"the cache's configuration installs it ({where})")
 
     def apply() -> str:
-        from runbook.nixcfg import write_changes
+        from runbook.nix.nixcfg import write_changes
 
         pending, where = _client_changes(ctx, vm)
         write_changes(pending)
@@ -235,7 +235,7 @@ def restart(ctx: Context, vm: VM) -> Step:
         "validate the secret, restart atticd, GET / 200",
         host_label(ctx, vm),
         [
-            "runbook.keys.validate_token_secret(<secret>)   # atticd's decode chain, here",
+            "runbook.cache.keys.validate_token_secret(<secret>)   # atticd's decode chain, here",
             ssh_render(
                 ctx, vm, "systemctl restart atticd && systemctl is-active atticd", sudo=True
             ),

@@ -1,7 +1,7 @@
 """06 Attic 缓存管理 / 初始化 2-3: admin token, `attic login`, create the cache, make it
 public, push the store; the cache's public key is kept for the workers (07) and checks (08).
 
-Commands come from `runbook.attic` (attic.md §3-4); they run as root through sudo with the
+Commands come from `runbook.cache.attic` (attic.md §3-4); they run as root through sudo with the
 script on bash's stdin (lesson 5), and the token is a registered secret, masked everywhere.
 """
 
@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from runbook import attic, keys
-from runbook.errors import CommandError, RunbookError
-from runbook.models import Elevate
-from runbook.params import VM
-from runbook.secrets import Secret
+from runbook.cache import attic, keys
+from runbook.core.errors import CommandError, RunbookError
+from runbook.core.models import Elevate
+from runbook.core.params import VM
+from runbook.core.secrets import Secret
+from runbook.engine.steps import TODO, Check, Context, Step
 from runbook.sections.common import host_label, ssh_render
-from runbook.steps import TODO, Check, Context, Step
 
 NOTEBOOK: Final = "06-cache"
 SERVER: Final = "local"

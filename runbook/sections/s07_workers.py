@@ -5,7 +5,7 @@ A cache named `<host>.local` resolves on NixOS only through avahi's NSS module, 
 edit turns on `services.avahi.enable` and `services.avahi.nssmdns4` where the workers lack them
 (nixpkgs nixos/modules/services/networking/avahi-daemon.nix).
 
-The edits are splices at the parser's byte ranges (`runbook.nixcfg.plan_list_item`,
+The edits are splices at the parser's byte ranges (`runbook.nix.nixcfg.plan_list_item`,
 `plan_setting`), so the file's formatting and comments survive.
 """
 
@@ -16,7 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from runbook.params import VM
+from runbook.core.params import VM
+from runbook.engine.steps import TODO, Check, Context, Step, unchecked
 from runbook.sections import s06_cache
 from runbook.sections.common import (
     config_present,
@@ -26,11 +27,10 @@ from runbook.sections.common import (
     user_switch,
 )
 from runbook.sections.s06_cache import public_key_file
-from runbook.steps import TODO, Check, Context, Step, unchecked
 
 if TYPE_CHECKING:
-    from runbook.nixcfg import Change, ConfigTree
-    from runbook.nixfile import Edit, NixFile
+    from runbook.nix.nixcfg import Change, ConfigTree
+    from runbook.nix.nixfile import Edit, NixFile
 
 NOTEBOOK: Final = "07-workers"
 SUBSTITUTERS: Final = ("nix", "settings", "substituters")
@@ -50,7 +50,7 @@ def _planners(ctx: Context, tree: ConfigTree) -> list[Callable[[NixFile], Edit |
     """The worker module's edits, each planned on the file as the previous one left it: the
     substituter and its key, and (for a `.local` cache) avahi's mDNS resolution unless every
     worker system resolves `.local` already."""
-    from runbook.nixcfg import AVAHI_ENABLE, AVAHI_NSS, plan_list_item, plan_setting
+    from runbook.nix.nixcfg import AVAHI_ENABLE, AVAHI_NSS, plan_list_item, plan_setting
 
     url, key = ctx.dep.cache.url, _public_key(ctx) or ""
     planners: list[Callable[[NixFile], Edit | None]] = [
@@ -66,7 +66,7 @@ def _planners(ctx: Context, tree: ConfigTree) -> list[Callable[[NixFile], Edit |
 
 
 def _workers_resolve_mdns(ctx: Context, tree: ConfigTree) -> bool:
-    from runbook.nixcfg import mdns_resolution, system_view
+    from runbook.nix.nixcfg import mdns_resolution, system_view
 
     views = [system_view(tree, vm.name, ctx.dep.user) for vm in ctx.dep.workers]
     return bool(views) and all(
@@ -79,7 +79,7 @@ def configure(ctx: Context) -> Step:
     url = ctx.dep.cache.url
 
     def changes() -> list[Change]:
-        from runbook.nixcfg import Change, ConfigTree, edit_sequentially
+        from runbook.nix.nixcfg import Change, ConfigTree, edit_sequentially
 
         tree = ConfigTree(ctx.dep.nixos_config)
         nix = tree.get(Path(rel))
@@ -97,7 +97,7 @@ def configure(ctx: Context) -> Step:
         return TODO if pending else Check(True, f"{rel} already trusts the cache")
 
     def apply() -> str:
-        from runbook.nixcfg import write_changes
+        from runbook.nix.nixcfg import write_changes
 
         pending = changes()
         write_changes(pending)

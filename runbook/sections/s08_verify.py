@@ -15,13 +15,13 @@ from __future__ import annotations
 import shlex
 from typing import Final
 
-from runbook import attic
-from runbook.errors import RunbookError
-from runbook.models import Elevate
-from runbook.params import VM
+from runbook.cache import attic
+from runbook.core.errors import RunbookError
+from runbook.core.models import Elevate
+from runbook.core.params import VM
+from runbook.engine.steps import TODO, Check, Context, Step
 from runbook.sections.common import host_label, render, ssh_render
 from runbook.sections.s06_cache import api_base
-from runbook.steps import TODO, Check, Context, Step
 
 NOTEBOOK: Final = "08-verify"
 SAMPLE_PATH_SCRIPT: Final = "readlink -f /nix/var/nix/profiles/system"

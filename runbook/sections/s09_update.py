@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from runbook.params import VM
+from runbook.core.params import VM
+from runbook.engine.steps import Context, Step
 from runbook.sections import s00_preflight
 from runbook.sections.common import (
     copy_and_switch,
@@ -17,7 +18,6 @@ from runbook.sections.common import (
     switched_probe,
     user_switch,
 )
-from runbook.steps import Context, Step
 
 NOTEBOOK: Final = "09-update"
 

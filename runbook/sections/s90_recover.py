@@ -14,10 +14,9 @@ from __future__ import annotations
 import logging
 from typing import Final
 
-from runbook.errors import ConnectError, HostKeyChangedError, RunbookError
-from runbook.hostkeys import KnownHosts, entry_name
-from runbook.params import VM
-from runbook.remote import Connection
+from runbook.core.errors import ConnectError, HostKeyChangedError, RunbookError
+from runbook.core.params import VM
+from runbook.engine.steps import Check, Context, Step
 from runbook.sections.vm_console import (
     LazyConsole,
     VmConsole,
@@ -32,7 +31,8 @@ from runbook.sections.vm_console import (
     sshd_banner,
     watching,
 )
-from runbook.steps import Check, Context, Step
+from runbook.transport.hostkeys import KnownHosts, entry_name
+from runbook.transport.remote import Connection
 
 logger: Final = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """How sections 01, 02, 03 and 90 reach UTM and a VM's console on the Mac.
 
 UTM is `utmctl` (params `utm.utmctl`) and `osascript` (params `utm.osascript`), and the console
-is typed into with the params' backend (lesson 4, runbook.console; Hammerspoon's CLI is params
+is typed into with the params' backend (lesson 4, runbook.mac.console; Hammerspoon's CLI is params
 `console.hs`). A console that answers (UTM's TCP serial port: `utmctl attach VM` prints `TCP:
 127.0.0.1:PORT`, reference/utm-makefile-keys.md §2-§3) is also read back: prompts are waited
 for, the address call-back works (lesson 8) and the console text is kept in the record. The
@@ -25,15 +25,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from runbook import utm
-from runbook.console.backends import (
+from runbook.core.errors import RunbookError
+from runbook.core.masking import mask
+from runbook.core.params import VM
+from runbook.core.secrets import Secret
+from runbook.engine.steps import Context
+from runbook.mac import utm
+from runbook.mac.console.backends import (
     ConsoleBackend,
     SerialBackend,
     SerialConsole,
     clean_console_text,
     make_backend,
 )
-from runbook.discover import (
+from runbook.mac.discover import (
     METHODS,
     SEARCH_TIMEOUT,
     TYPED_METHODS,
@@ -46,14 +51,10 @@ from runbook.discover import (
     serial_callback,
     sweep_hosts,
     tcp_callback,
-    tcp_probe,
     tcp_sweep,
 )
-from runbook.errors import RunbookError
-from runbook.hostkeys import KnownHosts, entry_name
-from runbook.params import VM
-from runbook.secrets import Secret, mask
-from runbook.steps import Context
+from runbook.transport.hostkeys import KnownHosts, entry_name
+from runbook.transport.remote import tcp_probe
 
 logger: Final = logging.getLogger(__name__)
 

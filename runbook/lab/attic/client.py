@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from runbook import keys
-from runbook.secrets import write_private
+from runbook.cache import keys
+from runbook.core.secrets import write_private
 
 NIX_FLAGS: Final = ["--extra-experimental-features", "nix-command"]
 

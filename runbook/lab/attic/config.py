@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from runbook import keys
+from runbook.cache import keys
 
 logger: Final = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Final
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from runbook import keys
+from runbook.cache import keys
 
 logger: Final = logging.getLogger(__name__)
 

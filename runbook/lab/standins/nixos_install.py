@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from runbook.errors import InputError
+from runbook.core.errors import InputError
 from runbook.lab import activate, system
 from runbook.lab.standins import nixos_rebuild
 

@@ -2,7 +2,7 @@
 
 Reproduces the handbook's `vm/switch` (reference/utm-makefile-keys.md §1: `sudo nixos-rebuild
 switch --flake "/nix-config#${NIXNAME}"`): the system is what lib/mksystem.nix assembles
-(machines/NAME.nix + users/USER/nixos.nix, USER from flake.nix), read with runbook/nixfile.py.
+(machines/NAME.nix + users/USER/nixos.nix, USER from flake.nix), read with runbook/nix/nixfile.py.
 A file that does not parse fails before anything changes, with `error: …` on stderr and exit
 1, as Nix's evaluation does; `switch` then applies the settings the runbook changes and
 restarts changed units like switch-to-configuration (exit 4 when a unit fails, as
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runbook.errors import InputError
+from runbook.core.errors import InputError
 from runbook.lab import activate, services, system
 
 ACTIONS = ("switch", "test", "boot", "build", "dry-build", "dry-activate")
@@ -68,7 +68,7 @@ def system_files(root: Path, name: str) -> list[Path]:
         if not path.exists():
             raise EvalError(f"path '{path}' does not exist")
     # every .nix file of the flake must parse, as `nix` reads them while evaluating
-    from runbook.nixfile import NixFile
+    from runbook.nix.nixfile import NixFile
 
     for nixfile in sorted(root.rglob("*.nix")):
         NixFile.read(nixfile)

@@ -4,7 +4,7 @@
 packer-plugin-utm uses, reference/utm-peers.md §1). Scripts are recognised by their UTM
 commands (reference/utm-makefile-keys.md §3): `make new virtual machine`, `update
 configuration` with the removable drives dropped, the drives listed (id, removable, host
-size; no source, as UTM reads them), the configuration read back (runbook.utm.VM_CONFIG_SCRIPT),
+size; no source, as UTM reads them), the configuration read back (runbook.mac.utm.VM_CONFIG_SCRIPT),
 `address of item 1 of network interfaces`, `... of first serial port`, `version of
 application "UTM"`, and the Input Automation Suite: `input scan code of vm codes {...}` is
 decoded as set-1 make/break codes with a US keymap and `input keystroke of vm text "..."` typed
@@ -588,10 +588,10 @@ def run(script: str, argv: list[str]) -> int:
         utm_state.save(state)
         print(len(gone))
         return 0
-    if "host size of d" in script:  # runbook.utm.DRIVES_SCRIPT: read-only
+    if "host size of d" in script:  # runbook.mac.utm.DRIVES_SCRIPT: read-only
         print("\n".join(utm_state.drive_rows(vm)))
         return 0
-    if "«class SrPt» of cfg" in script:  # runbook.utm.VM_CONFIG_SCRIPT: read-only
+    if "«class SrPt» of cfg" in script:  # runbook.mac.utm.VM_CONFIG_SCRIPT: read-only
         print("\n".join(utm_state.configuration_rows(vm)))
         return 0
     if "address of item 1 of network interfaces" in script:

@@ -13,7 +13,7 @@ runbook's `update configuration` that drops the removable drives edits `drives` 
 name: `{"lab_host", "state_dir", "mac", "console"}`; a VM made with that name runs on that host
 (`lab_host` in its record), so `utmctl start`/`stop` start and stop the host (runbook/lab/vm.py).
 A VM's console is its TCP serial port: typing stand-ins decode key events *independently* of
-runbook/console/keymap.py (tables built here from the reference's text) and write the
+runbook/mac/console/keymap.py (tables built here from the reference's text) and write the
 characters there, so a lab console answers whichever backend typed.
 """
 
@@ -32,7 +32,7 @@ from typing import Any, Final
 STATE_ENV: Final = "RUNBOOK_UTM_STATE"
 DEFAULT_STATE: Final = Path("/run/runbook-lab/utm.json")
 # The UTM the stand-ins play: utmapp/UTM e4a4c34 (= v5.0.3), whose Scripting/UTM.sdef they
-# follow. >= 4.7.3, so the utm-input backend may run (runbook.utm.INPUT_AUTOMATION_MIN).
+# follow. >= 4.7.3, so the utm-input backend may run (runbook.mac.utm.INPUT_AUTOMATION_MIN).
 DEFAULT_VERSION: Final = "5.0.3"
 
 # Set-1 rows, indexed from their first make code (reference/utm-peers.md §3 "PC-XT").
@@ -172,7 +172,7 @@ def default_interface(removable: bool) -> str:
 
 
 def configuration_rows(vm: dict[str, Any]) -> list[str]:
-    """`vm`'s configuration as runbook.utm.VM_CONFIG_SCRIPT prints it (tab-separated rows).
+    """`vm`'s configuration as runbook.mac.utm.VM_CONFIG_SCRIPT prints it (tab-separated rows).
 
     VMs that `runbook lab up` writes (runbook/lab/console.py) have no recorded configuration:
     they play VMs 01 made as asked, so they read as a bridged NIC with their host's MAC, a
@@ -218,7 +218,7 @@ def host_size_mib(drive: dict[str, Any]) -> int:
 
 
 def drive_rows(vm: dict[str, Any]) -> list[str]:
-    """The drives of `vm` as runbook.utm.DRIVES_SCRIPT prints them: `id TAB removable TAB MiB
+    """The drives of `vm` as runbook.mac.utm.DRIVES_SCRIPT prints them: `id TAB removable TAB MiB
     TAB source`. Like UTM, a read gives no `source` (only id, removable, interface and host
     size: UTM's Scripting/UTMScriptingConfigImpl.swift), so the script's `try` leaves it empty."""
     drives: list[dict[str, Any]] = vm.get("drives", [])

@@ -1,6 +1,6 @@
 """The user's nixos-config checkout: find the handbook's known mistakes and plan their fixes.
 
-Everything here reads through `runbook.nixfile` (a real parser) and plans edits as splices;
+Everything here reads through `runbook.nix.nixfile` (a real parser) and plans edits as splices;
 `Change.write` confirms with `nix-instantiate --parse` (where Nix is installed) before a file
 is replaced. Handbook lesson 1 (`reference/handbook.zh.md` §关键经验 1): the attic flake's
 client breaks the build, so its input, its `outputs` argument and its modules go, nixpkgs'
@@ -21,9 +21,8 @@ from typing import Any, Final, NamedTuple
 
 from tree_sitter import Node
 
-from runbook import local
-from runbook.errors import InputError, RunbookError, tail
-from runbook.nixfile import (
+from runbook.core.errors import InputError, RunbookError, tail
+from runbook.nix.nixfile import (
     Binding,
     Edit,
     NixFile,
@@ -42,6 +41,7 @@ from runbook.nixfile import (
     string_value,
     unwrap,
 )
+from runbook.transport import local
 
 logger: Final = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Problem:
 
 
 @dataclass
-class Plan:
+class FixPlan:
     """Problems found and the edits that fix the fixable ones, per file."""
 
     problems: list[Problem] = field(default_factory=list)
@@ -83,7 +83,7 @@ class Plan:
         self.problems.append(problem)
         self.edits.setdefault(problem.file, []).extend(edits)
 
-    def extend(self, other: Plan) -> None:
+    def extend(self, other: FixPlan) -> None:
         self.problems.extend(other.problems)
         for rel, edits in other.edits.items():
             self.edits.setdefault(rel, []).extend(edits)
@@ -160,7 +160,7 @@ class ConfigTree:
             self._parsed[rel] = NixFile((self.root / rel).read_bytes(), str(rel))
         return self._parsed[rel]
 
-    def changes(self, plan: Plan) -> list[Change]:
+    def changes(self, plan: FixPlan) -> list[Change]:
         """The new content of every file the plan edits (each checked to parse)."""
         out: list[Change] = []
         for rel in sorted({*plan.edits, *plan.rewrites}):
@@ -218,9 +218,9 @@ def _outputs_formals(flake: NixFile) -> dict[str, Node]:
     return formals
 
 
-def plan_attic_flake_removal(tree: ConfigTree) -> Plan:
+def plan_attic_flake_removal(tree: ConfigTree) -> FixPlan:
     """Problems and fixes for every trace of the attic flake in the checkout."""
-    plan = Plan()
+    plan = FixPlan()
     flake_rel = Path("flake.nix")
     flake = tree.get(flake_rel)
     names = attic_inputs(flake)
@@ -233,7 +233,7 @@ def plan_attic_flake_removal(tree: ConfigTree) -> Plan:
     return plan
 
 
-def _plan_input_removal(plan: Plan, flake: NixFile, rel: Path, name: str, source: str) -> None:
+def _plan_input_removal(plan: FixPlan, flake: NixFile, rel: Path, name: str, source: str) -> None:
     seen: set[int] = set()
     for b in flake.under(("inputs", name)):
         # Remove the binding that names the input, not the ones nested inside it.
@@ -264,7 +264,7 @@ def _references(nix: NixFile, rel: Path, names: set[str]) -> Iterator[tuple[Node
                 yield node, (name, *path)
 
 
-def _plan_reference_removal(plan: Plan, nix: NixFile, rel: Path, names: set[str]) -> None:
+def _plan_reference_removal(plan: FixPlan, nix: NixFile, rel: Path, names: set[str]) -> None:
     for node, path in _references(nix, rel, names):
         shown = nix.text(node)
         element = _as_list_element(node)
@@ -480,7 +480,7 @@ def literal(node: Node, source: bytes) -> Literal:
 
 
 @dataclass(frozen=True)
-class Definition:
+class OptionDefinition:
     """One definition of an option in one file of a system."""
 
     rel: Path
@@ -527,14 +527,14 @@ class SystemView:
     broken: list[Path] = field(default_factory=list)  # in the system, but not parsed
     missing: list[Path] = field(default_factory=list)  # imported, but not in the checkout
 
-    def definitions(self, path: Sequence[str]) -> list[Definition]:
-        found: list[Definition] = []
+    def definitions(self, path: Sequence[str]) -> list[OptionDefinition]:
+        found: list[OptionDefinition] = []
         for rel, nix in self.files.items():
             for b in nix.find(path):
-                found.append(Definition(rel, nix, b, _priority(b, nix), "mkIf" in b.wrappers))
+                found.append(OptionDefinition(rel, nix, b, _priority(b, nix), "mkIf" in b.wrappers))
         return found
 
-    def winners(self, path: Sequence[str]) -> list[Definition]:
+    def winners(self, path: Sequence[str]) -> list[OptionDefinition]:
         """The definitions that take effect: those of the best (lowest) priority."""
         found = self.definitions(path)
         best = min((d.priority for d in found), default=PLAIN_PRIORITY)

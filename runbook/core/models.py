@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runbook.secrets import mask
+from runbook.core.masking import mask
 
 
 class Elevate(enum.Enum):
@@ -48,7 +48,7 @@ class Deadlines:
     A host that misses `keepalive_count` keepalives sent `keepalive` seconds apart is dead
     (OpenSSH's ServerAliveInterval/ServerAliveCountMax). `command` bounds one command's wall
     time; a transfer is judged by progress instead: no byte either way for `stall` seconds.
-    The deployment's `timeouts:` params fill these (runbook.params.Timeouts).
+    The deployment's `timeouts:` params fill these (runbook.core.params.Timeouts).
     """
 
     connect: float = 10.0

@@ -1,7 +1,7 @@
 """Typed wrappers around UTM on the Mac: `utmctl` subcommands and the AppleScript the runbook needs.
 
 Formats and behaviour follow reference/utm-makefile-keys.md §2 (utmctl) and §3 (AppleScript).
-Each wrapper builds an argv list and runs it through `runbook.local.run`. utmctl's exit code
+Each wrapper builds an argv list and runs it through `runbook.transport.local.run`. utmctl's exit code
 cannot be trusted (its AppleEvent error handler never sets one, §2 "Errors"), so stderr is
 checked too. AppleScript goes to `osascript -` on stdin with the user's strings as `argv` items,
 so no name or path is ever spliced into script text (packer-plugin-utm does the same,
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from runbook import local
-from runbook.errors import CommandError, InputError, RunbookError
-from runbook.models import Result
+from runbook.core.errors import CommandError, InputError, RunbookError
+from runbook.core.models import Result
+from runbook.transport import local
 
 logger: Final = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any, Final
 
-from runbook.notebook_run import NotebookRun, Stream, execute
+from runbook.notebook.notebook_run import NotebookRun, Stream, execute
 
 logger: Final = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class KernelThread:
 
     def log_tail(self) -> str:
         """The end of what the kernel process itself printed (while the run lasts)."""
-        from runbook.errors import tail
+        from runbook.core.errors import tail
 
         if self._sockets is None:
             return ""

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
-from runbook.errors import RecordWriteError
-from runbook.html_export import Exports, export_html
-from runbook.records import RunLog, step_records, write_bytes_atomic
-from runbook.secrets import mask
-from runbook.steps import StepRecord
+from runbook.core.errors import RecordWriteError
+from runbook.core.masking import mask
+from runbook.engine.steps import StepRecord
+from runbook.notebook.html_export import Exports, export_html
+from runbook.notebook.records import RunLog, step_records, write_bytes_atomic
 
 logger: Final = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any, Final
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from runbook.errors import InputError
-from runbook.models import Deadlines, Host
+from runbook.core.errors import InputError
+from runbook.core.models import Deadlines, Host
 
 _LABEL: Final = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 HOSTNAME_RE: Final = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
@@ -122,7 +122,7 @@ class Cache(_Strict):
 
 class Utm(_Strict):
     """UTM on the Mac: where its programs are, the ISO, the bridged network. The programs run
-    on macOS, or wherever the configured paths exist (runbook.utm.can_run)."""
+    on macOS, or wherever the configured paths exist (runbook.mac.utm.can_run)."""
 
     utmctl: Path = Path("/Applications/UTM.app/Contents/MacOS/utmctl")
     osascript: Path = Field(

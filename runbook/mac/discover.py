@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from runbook import local, utm
-from runbook.errors import CommandError, CommandTimeoutError, RunbookError
+from runbook.core.errors import CommandError, CommandTimeoutError, RunbookError
+from runbook.mac import utm
+from runbook.transport import local
 
 logger: Final = logging.getLogger(__name__)
 
@@ -313,19 +314,6 @@ def _first_alive(candidates: Sequence[str], probe: Probe | None) -> tuple[str | 
         if probe(address):
             return address, f"{address} answered the probe (of {', '.join(candidates)})"
     return None, f"{', '.join(candidates)} did not answer the probe"
-
-
-def tcp_probe(port: int = 22, timeout: float = 2.0) -> Probe:
-    """A probe that says whether ADDRESS:port accepts a TCP connection (sshd is up)."""
-
-    def probe(address: str) -> bool:
-        try:
-            with socket.create_connection((address, port), timeout=timeout):
-                return True
-        except OSError:
-            return False
-
-    return probe
 
 
 # --- filling the ARP table: a bounded sweep of the bridged subnet ------------------------------

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from runbook.errors import InputError, RunbookError
-from runbook.secrets import Secret
+from runbook.core.errors import InputError, RunbookError
+from runbook.core.secrets import Secret
 
 logger: Final = logging.getLogger(__name__)
 

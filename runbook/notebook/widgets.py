@@ -15,8 +15,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from runbook.secrets import mask
-from runbook.steps import Context, Mode, Step
+from runbook.core.masking import mask
+from runbook.engine.steps import Context, Mode, Step
 
 logger: Final = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Final
 import tree_sitter_nix
 from tree_sitter import Language, Node, Parser
 
-from runbook.errors import InputError
+from runbook.core.errors import InputError
 
 # Wrappers whose last argument is the value itself (nixpkgs lib/modules.nix names).
 _TRANSPARENT: Final = frozenset(

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Final, TextIO
 
-from runbook.secrets import MaskingFilter, install_log_masking, mask
+from runbook.core.masking import MaskingFilter, install_log_masking, mask
 
 logger: Final = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ outcome: `[plan]`, `[done]`, `[already done]`, `[skipped: why]`, `[unchecked: wh
 raises `StepFailed` naming notebook, step, host, command and stderr tail.
 
 Each outcome is also published as a display output of mimetype `STEP_MIMETYPE`, which
-the runner reads back from the executed notebook (see `runbook.records`).
+the runner reads back from the executed notebook (see `runbook.notebook.records`).
 
 Plan mode never connects anywhere: a step whose check needs its host says
 `[unchecked: ...]`; `Context.connection` refuses to open in plan mode.
@@ -26,13 +26,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypedDict
 
-from runbook import step_output
-from runbook.errors import CommandError, InputError, RunbookError, tail
-from runbook.params import VM, Deployment, Loaded, load
-from runbook.secrets import Secret, SecretStore, mask
+from runbook.core.errors import CommandError, InputError, RunbookError, tail
+from runbook.core.masking import mask
+from runbook.core.params import VM, Deployment, Loaded, load
+from runbook.core.secrets import Secret, SecretStore
+from runbook.engine import step_output
 
 if TYPE_CHECKING:
-    from runbook.remote import Connection
+    from runbook.transport.remote import Connection
 
 STEP_MIMETYPE: Final = "application/vnd.runbook.step+json"
 # Test-only fault injection: "<notebook>:<step name>" makes that step fail deterministically.
@@ -193,7 +194,7 @@ class Context:
         initialPassword instead: notebook 04 passes that one)."""
         if self.planning:
             raise RunbookError("plan mode never connects to a host")
-        from runbook.remote import Connection
+        from runbook.transport.remote import Connection
 
         key = (vm.name, installed, password.name if password is not None else "")
         with self._lock:
@@ -406,7 +407,7 @@ def open_context(
     record_dir: str = "",
 ) -> Context:
     """The context for one notebook, from its papermill parameters; installs kernel masking."""
-    from runbook import kernel
+    from runbook.engine import kernel
 
     kernel.install()
     try:
@@ -448,7 +449,7 @@ def record_address(record_dir: Path | None, vm: str, address: str, method: str) 
     import json
     from datetime import UTC, datetime
 
-    from runbook.secrets import write_private
+    from runbook.core.secrets import write_private
 
     path = record_dir / ADDRESSES_FILE
     with _addresses_lock:
@@ -476,7 +477,7 @@ def with_run_addresses(loaded: Loaded, record_dir: Path) -> Loaded:
     the params' one. An address that no longer answers on the SSH port (a resumed run after a
     reboot) is dropped, so a stale IP is never used; a cache host given as the cache VM's
     params address moves with it (lesson 8)."""
-    from runbook.discover import tcp_probe
+    from runbook.transport.remote import tcp_probe
 
     dep = loaded.deployment
     found = run_addresses(record_dir)

@@ -16,7 +16,7 @@ from typing import Final
 
 import paramiko
 
-from runbook.errors import HostKeyChangedError
+from runbook.core.errors import HostKeyChangedError
 
 logger: Final = logging.getLogger(__name__)
 _lock = threading.Lock()

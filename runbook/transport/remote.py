@@ -29,7 +29,7 @@ from typing import Final, Self
 
 import paramiko
 
-from runbook.errors import (
+from runbook.core.errors import (
     AuthenticationRefusedError,
     CommandError,
     CommandStalledError,
@@ -38,10 +38,11 @@ from runbook.errors import (
     ConnectionLostError,
     HostKeyChangedError,
 )
-from runbook.hostkeys import KnownHosts, entry_name, fingerprint
-from runbook.models import Deadlines, Elevate, Host, Result
-from runbook.secrets import Secret, mask
-from runbook.shell import Wrapped, install_file_script, wrap
+from runbook.core.masking import mask
+from runbook.core.models import Deadlines, Elevate, Host, Result
+from runbook.core.secrets import Secret
+from runbook.transport.hostkeys import KnownHosts, entry_name, fingerprint
+from runbook.transport.shell import Wrapped, install_file_script, wrap
 
 logger: Final = logging.getLogger(__name__)
 
@@ -439,3 +440,16 @@ def _load_key(path: Path) -> paramiko.PKey:
 
 
 __all__ = ["Connection", "HostKeyChangedError"]
+
+
+def tcp_probe(port: int = 22, timeout: float = 2.0) -> Callable[[str], bool]:
+    """A probe that says whether ADDRESS:port accepts a TCP connection (sshd is up)."""
+
+    def probe(address: str) -> bool:
+        try:
+            with socket.create_connection((address, port), timeout=timeout):
+                return True
+        except OSError:
+            return False
+
+    return probe

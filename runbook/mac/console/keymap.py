@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from runbook.errors import InputError
+from runbook.core.errors import InputError
 
 logger: Final = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@
 
 Every backend has `type_text(vm, text)` and `screenshot(vm, path)` (raising UnsupportedError
 where the channel has none). Text is checked against the US key map before anything is sent.
-External programs go through `runbook.local.run`; a password typed on the console may be a
+External programs go through `runbook.transport.local.run`; a password typed on the console may be a
 `Secret`: it never reaches an argv, a log line or a non-0600 file.
 """
 
@@ -32,11 +32,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final, Protocol, Self
 
-from runbook import local
-from runbook.console import keymap
-from runbook.errors import CommandError, ConnectError, InputError, RunbookError
-from runbook.secrets import Secret, mask, write_private
-from runbook.utm import (
+from runbook.core.errors import CommandError, ConnectError, InputError, RunbookError
+from runbook.core.masking import mask
+from runbook.core.secrets import Secret, write_private
+from runbook.mac.console import keymap
+from runbook.mac.utm import (
     OSASCRIPT,
     MacOnlyError,
     VmStatus,
@@ -44,6 +44,7 @@ from runbook.utm import (
     require_macos,
     run_applescript,
 )
+from runbook.transport import local
 
 logger: Final = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from runbook import keys
-from runbook.errors import InputError, RunbookError
-from runbook.secrets import Secret
+from runbook.cache import keys
+from runbook.core.errors import InputError, RunbookError
+from runbook.core.secrets import Secret
 
 logger: Final = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, Final
 
-from runbook.secrets import mask
-from runbook.steps import STEP_MIMETYPE
+from runbook.core.masking import mask
+from runbook.engine.steps import STEP_MIMETYPE
 
 logger: Final = logging.getLogger(__name__)
 

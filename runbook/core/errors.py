@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from runbook.secrets import mask
+from runbook.core.masking import mask
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1

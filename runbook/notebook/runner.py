@@ -1,9 +1,9 @@
 """Runs the handbook's notebooks with papermill, in-process, into a record folder.
 
 Decides what runs (selection, `--resume`), keeps the record's manifest, and drives each
-notebook on the run's one kernel (runbook.kernel_thread) while the main thread waits. One
-notebook's execution and streaming is runbook.notebook_run; its HTML export
-runbook.html_export.
+notebook on the run's one kernel (runbook.notebook.kernel_thread) while the main thread waits. One
+notebook's execution and streaming is runbook.notebook.notebook_run; its HTML export
+runbook.notebook.html_export.
 
 One run per deployment at a time (`records.RunLock`). Every end tells the truth, in this
 order: the kernel is stopped first (SIGINT, then SIGKILL to its process group after a
@@ -29,12 +29,22 @@ from types import FrameType
 from typing import IO, Final
 
 from runbook import __version__
-from runbook.errors import EXIT_FAILED, EXIT_OK, InputError, RecordWriteError, RunbookError, tail
-from runbook.html_export import Exports
-from runbook.kernel_thread import KernelThread
-from runbook.notebook_run import NotebookRun, Stream, export_missing, finish
-from runbook.params import Loaded, load, require_paths
-from runbook.records import (
+from runbook.core.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    InputError,
+    RecordWriteError,
+    RunbookError,
+    tail,
+)
+from runbook.core.masking import mask
+from runbook.core.params import Loaded, load, require_paths
+from runbook.core.secrets import SecretStore
+from runbook.engine.steps import Mode, Outcome, StepRecord
+from runbook.notebook.html_export import Exports
+from runbook.notebook.kernel_thread import KernelThread
+from runbook.notebook.notebook_run import NotebookRun, Stream, export_missing, finish
+from runbook.notebook.records import (
     RUN_LOG,
     Manifest,
     NotebookEntry,
@@ -50,8 +60,6 @@ from runbook.records import (
     utc_now,
     write_manifest,
 )
-from runbook.secrets import SecretStore, mask
-from runbook.steps import Mode, Outcome, StepRecord
 
 logger: Final = logging.getLogger(__name__)
 
@@ -117,7 +125,7 @@ def _config_commit(loaded: Loaded) -> str | None:
     config = loaded.deployment.nixos_config
     if not (config / ".git").exists():
         return None
-    from runbook import local
+    from runbook.transport import local
 
     result = local.run(["git", "-C", str(config), "rev-parse", "HEAD"], check=False, timeout=10)
     return result.stdout.strip() or None if result.ok else None
@@ -157,7 +165,7 @@ def _new_manifest(req: RunRequest, loaded: Loaded, record: Path, picks: list[Pat
 
 
 @dataclass
-class Plan:
+class RunPlan:
     """What a run will do, decided before any kernel starts."""
 
     loaded: Loaded
@@ -170,7 +178,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)  # said at the top of run.log
 
 
-def prepare(req: RunRequest) -> Plan:
+def prepare(req: RunRequest) -> RunPlan:
     """Validate everything (InputError, exit 2), take the deployment's lock (RunLockedError,
     exit 2, naming the live holder) and make or reopen the record folder."""
     loaded = load(req.params)
@@ -218,7 +226,7 @@ def prepare(req: RunRequest) -> Plan:
     except BaseException:
         lock.release()
         raise
-    return Plan(loaded, record, manifest, picks, mode, lock, req.resume is None, notes)
+    return RunPlan(loaded, record, manifest, picks, mode, lock, req.resume is None, notes)
 
 
 def _stale(lock: RunLock, resumed: Path | None) -> list[str]:
@@ -329,7 +337,7 @@ def run(req: RunRequest) -> int:
         plan.lock.release()
 
 
-def _run_locked(req: RunRequest, plan: Plan) -> int:
+def _run_locked(req: RunRequest, plan: RunPlan) -> int:
     store = SecretStore(req.secrets_dir)
     store.load_all()  # the runner masks what the store holds, too
     # jupyter_client warns when papermill's per-notebook clients are collected, nbclient
@@ -368,7 +376,7 @@ def _run_locked(req: RunRequest, plan: Plan) -> int:
     return code
 
 
-def _close_record(plan: Plan, stream: Stream) -> None:
+def _close_record(plan: RunPlan, stream: Stream) -> None:
     """The last write: status, end time; the ballast freed first so a full disk takes it."""
     m = plan.manifest
     if m["status"] == "running":  # nothing above said how it ended: never leave "running"
@@ -396,7 +404,7 @@ def _seconds_since(stamp: str) -> float:
 
 
 def _run_notebooks(
-    req: RunRequest, plan: Plan, stream: Stream, store: SecretStore, ends: Ends
+    req: RunRequest, plan: RunPlan, stream: Stream, store: SecretStore, ends: Ends
 ) -> int:
     m = plan.manifest
     todo = [
@@ -564,7 +572,7 @@ def _error_text(run: NotebookRun, failed: StepRecord | None) -> str:
 
 
 def _stop(
-    req: RunRequest, plan: Plan, stream: Stream, entry: NotebookEntry | None, stop: Stop | None
+    req: RunRequest, plan: RunPlan, stream: Stream, entry: NotebookEntry | None, stop: Stop | None
 ) -> int:
     m = plan.manifest
     status = stop.status if stop is not None else (entry["status"] if entry else "failed")

@@ -12,7 +12,7 @@
 Every write is whole or absent (a temp file renamed into place, removed when the write
 fails); a write the disk refuses raises `RecordWriteError`, which ends the run truthfully.
 Step outcomes are read back from the executed notebooks' display outputs of mimetype
-`runbook.steps.STEP_MIMETYPE`. pandas is imported only by the table functions.
+`runbook.engine.steps.STEP_MIMETYPE`. pandas is imported only by the table functions.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypedDict
 
-from runbook.errors import InputError, RecordWriteError, RunLockedError
-from runbook.steps import STEP_MIMETYPE, StepRecord
+from runbook.core.errors import InputError, RecordWriteError, RunLockedError
+from runbook.engine.steps import STEP_MIMETYPE, StepRecord
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -12,9 +12,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Final, TypeAlias
 
-from runbook.errors import CommandError, CommandTimeoutError
-from runbook.models import Result
-from runbook.secrets import Secret, mask
+from runbook.core.errors import CommandError, CommandTimeoutError
+from runbook.core.masking import mask
+from runbook.core.models import Result
+from runbook.core.secrets import Secret
 
 logger: Final = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from runbook.models import Elevate
+from runbook.core.models import Elevate
 
 # The only command strings a login shell is ever given.
 BASH_STDIN: Final = "bash -s"

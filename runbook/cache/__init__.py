@@ -1,0 +1,1 @@
+"""The Attic cache: client argv and verifier, token secret and signing keys."""

@@ -1,0 +1,1 @@
+"""The core values: errors, masking, secrets, params, models."""

@@ -1,0 +1,1 @@
+"""The step engine: steps, their output, host-side commands."""

@@ -1,0 +1,1 @@
+"""The Mac side: UTM (utmctl, AppleScript), console typing, address discovery."""

@@ -1,0 +1,1 @@
+"""Nix: the nixos-config checkout, Nix files, its Makefile."""

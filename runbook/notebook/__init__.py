@@ -1,0 +1,1 @@
+"""The notebook engine: runner, kernel, records, HTML exports, widgets."""

@@ -1,0 +1,1 @@
+"""SSH to the VMs: paramiko sessions, login-shell-proof scripts, known_hosts."""
