@@ -627,3 +627,25 @@ def test_a_crash_in_the_runner_still_ends_the_record(
     m = rig.manifest(record)
     assert m["status"] == "failed" and m["ended"] and "a bug in finish" in m["failure"]
     assert _gone(rig.pid("kernel.pid"), 5), "the kernel is stopped before the record ends"
+
+
+# -- 7. the lab's registry holds no password --------------------------------------------
+
+
+def test_the_lab_registry_holds_no_password_and_is_private(tmp_path: Path) -> None:
+    """`lab.json` keeps what `down`, `status` and the UTM stand-ins read, not the passwords
+    (they are in passwords/USER, 0600); it is 0600 all the same."""
+    from runbook.lab import lifecycle
+    from runbook.lab.config import from_mapping
+
+    passwords = {"root": "Reg-root-pw-7781", "jqwang": "Reg-user-pw-8892"}
+    lab = from_mapping(
+        {"state_dir": str(tmp_path / "state"), "passwords": passwords, "hosts": [{"name": "rr-a"}]}
+    )
+    path = lifecycle.write_registry(lab, 4555)
+    assert path == lab.state_dir / "lab.json"
+    assert path.stat().st_mode & 0o777 == 0o600
+    text = path.read_text()
+    assert [pw for pw in passwords.values() if pw in text] == []
+    assert lifecycle._registered(lab.state_dir) == lab.model_copy(update={"passwords": {}})
+    assert lifecycle._registered_serial_port(lab.state_dir) == 4555

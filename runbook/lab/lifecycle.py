@@ -109,11 +109,24 @@ def _registered_serial_port(state_dir: Path) -> int | None:
 
 
 def _registered(state_dir: Path) -> LabParams | None:
+    """The lab the registry names, without its passwords (`down` and `status` need none)."""
     try:
         data = json.loads((state_dir / REGISTRY).read_text())
-        return from_mapping(data["params"], str(state_dir / REGISTRY))
-    except (OSError, ValueError, KeyError, InputError):
+        params = {**data["params"], "passwords": {}}
+        return from_mapping(params, str(state_dir / REGISTRY))
+    except (OSError, ValueError, KeyError, TypeError, InputError):
         return None
+
+
+def write_registry(lab: LabParams, serial_port: int) -> Path:
+    """`<state_dir>/lab.json`: the lab's params for `down`, `status` and the UTM stand-ins,
+    and the serial ports' first. No password is in it (they are in passwords/USER, 0600);
+    it is 0600 from its first byte all the same, as the lab's other private files."""
+    params = lab.model_dump(mode="json", exclude={"passwords"})
+    path = lab.state_dir / REGISTRY
+    body = {"params": params, "serial_port": serial_port}
+    write_private(path, json.dumps(body, indent=1).encode())
+    return path
 
 
 def _client_key(params: LabParams) -> str:
@@ -206,11 +219,7 @@ def up(
     net.ensure_bridge(lab)
     env = environment.environment(lab, template, source, previous_port)
     # written before any host exists, so a killed run is cleaned up by the next up or down
-    (lab.state_dir / REGISTRY).write_text(
-        json.dumps(
-            {"params": lab.model_dump(mode="json"), "serial_port": env.serial_port}, indent=1
-        )
-    )
+    write_registry(lab, env.serial_port)
     peers = {spec.name: lab.address(i) for i, spec in enumerate(lab.hosts)}
     todo = [(i, s) for i, s in enumerate(lab.hosts) if not _healthy(s)]
     with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
