@@ -33,6 +33,7 @@ COMMAND_MODULES: Final[tuple[str, ...]] = (
     "runbook.commands.deploy",
     "runbook.commands.records",
     "runbook.commands.keys",
+    "runbook.commands.init",
 )
 
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -128,7 +128,21 @@ class Utm(_Strict):
     osascript: Path = Field(
         default=Path("/usr/bin/osascript"), description="runs UTM's AppleScript (§3)"
     )
-    iso: Path | None = None
+    iso: Path | Literal["auto"] | None = Field(
+        default=None,
+        description="the NixOS installer ISO, or `auto`: the minimal aarch64 ISO of "
+        "iso_release, downloaded once and checked (runbook.mac.iso)",
+    )
+    iso_release: str = Field(
+        default="26.05",
+        pattern=r"^\d{2}\.\d{2}$",
+        description="the NixOS release `iso: auto` downloads (the handbook's nixos-26.05)",
+    )
+    iso_mirror: str = Field(
+        default="https://channels.nixos.org",
+        pattern=r"^https?://[^\s]+$",
+        description="where `iso: auto` downloads from ($RUNBOOK_ISO_MIRROR overrides it)",
+    )
     network: str = Field(default="bridged", pattern=r"^(bridged|shared)$")
     host_interface: str = Field(
         default="en0",
@@ -353,7 +367,7 @@ def check_paths(dep: Deployment) -> list[PathCheck]:
             None if dep.identity.is_file() else "expected an SSH private key file",
         ),
     ]
-    if dep.utm.iso is not None:
+    if isinstance(dep.utm.iso, Path):  # `auto` is downloaded by 01
         checks.append(
             PathCheck(
                 "utm.iso",

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Final
 
 from runbook.core.errors import InputError, RunbookError
-from runbook.core.params import VM
+from runbook.core.params import VM, Deployment
 from runbook.engine.steps import DONE, TODO, Check, Context, Step, unchecked
+from runbook.mac import iso as nixos_iso
 from runbook.mac import utm
 from runbook.sections.common import render
 from runbook.sections.vm_console import MacSide, mac_side
@@ -26,6 +27,45 @@ ISO_PLACEHOLDER: Final = "/path/to/nixos-minimal-aarch64.iso"
 EXISTS: Final = {"stopped", "starting", "started", "pausing", "paused", "resuming", "stopping"}
 
 
+def iso_source(dep: Deployment) -> nixos_iso.IsoSource | None:
+    """Where `utm.iso: auto` comes from and is kept; None when the params name a file."""
+    if dep.utm.iso != "auto":
+        return None
+    return nixos_iso.source(dep.utm.iso_release, dep.utm.iso_mirror)
+
+
+def iso_path(dep: Deployment) -> Path | None:
+    """The ISO 01 boots the VMs from: the params' file, or the cached `auto` one."""
+    src = iso_source(dep)
+    if src is not None:
+        return src.path
+    return dep.utm.iso if isinstance(dep.utm.iso, Path) else None
+
+
+def iso_plan(dep: Deployment) -> list[str]:
+    """What `utm.iso: auto` does before the first VM is made: nothing once it is cached."""
+    src = iso_source(dep)
+    if src is None:
+        return []
+    if src.cached():
+        return [f"# utm.iso auto: NixOS {src.release} ISO cached at {src.path}"]
+    return [
+        f"# utm.iso auto: download the NixOS {src.release} ISO once, checked against its SHA-256:",
+        render(["curl", "-fL", src.checksum_url]),
+        render(["curl", "-fL", "-o", str(src.part), src.url]),
+        f"# the hash must match, then: mv {src.part} {src.path}",
+    ]
+
+
+def ensure_iso(dep: Deployment) -> Path | None:
+    """The ISO to boot from, downloading `utm.iso: auto` if it is not cached yet (one
+    download however many VMs are created in parallel: runbook.mac.iso locks it)."""
+    src = iso_source(dep)
+    if src is not None:
+        return nixos_iso.ensure(src)
+    return iso_path(dep)
+
+
 def new_vm(ctx: Context, mac: MacSide, vm: VM) -> utm.NewVm:
     """What UTM is asked to make for `vm`, from the params: the ISO, the bridged interface,
     the VM's MAC when given (else UTM picks one, read back from its configuration later) and
@@ -33,7 +73,7 @@ def new_vm(ctx: Context, mac: MacSide, vm: VM) -> utm.NewVm:
     serial = ctx.dep.console.serial_port
     return utm.NewVm(
         name=vm.name,
-        iso=ctx.dep.utm.iso or Path(ISO_PLACEHOLDER),
+        iso=iso_path(ctx.dep) or Path(ISO_PLACEHOLDER),
         host_interface=mac.host_interface,
         disk_interface=vm.disk_interface.value,
         mac=vm.mac,
@@ -89,7 +129,8 @@ def create(ctx: Context, vm: VM) -> Step:
                 f"fix it in UTM's settings, or delete it (`{mac.utmctl} delete {vm.name}`, its "
                 "disk goes with it) and rerun 01"
             )
-        if ctx.dep.utm.iso is None or not ctx.dep.utm.iso.is_file():
+        found = ensure_iso(ctx.dep)
+        if found is None or not found.is_file():
             raise InputError(
                 f"utm.iso: the NixOS ISO to boot {vm.name} from is missing ({spec.iso})"
             )
@@ -105,6 +146,7 @@ def create(ctx: Context, vm: VM) -> Step:
         f"create {vm.name} in UTM (bridged, ISO)",
         "localhost (UTM)",
         [
+            *iso_plan(ctx.dep),
             "# already done when UTM has it as asked (read-only):",
             render([mac.utmctl, "list"]),
             utm.osascript_shown(utm.VM_CONFIG_SCRIPT, vm.name, osascript=mac.osascript),
