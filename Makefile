@@ -10,7 +10,7 @@ UNAME := $(shell uname -s)
 # Mac-side programs are the lab's stand-ins; `make demo` deploys it.
 LAB_PARAMS := /var/lib/runbook-lab/params.yaml
 
-.PHONY: demo test lint system-deps venv bench clean lab-down
+.PHONY: demo test lint notebooks system-deps venv bench clean lab-down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check runbook tests bench
 	$(BIN)/ruff format --check runbook tests bench
 	$(BIN)/mypy runbook
+	$(BIN)/python -m runbook.sections.outline check notebooks
+
+# notebooks/ is built from runbook/sections/outline.py: edit that, then run this
+notebooks: $(STAMP)
+	$(BIN)/python -m runbook.sections.outline write notebooks
 
 test: system-deps $(STAMP) lint
 	$(BIN)/python -m pytest -q -ra

@@ -110,3 +110,12 @@ cache:
 """
     )
     return path
+
+
+def build_notebooks(folder: Path) -> Path:
+    """The runbook's notebooks built from the outline into `folder`, as `runbook deploy` does."""
+    from runbook.notebook import build
+    from runbook.sections import outline
+
+    build.write(outline.sources(), folder)
+    return folder

@@ -300,8 +300,9 @@ def _fault_notebooks(dir_: Path, names: tuple[str, ...] = ("00-fault", "01-after
 def _cli_script(nbs: Path) -> str:
     """`runbook ...` through the real CLI, with the runner's notebooks taken from `nbs`."""
     return (
-        "import functools, sys\nfrom pathlib import Path\nfrom runbook import cli, runner\n"
-        f"runner.RunRequest = functools.partial(runner.RunRequest, notebooks_dir=Path({str(nbs)!r}))\n"
+        "import contextlib, sys\nfrom pathlib import Path\nfrom runbook import cli\n"
+        "from runbook.commands import deploy\n"
+        f"deploy.built_notebooks = lambda: contextlib.nullcontext(Path({str(nbs)!r}))\n"
         "sys.exit(cli.execute(sys.argv[1:]))\n"
     )
 
@@ -607,13 +608,13 @@ def test_a_crash_in_the_runner_still_ends_the_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from runbook import cli
+    from runbook.commands import deploy
     from runbook.notebook import runner
 
     rig = Rig(tmp_path)
     monkeypatch.setenv("RB_MARKS", str(rig.marks))
     monkeypatch.setenv("RB_FAULT", "")
-    real = runner.RunRequest
-    monkeypatch.setattr(runner, "RunRequest", lambda **kw: real(**kw, notebooks_dir=rig.nbs))
+    monkeypatch.setattr(deploy, "built_notebooks", lambda: contextlib.nullcontext(rig.nbs))
 
     def broken(*_a: object, **_k: object) -> None:
         raise RuntimeError("a bug in finish")

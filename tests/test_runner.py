@@ -18,7 +18,7 @@ from runbook import cli
 from runbook.core.secrets import SecretStore
 from runbook.engine.steps import FAIL_STEP_ENV, Mode
 from runbook.notebook import kernel_thread, runner
-from tests.run_rig import PARAMS, REPO, runbook, scan, write_params
+from tests.run_rig import PARAMS, REPO, build_notebooks, runbook, scan, write_params
 
 INSTALL = "install /var/lib/atticd/env (0600)"
 
@@ -260,7 +260,7 @@ def test_sigint_leaves_a_valid_record_marked_interrupted(tmp_path: Path) -> None
     # Python then keeps it so: the run under test gets the handler a terminal's Ctrl-C meets.
     script = (
         "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
-        "import sys\nfrom pathlib import Path\nfrom runbook import runner\nfrom runbook.engine.steps import Mode\n"
+        "import sys\nfrom pathlib import Path\nfrom runbook.notebook import runner\nfrom runbook.engine.steps import Mode\n"
         f"req = runner.RunRequest(params=Path({str(PARAMS / 'cache.yaml')!r}), mode=Mode.PLAN, "
         f"records_root=Path({str(root)!r}), secrets_dir=Path({str(tmp_path / 's')!r}), notebooks_dir=Path({str(nbs)!r}))\n"
         "sys.exit(runner.run(req))\n"
@@ -333,6 +333,7 @@ def test_plan_reads_a_real_checkout_and_changes_nothing(tmp_path: Path) -> None:
     out = io.StringIO()
     req = runner.RunRequest(
         params=params,
+        notebooks_dir=build_notebooks(tmp_path / "nbs"),
         mode=Mode.PLAN,
         records_root=tmp_path / "records",
         secrets_dir=tmp_path / "s",

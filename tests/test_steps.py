@@ -23,6 +23,7 @@ from runbook.engine.steps import (
     unchecked,
 )
 from runbook.sections import s02_console, s03_bootstrap0, s05_token_secret, s06_cache
+from runbook.sections.outline import section_steps
 from tests.run_rig import PARAMS, write_params
 
 
@@ -58,7 +59,7 @@ def test_plan_mode_never_connects(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="never connects"):
         ctx.connection(ctx.dep.cache_vm)
     # every remote step of the cache sections stays unchecked in plan mode
-    for step in s05_token_secret.steps(ctx)[1:] + s06_cache.steps(ctx)[1:]:
+    for step in section_steps(s05_token_secret)(ctx)[1:] + section_steps(s06_cache)(ctx)[1:]:
         assert ctx.run(step) is Outcome.UNCHECKED
 
 

@@ -8,12 +8,21 @@ connecting anywhere; `deploy` applies. Bad params exit 2 before any kernel start
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from runbook.core.errors import InputError
 from runbook.engine.steps import Mode
+from runbook.notebook import build
 from runbook.notebook.records import default_root, resolve
+from runbook.sections import outline
+
+# a checkout's notebooks/ (absent from an installed package): the outline's rendering
+CHECKOUT_NOTEBOOKS = Path(outline.__file__).resolve().parents[2] / "notebooks"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -49,6 +58,24 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     deploy.set_defaults(func=handle, mode=Mode.DEPLOY)
 
 
+@contextlib.contextmanager
+def built_notebooks() -> Iterator[Path]:
+    """The notebooks a run executes: built from the outline into a temp dir, removed after."""
+    with tempfile.TemporaryDirectory(prefix="runbook-notebooks-") as built:
+        build.write(outline.sources(), Path(built))
+        yield Path(built)
+
+
+def _note_edited_checkout() -> None:
+    """Say so when a checkout's notebooks were edited (in JupyterLab, say): the run executes
+    the outline's notebooks, so an edit there would otherwise be lost without a word."""
+    if not CHECKOUT_NOTEBOOKS.is_dir():
+        return
+    for line in build.differences(outline.sources(), CHECKOUT_NOTEBOOKS):
+        if not line.endswith(": saved with outputs"):
+            print(f"note: {line}; the run uses runbook/sections/outline.py", file=sys.stderr)
+
+
 def handle(args: argparse.Namespace) -> int:
     from runbook.notebook import runner
 
@@ -59,15 +86,18 @@ def handle(args: argparse.Namespace) -> int:
     resume = resolve(root, args.resume) if args.resume else None
     if resume is not None and (args.from_ or only):
         raise InputError("--resume continues the record's own notebooks: drop --from/--only")
-    req = runner.RunRequest(
-        params=args.params,
-        mode=args.mode,
-        records_root=root,
-        confirm=bool(args.yes),
-        force_checks=bool(args.force_checks),
-        from_=args.from_,
-        only=only,
-        resume=resume,
-        secrets_dir=args.secrets,
-    )
-    return runner.run(req)
+    _note_edited_checkout()
+    with built_notebooks() as notebooks:
+        req = runner.RunRequest(
+            params=args.params,
+            notebooks_dir=notebooks,
+            mode=args.mode,
+            records_root=root,
+            confirm=bool(args.yes),
+            force_checks=bool(args.force_checks),
+            from_=args.from_,
+            only=only,
+            resume=resume,
+            secrets_dir=args.secrets,
+        )
+        return runner.run(req)

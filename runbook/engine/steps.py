@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TypedDict
+from typing import TYPE_CHECKING, Any, Final, TypedDict
 
 from runbook.core.errors import CommandError, InputError, RunbookError, tail
 from runbook.core.masking import mask
@@ -396,6 +396,27 @@ def _as_failure(exc: Exception, notebook: str, step: Step) -> StepFailed:
         )
     text = str(exc) if isinstance(exc, RunbookError) else f"{type(exc).__name__}: {exc}"
     return StepFailed(notebook=notebook, step=step.name, host=step.host, error=tail(mask(text)))
+
+
+class StepRecorder:
+    """Stands in for a Context in a notebook's step cells and keeps the steps they would run, in
+    their order, instead of running them (`runbook.sections.outline.section_steps`). Anything
+    else a step reads of its context comes from the real one."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self.steps: list[Step] = []
+
+    def run(self, step: Step) -> None:
+        self.steps.append(step)
+
+    def run_each(self, steps: Sequence[Step], *, none: str = "") -> None:  # noqa: ARG002 - as Context
+        self.steps.extend(steps)
+
+    run_parallel = run_each
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
 
 
 def open_context(

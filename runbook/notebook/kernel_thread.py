@@ -26,7 +26,8 @@ from runbook.notebook.notebook_run import NotebookRun, Stream, execute
 
 logger: Final = logging.getLogger(__name__)
 
-PACKAGE_ROOT: Final = Path(__file__).resolve().parent.parent
+# the folder holding the `runbook` package, put first on the kernel's path: it imports this one
+SOURCE_ROOT: Final = Path(__file__).resolve().parents[2]
 
 
 def kernel_manager(socket_dir: Path) -> Any:
@@ -114,7 +115,7 @@ class KernelThread:
                 root = Path(self._sockets.name)
                 self.km = kernel_manager(root)
                 env = dict(os.environ) | private_dirs(root)
-                paths = (str(PACKAGE_ROOT), env.get("PYTHONPATH"))
+                paths = (str(SOURCE_ROOT), env.get("PYTHONPATH"))
                 env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
                 # the kernel's own stdout/stderr (ipykernel's logs, a crash while it starts)
                 # go to a file, never onto the terminal; cell output comes through iopub

@@ -66,17 +66,16 @@ logger: Final = logging.getLogger(__name__)
 EXIT_INTERRUPTED: Final = 130
 EXIT_PIPE: Final = 128 + 13  # as a shell reports a writer killed by SIGPIPE
 NOTEBOOK_GLOB: Final = "[0-9][0-9]-*.ipynb"
-PACKAGE_ROOT: Final = Path(__file__).resolve().parent.parent
-DEFAULT_NOTEBOOKS: Final = PACKAGE_ROOT / "notebooks"
 INTERRUPT_GRACE: Final = 15.0  # seconds for the kernel to stop a cell after SIGINT
 TERM_GRACE: Final = 5.0  # the same after SIGTERM/SIGHUP: whoever sent it waits on us
 DEAD_KERNEL_WAIT: Final = 15.0  # for papermill to notice a killed kernel
 TICK: Final = 20.0  # a "still running" line this often during a long step
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunRequest:
     params: Path
+    notebooks_dir: Path  # the NN-*.ipynb to run (`commands.deploy` builds them from the outline)
     mode: Mode
     records_root: Path
     confirm: bool = False
@@ -85,7 +84,6 @@ class RunRequest:
     only: tuple[str, ...] = ()
     resume: Path | None = None
     secrets_dir: Path | None = None
-    notebooks_dir: Path = DEFAULT_NOTEBOOKS
     out: IO[str] = field(default=sys.stdout, compare=False)
 
 

@@ -249,14 +249,3 @@ def toplevel_build(ctx: Context, vm: VM) -> Step:
     env = "NIX_CONFIG=<params local_nix_config> " if ctx.dep.local_nix_config.strip() else ""
     cmd = f"cd {ctx.dep.nixos_config} && {env}{render(argv)}"
     return Step(f"build {vm.name} locally first (lesson 3)", "localhost", [cmd], probe, build)
-
-
-def steps(ctx: Context) -> list[Step]:
-    return [
-        architecture(ctx),
-        paths(ctx),
-        host_tools(ctx),
-        doctor_report(ctx),  # the panel's: force_checks is the notebook's parameter
-        attic_flake(ctx),
-        *(toplevel_build(ctx, vm) for vm in ctx.dep.owned_vms),
-    ]

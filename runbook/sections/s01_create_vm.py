@@ -182,7 +182,3 @@ def start(ctx: Context, vm: VM) -> Step:
         probe=probe,
         action=action,
     )
-
-
-def steps(ctx: Context) -> list[Step]:
-    return [s for vm in ctx.dep.owned_vms for s in (create(ctx, vm), start(ctx, vm))]

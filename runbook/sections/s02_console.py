@@ -190,10 +190,3 @@ def find_address(ctx: Context, vm: VM) -> Step:
         action=action,
         remote=True,
     )
-
-
-def steps(ctx: Context) -> list[Step]:
-    out = [password_stored(ctx)]
-    for vm in ctx.dep.owned_vms:
-        out += [set_root_password(ctx, vm), find_address(ctx, vm)]
-    return out

@@ -279,7 +279,3 @@ def _stop(mac: MacSide, vm: VM) -> None:
                 return
             time.sleep(1.0)
     raise RunbookError(f"{vm.name} is still not stopped after `utmctl stop {vm.name} --force`")
-
-
-def steps(ctx: Context) -> list[Step]:
-    return [s for vm in ctx.dep.owned_vms for s in (bootstrap0(ctx, vm), remove_iso(ctx, vm))]

@@ -21,7 +21,7 @@ from runbook.core.errors import (
 from runbook.core.models import Elevate, Result
 from runbook.core.params import VM
 from runbook.engine.steps import Check, Context, Step
-from runbook.sections import s00_preflight
+from runbook.sections import s00_preflight  # noqa: F401 - its cells call s.s00_preflight.toplevel_build
 from runbook.sections.common import (
     ATTICD_ENV,
     host_label,
@@ -219,15 +219,3 @@ def user_login(ctx: Context, vm: VM) -> Step:
         action=require,
         remote=True,
     )
-
-
-def steps(ctx: Context) -> list[Step]:
-    out: list[Step] = []
-    for vm in ctx.dep.owned_vms:
-        out += [
-            s00_preflight.toplevel_build(ctx, vm),
-            copy(ctx, vm),
-            switch(ctx, vm),
-            user_login(ctx, vm),
-        ]
-    return out

@@ -245,16 +245,3 @@ def restart(ctx: Context, vm: VM) -> Step:
         apply,
         remote=True,
     )
-
-
-def steps(ctx: Context) -> list[Step]:
-    vm = ctx.dep.cache_vm
-    if not ctx.dep.owns(vm):
-        return []  # another deployment's cache: its token secret and atticd are its own
-    return [
-        generate(ctx),
-        install_env(ctx, vm),
-        attic_client(ctx, vm),
-        atticd_system(ctx, vm),
-        restart(ctx, vm),
-    ]

@@ -323,16 +323,3 @@ def read_cache(ctx: Context, vm: VM) -> Step:
         action,
         remote=True,
     )
-
-
-def steps(ctx: Context) -> list[Step]:
-    vm = ctx.dep.cache_vm
-    if not ctx.dep.owns(vm):  # a worker deployment: the cache is read, never changed
-        return [read_cache(ctx, vm)]
-    return [
-        make_token(ctx, vm),
-        login(ctx, vm),
-        create(ctx, vm),
-        make_public(ctx, vm),
-        push(ctx, vm),
-    ]

@@ -144,13 +144,3 @@ def push_new_system(ctx: Context) -> Step:
     workers find the cache's current system in the cache (08 substitutes it)."""
     step = s06_cache.push(ctx, ctx.dep.cache_vm)
     return replace(step, name=step.name.replace("push the store", "push the new system"))
-
-
-def steps(ctx: Context) -> list[Step]:
-    if not ctx.dep.workers:
-        return []
-    return [
-        configure(ctx),
-        *(deploy_worker(ctx, vm) for vm in switched_vms(ctx)),
-        *([push_new_system(ctx)] if ctx.dep.owns(ctx.dep.cache_vm) else []),
-    ]

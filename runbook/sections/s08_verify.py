@@ -133,8 +133,3 @@ def substitute(ctx: Context, worker: VM) -> Step:
         action=apply,
         remote=True,
     )
-
-
-def steps(ctx: Context) -> list[Step]:
-    workers = ctx.dep.workers
-    return [verify(ctx), *(trust(ctx, w) for w in workers), *(substitute(ctx, w) for w in workers)]

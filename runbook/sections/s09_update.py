@@ -11,7 +11,7 @@ from typing import Final
 
 from runbook.core.params import VM
 from runbook.engine.steps import Context, Step
-from runbook.sections import s00_preflight
+from runbook.sections import s00_preflight  # noqa: F401 - its cells call s.s00_preflight.toplevel_build
 from runbook.sections.common import (
     copy_and_switch,
     host_label,
@@ -32,10 +32,3 @@ def update(ctx: Context, vm: VM) -> Step:
         action=lambda: copy_and_switch(ctx, vm, how),
         remote=True,
     )
-
-
-def steps(ctx: Context) -> list[Step]:
-    out = []
-    for vm in ctx.dep.owned_vms:
-        out += [s00_preflight.toplevel_build(ctx, vm), update(ctx, vm)]
-    return out

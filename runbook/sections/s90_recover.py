@@ -131,7 +131,3 @@ def recover(ctx: Context, vm: VM) -> Step:
         action=action,
         remote=True,
     )
-
-
-def steps(ctx: Context) -> list[Step]:
-    return [recover(ctx, vm) for vm in ctx.dep.owned_vms]

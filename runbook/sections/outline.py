@@ -1,40 +1,47 @@
 # ruff: noqa: RUF001 - the handbook's Chinese punctuation is kept verbatim
-"""Writes the notebooks (no outputs). Run: .venv/bin/python notebooks/_generate.py
+"""The runbook's outline: each notebook's cells, declared once.
 
-The notebooks are thin: the handbook's text, a `parameters` cell, then one cell per step
-calling `runbook.sections.<module>`, a summary, and an optional step panel for JupyterLab
-(`runbook.notebook.widgets.interactive_panel`). Edit the text here, not in the .ipynb files.
+A section is its module (`runbook.sections.<module>`, holding the steps), the handbook's title
+text, and its step cells: a markdown heading and the code that calls the steps, with what runs
+in parallel (`ctx.run_parallel`) said there. From this one declaration come both the notebooks
+(`runbook.notebook.build`; `notebooks/*.ipynb` in a checkout is its rendering, checked by
+`make lint`) and each section's step list (`section_steps`, the JupyterLab panel's rows), so
+the two cannot differ. To change the runbook, edit this file and the section modules.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Final
 
-import nbformat
+from runbook.engine.steps import Context, Step, StepRecorder
+from runbook.notebook.build import SectionSource
 
-HERE = Path(__file__).resolve().parent
 
-PARAMETERS = """\
-# Parameters: papermill injects a run's values in the cell below. Paths and flags only:
-# never a secret (papermill stores parameters in plain text); secrets come from the store.
-params = "../params/cache.yaml"  # the deployment's params file
-mode = "plan"  # plan: render the commands and check what it can, touch nothing; deploy: apply
-confirm = False  # True confirms dangerous steps (bootstrap0 wipes the disk); `runbook deploy --yes`
-force_checks = False  # True goes on although a doctor check fails; `runbook deploy --force-checks`
-secrets_dir = ""  # the secret store; empty: $RUNBOOK_SECRETS or ~/.local/state/runbook/secrets
-record_dir = ""  # this run's record folder, set by `runbook deploy`/`plan`
-"""
+@dataclass(frozen=True)
+class Section:
+    """One notebook: its section module, its title text and its (heading, code) step cells."""
 
-WIDGETS = """## Step by step (optional, in JupyterLab)
+    module: str
+    title: str
+    cells: tuple[tuple[str, str], ...]
 
-One row per step with **Plan** (its commands), **Check** (already done?) and **Apply** (a deploy
-of that one step: check, then apply; a dangerous step needs the *confirm* box). A batch run
-(`runbook deploy`/`plan`) shows no panel and keeps no widget in its record."""
+    def load(self) -> ModuleType:
+        return importlib.import_module(f"runbook.sections.{self.module}")
 
-PANEL = "from runbook.notebook.widgets import interactive_panel\n\ninteractive_panel(ctx, s.steps)"
+    @property
+    def notebook(self) -> str:
+        name: str = self.load().NOTEBOOK
+        return name
 
-# (module, title markdown, [(step markdown, step code), ...])
-NOTEBOOKS: list[tuple[str, str, list[tuple[str, str]]]] = [
+
+# (module, title markdown, [(step heading markdown, step code), ...])
+_TABLE: Final[tuple[tuple[str, str, list[tuple[str, str]]], ...]] = (
     (
         "s00_preflight",
         """# 00 · 架构 — architecture and preflight
@@ -55,9 +62,11 @@ On a machine without the checkout or UTM (a Linux box), those checks say *unchec
             ("## The deployment", "ctx.run(s.architecture(ctx))"),
             ("## Files and host tools", "ctx.run(s.paths(ctx))\nctx.run(s.host_tools(ctx))"),
             (
-                "## The nixos-config, read with a real Nix parser\n\n"
-                "A check that fails stops a deploy here, before anything is touched; "
-                "`runbook deploy --force-checks` (force_checks=True) goes on anyway.",
+                (
+                    "## The nixos-config, read with a real Nix parser\n\n"
+                    "A check that fails stops a deploy here, before anything is touched; "
+                    "`runbook deploy --force-checks` (force_checks=True) goes on anyway."
+                ),
                 "ctx.run(s.doctor_report(ctx, force_checks))",
             ),
             ("## Lesson 1: nixpkgs' attic, not the attic flake", "ctx.run(s.attic_flake(ctx))"),
@@ -324,86 +333,64 @@ regenerate them. Each step first tries a fresh SSH login; only when that fails i
             )
         ],
     ),
-]
+)
 
-DASHBOARD_TITLE = """# Records · 部署记录 — the runs, as tables
-
-Every `runbook plan` / `runbook deploy` leaves a record folder: the executed notebooks, `run.log`,
-`manifest.json` and HTML exports. This dashboard reads them with `runbook.notebook.records` into pandas."""
-
-DASHBOARD_PARAMS = """\
-records_root = "../records"  # the records folder (`runbook --records DIR`, RUNBOOK_RECORDS)
-"""
+SECTIONS: Final = tuple(Section(m, title, tuple(cells)) for m, title, cells in _TABLE)
 
 
-def _md(text: str) -> nbformat.NotebookNode:
-    return nbformat.v4.new_markdown_cell(text)
+def section(name: str) -> Section:
+    """The section of module `runbook.sections.<name>` (a name like "s02_console")."""
+    for sec in SECTIONS:
+        if sec.module == name:
+            return sec
+    raise KeyError(name)
 
 
-def _code(text: str, *tags: str) -> nbformat.NotebookNode:
-    return nbformat.v4.new_code_cell(text, metadata={"tags": list(tags)} if tags else {})
+def section_steps(module: ModuleType | str) -> Callable[[Context], list[Step]]:
+    """`steps(ctx)`: the steps the section's notebook cells call, in their order, found by
+    running those same cells against a `StepRecorder` (which keeps each step instead of running
+    it). Plan-mode defaults stand for the notebook's other parameters."""
+    sec = section(module if isinstance(module, str) else module.__name__.rsplit(".", 1)[-1])
+    code = [compile(c, f"<{sec.module}: {h.splitlines()[0]}>", "exec") for h, c in sec.cells]
+
+    def steps(ctx: Context) -> list[Step]:
+        recorder = StepRecorder(ctx)
+        namespace = {"s": sec.load(), "ctx": recorder, "force_checks": False}
+        for cell in code:
+            exec(cell, namespace)  # noqa: S102 - the package's own cell code, as the notebook runs it
+        return recorder.steps
+
+    return steps
 
 
-def _notebook(cells: list[nbformat.NotebookNode]) -> nbformat.NotebookNode:
-    nb = nbformat.v4.new_notebook()
-    for i, cell in enumerate(cells):
-        cell.id = f"cell-{i:02d}"  # stable ids: regenerating gives no diff
-    nb.cells = cells
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.metadata["language_info"] = {"name": "python"}
-    return nb
+def sources() -> list[SectionSource]:
+    """What `runbook.notebook.build` makes the section notebooks from."""
+    return [SectionSource(s.notebook, s.module, s.title, s.cells) for s in SECTIONS]
 
 
-def _quiet(code: str) -> str:
-    """The step cell with its last call's value kept (`_ = ...`): the outcome line already
-    says it, so JupyterLab shows no `<Outcome.PLAN: 'plan'>` under it."""
-    *head, last = code.split("\n")
-    return "\n".join([*head, last if last.startswith("_ = ") else f"_ = {last}"])
+def main(argv: list[str]) -> int:
+    """`python -m runbook.sections.outline write|check DIR`: write the notebooks into DIR, or
+    say (exit 1) which notebooks in DIR are not what the outline builds (`make lint`)."""
+    from runbook.notebook import build
 
-
-def section(module: str, title: str, steps: list[tuple[str, str]]) -> nbformat.NotebookNode:
-    cells = [
-        _md(title),
-        _code(PARAMETERS, "parameters"),
-        _code(
-            f"from runbook.sections import {module} as s\n"
-            "from runbook.engine.steps import open_context\n\n"
-            "ctx = open_context(s.NOTEBOOK, params, mode, confirm, secrets_dir, record_dir)"
-        ),
-    ]
-    for md, code in steps:
-        cells += [_md(md), _code(_quiet(code))]
-    cells += [_md("## Summary"), _code("_ = ctx.summary()"), _md(WIDGETS), _code(PANEL)]
-    return _notebook(cells)
-
-
-def dashboard() -> nbformat.NotebookNode:
-    return _notebook(
-        [
-            _md(DASHBOARD_TITLE),
-            _code(DASHBOARD_PARAMS, "parameters"),
-            _code("from runbook import records\n\ntable = records.table(records_root)\ntable"),
-            _md("## The latest record, notebook by notebook"),
-            _code(
-                "latest = records.latest(records_root)\n"
-                "records.notebook_table(latest) if latest is not None else 'no records yet'"
-            ),
-        ]
-    )
-
-
-def main() -> None:
-    import importlib
-
-    for module, title, steps in NOTEBOOKS:
-        name = importlib.import_module(f"runbook.sections.{module}").NOTEBOOK
-        nbformat.write(section(module, title, steps), HERE / f"{name}.ipynb")
-    nbformat.write(dashboard(), HERE / "records-dashboard.ipynb")
+    if len(argv) != 2 or argv[0] not in ("write", "check"):
+        print("usage: python -m runbook.sections.outline write|check DIR", file=sys.stderr)
+        return 2
+    folder = Path(argv[1])
+    if argv[0] == "write":
+        build.write(sources(), folder)
+        return 0
+    problems = build.differences(sources(), folder)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        print(
+            "the notebooks are built from runbook/sections/outline.py: edit it (and the section "
+            f"modules), then `make notebooks`; {len(problems)} notebook(s) differ",
+            file=sys.stderr,
+        )
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main(sys.argv[1:]))
