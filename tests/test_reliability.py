@@ -650,3 +650,50 @@ def test_the_lab_registry_holds_no_password_and_is_private(tmp_path: Path) -> No
     assert [pw for pw in passwords.values() if pw in text] == []
     assert lifecycle._registered(lab.state_dir) == lab.model_copy(update={"passwords": {}})
     assert lifecycle._registered_serial_port(lab.state_dir) == 4555
+
+
+# -- 7. a plan touches neither the Nix store nor HOME ------------------------------------
+
+
+def test_plan_leaves_the_nix_database_store_and_home_as_they_were(tmp_path: Path) -> None:
+    """A plan of a deployment whose checkout is the lab's real flake (so 00's build, the
+    doctor's nix-instantiate and every notebook could reach Nix): the Nix database, the store
+    and its roots, and an empty HOME are unchanged after it. (Before, 00's probe ran `nix
+    eval`, which copies the checkout into /nix/store and writes the .drv files, and the
+    doctor's `nix-instantiate --parse` opened the database.)"""
+    import shutil
+
+    from runbook.lab.environment import LOCAL_NIX_CONFIG
+    from tests.conftest import need
+    from tests.fault_scenarios import NixSnapshot, clean_env, tree_listing
+    from tests.run_rig import runbook
+
+    need(shutil.which("nix") is not None, "needs nix (Debian's nix-bin)")
+    need(Path("/nix/var/nix/db/db.sqlite").is_file(), "needs Nix's database (nix ran once)")
+    config = tmp_path / "nixos-config"
+    shutil.copytree(REPO / "runbook" / "lab" / "nixos-config", config)
+    with open(config / "flake.nix", "a") as fh:  # a checkout the store has never seen
+        fh.write(f"# {tmp_path.name} {time.time_ns()}\n")
+    key = tmp_path / "id_ed25519"
+    key.touch(mode=0o600)
+    nix_conf = "".join(f"  {line}\n" for line in LOCAL_NIX_CONFIG.splitlines())
+    params = tmp_path / "plan.yaml"
+    params.write_text(
+        f"deployment: plantest\nnixos_config: {config}\nidentity: {key}\n"
+        f"known_hosts: {tmp_path / 'known_hosts'}\n"
+        "vms:\n  - {name: vm-aarch64-utm-cache, role: cache, address: 127.0.0.1}\n"
+        "  - {name: vm-aarch64-utm, role: worker, address: 127.0.0.2}\n"
+        "cache: {vm: vm-aarch64-utm-cache, host: 127.0.0.1}\n"
+        f"local_nix_config: |\n{nix_conf}"
+    )
+    home = tmp_path / "home"
+    home.mkdir()
+    before = NixSnapshot.take()
+    proc = runbook("plan", str(params), "--records", str(tmp_path / "r"), env=clean_env(home))
+    after = NixSnapshot.take()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert before.changes(after) == []
+    assert tree_listing(home) == []
+    builds = [ln for ln in proc.stdout.splitlines() if "locally first (lesson 3)" in ln]
+    assert builds and all("a plan evaluates nothing" in ln for ln in builds if "[" in ln)
+    assert not list(tmp_path.glob("*.lock")) and not (config / "result").exists()

@@ -31,9 +31,16 @@ def check_nix_parse(ctx: DoctorContext) -> Verdict:
     return ok(f"{len(ctx.parsed)} .nix files parse ({confirmed})")
 
 
+# Parsing needs no store: with the local one, nix-instantiate opens its database (creating
+# and removing db.sqlite-wal/-shm) and fixes the permissions of /nix/var/nix's directories
+# (2.8 libstore/local-store.cc LocalStore::LocalStore), though --parse sets readOnlyMode.
+# dummy:// (libstore/dummy-store.cc, in 2.8 as now) has no files at all.
+PARSE_ARGV: Final = ("nix-instantiate", "--parse", "--store", "dummy://")
+
+
 def _nix_refuses(root: Path, files: list[Path]) -> list[str]:
     """The files the installed Nix does not parse: one call for all, one per file on failure."""
-    argv = ["nix-instantiate", "--parse"]
+    argv = list(PARSE_ARGV)
     if local.run([*argv, *(str(root / f) for f in files)], check=False).exit_code == 0:
         return []
     refused = []

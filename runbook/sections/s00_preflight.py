@@ -25,6 +25,14 @@ HOST_TOOLS: Final = ("nix", "ssh", "rsync", "make")
 LESSON_1_CHECKS: Final = frozenset({"attic-flake-input", "attic-module-import"})
 FIXED_HERE: Final = LESSON_1_CHECKS  # attic_flake (the step after the doctor) fixes these
 BUILD_PROBE_TIMEOUT: Final = 300.0  # evaluating a real nixpkgs system takes a while
+# A plan runs no `nix eval`: every Nix copies a path flake into /nix/store to evaluate it
+# (2.8 libfetchers/path.cc fetch: addToStoreFromDump, whatever --read-only says), writes each
+# derivation it meets (.drv files) unless --read-only, and current Nix writes its fetcher
+# cache under ~/.cache/nix (libfetchers/fetch-to-store.cc) even then.
+PLAN_EVALUATES_NOTHING: Final = (
+    "a plan evaluates nothing (nix would copy the checkout into /nix/store); "
+    "a deploy runs `{eval}` and builds unless that path is here"
+)
 
 
 def architecture(ctx: Context) -> Step:
@@ -217,6 +225,8 @@ def toplevel_build(ctx: Context, vm: VM) -> Step:
             return missing
         if local.which("nix") is None:
             return unchecked("nix is not on this machine")
+        if ctx.planning:  # evaluating a flake writes the Nix store and its database
+            return unchecked(PLAN_EVALUATES_NOTHING.format(eval=render(toplevel_out_path_argv(vm))))
         # built already when the configuration evaluates to a store path this machine has
         # (a configuration that does not evaluate is left to the build, which says why)
         try:
