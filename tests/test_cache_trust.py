@@ -36,6 +36,7 @@ from runbook.engine.steps import Context, Mode
 from runbook.lab.attic import client as standin
 from runbook.lab.attic.state import CacheRecord, PathObject, generate_keypair
 from runbook.sections import s06_cache, s08_verify
+from runbook.sections.outline import section_steps
 from tests.conftest import need
 
 SYSTEM = "/nix/store/3k1wymic8p7h5pfcqfhh0jan8ny2a712-nixos-system-nixos-utm-cache-25.11"
@@ -210,7 +211,7 @@ def test_08_fails_when_a_worker_trusts_the_old_key(tmp_path, atticd, nix) -> Non
     )
     ctx = _ctx(tmp_path, atticd, {"vm-cache": FakeHost("vm-cache"), "vm-worker": worker})
     s08_verify.verify(ctx).check()  # the cache itself signs consistently: verify passes
-    (step,) = [s for s in s08_verify.steps(ctx) if "trusts the key" in s.name]
+    (step,) = [s for s in section_steps(s08_verify)(ctx) if "trusts the key" in s.name]
     with pytest.raises(attic.TrustMismatchError) as caught:
         step.check()
     message = str(caught.value)

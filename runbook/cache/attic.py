@@ -225,18 +225,97 @@ _FAILED_RE: Final = re.compile(r"^\s*\u274c " + _BASE_NAME + r": (.*?)\s*$", re.
 class PushLines:
     """The per-path result lines of `attic push` (stderr). With `--stdin` these are all it
     prints: no `Pushing N paths` and no `All done` line, and nothing at all when nothing
-    needed uploading (`client/src/command/push.rs`, `push_stdin`)."""
+    needed uploading (`client/src/command/push.rs`, `push_stdin`). No line says a size:
+    `upload_path` prints the speed, or `deduplicated` when the server had the NAR (its
+    progress bar, which shows bytes, is cleared: `bar.finish_and_clear()`)."""
 
     pushed: tuple[str, ...]  # base names
     failed: tuple[tuple[str, str], ...]  # (base name, error)
+    deduplicated: tuple[str, ...] = ()  # base names the server had the NAR of already
 
 
 def parse_push_lines(output: str) -> PushLines:
     text = output.replace("\r", "\n")
+    pushed = [(m.group(1), m.group(2)) for m in _PUSHED_RE.finditer(text)]
     return PushLines(
-        tuple(m.group(1) for m in _PUSHED_RE.finditer(text)),
+        tuple(name for name, _ in pushed),
         tuple((m.group(1), m.group(2)) for m in _FAILED_RE.finditer(text)),
+        tuple(name for name, detail in pushed if detail == "deduplicated"),
     )
+
+
+@dataclass(frozen=True)
+class PathInfo:
+    """One path of `nix path-info --json`: its NAR size and its signatures' key names."""
+
+    path: str
+    nar_size: int
+    signers: frozenset[str]
+
+
+def parse_path_info_json(stdout: str) -> list[PathInfo]:
+    """`nix path-info --json [-r] PATH…`: a list of `{path, narSize, signatures, …}` (Nix 2.8,
+    src/libstore/store-api.cc `pathInfoToJSON`), or an object keyed by path (Nix ≥ 2.19,
+    src/nix/path-info.cc); derivations left out (workers substitute outputs)."""
+    try:
+        data = json.loads(stdout)
+    except ValueError:
+        raise AtticOutputError("`nix path-info --json` printed no JSON") from None
+    if isinstance(data, dict):
+        entries = [{**v, "path": k} for k, v in data.items() if isinstance(v, dict)]
+    elif isinstance(data, list):
+        entries = [e for e in data if isinstance(e, dict)]
+    else:
+        raise AtticOutputError("`nix path-info --json` printed neither a list nor an object")
+    found: list[PathInfo] = []
+    for entry in entries:
+        path, size = entry.get("path"), entry.get("narSize")
+        if not isinstance(path, str) or not keys.is_store_path(path) or path.endswith(".drv"):
+            continue
+        if not isinstance(size, int):
+            raise AtticOutputError(f"`nix path-info --json`: {path} has no narSize")
+        sigs = entry.get("signatures") or []
+        signers = frozenset(str(s).split(":", 1)[0] for s in sigs if isinstance(s, str))
+        found.append(PathInfo(path, size, signers))
+    return found
+
+
+@dataclass(frozen=True)
+class PushSent:
+    """What one push sent: the paths it uploaded (their NARs, uncompressed, as
+    `upload_path` streams them) and the ones the server deduplicated (no NAR sent)."""
+
+    uploaded: int
+    nar_bytes: int
+    deduplicated: int
+
+    def summary(self) -> str:
+        return (
+            f"sent {self.uploaded} paths, {self.nar_bytes} bytes of NAR "
+            f"({human_bytes(self.nar_bytes)}); {self.deduplicated} deduplicated by the server"
+        )
+
+
+def push_sent(lines: PushLines, infos: Sequence[PathInfo]) -> PushSent:
+    """Paths and bytes a push sent: each `✅` line but `(deduplicated)`, sized by its
+    `narSize` (the push lines give no size)."""
+    sizes = {i.path.rsplit("/", 1)[-1]: i.nar_size for i in infos}
+    dedup = set(lines.deduplicated)
+    sent = [name for name in lines.pushed if name not in dedup]
+    unknown = [name for name in sent if name not in sizes]
+    if unknown:
+        raise AtticOutputError(f"attic push reported {unknown[0]}, which was not in the plan")
+    return PushSent(len(sent), sum(sizes[name] for name in sent), len(dedup))
+
+
+def human_bytes(n: int) -> str:
+    """Binary prefixes, as attic shows sizes (indicatif `HumanBytes`)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} B" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    return f"{value:.2f} GiB"
 
 
 @dataclass(frozen=True)
@@ -259,7 +338,10 @@ def parse_path_info_sigs(stdout: str) -> list[StorePathSigs]:
 
 
 def split_upstream(
-    paths: Sequence[StorePathSigs], upstream_key_names: Sequence[str], *, ignore_filter: bool
+    paths: Sequence[StorePathSigs | PathInfo],
+    upstream_key_names: Sequence[str],
+    *,
+    ignore_filter: bool,
 ) -> tuple[list[str], list[str]]:
     """(eligible, skipped as in upstream), as attic's push plan filters: a path signed by one
     of the cache's `upstream_cache_key_names` is not uploaded (`PushPlan::plan`)."""

@@ -44,9 +44,15 @@ def run_context(ctx: DoctorContext) -> list[Finding]:
     return findings
 
 
-def run_checks(deployment: Deployment | None, nixos_config: Path) -> list[Finding]:
-    """Every check against a nixos-config checkout, with or without a deployment's params.
+def run_checks(
+    deployment: Deployment | None,
+    nixos_config: Path,
+    *,
+    deploy_runs: frozenset[str] = frozenset(),
+) -> list[Finding]:
+    """Every check against a nixos-config checkout, with or without a deployment's params;
+    `deploy_runs`: the notebooks ("07", ...) the deploy asking runs after its doctor.
 
     Raises InputError when `nixos_config` is not a checkout (no flake.nix).
     """
-    return run_context(DoctorContext(deployment, nixos_config))
+    return run_context(DoctorContext(deployment, nixos_config, deploy_runs=deploy_runs))

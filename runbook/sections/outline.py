@@ -239,6 +239,10 @@ is false: the push reports its counts, and a push that uploads nothing fails."""
                 "## Admin token",
                 "ctx.run_each([s.make_token(ctx, vm) for vm in ctx.dep.owned_cache])",
             ),
+            (
+                "## A push-only token for the workers (07's warm push)",
+                "ctx.run_each([s.make_worker_token(ctx, vm) for vm in ctx.dep.owned_cache])",
+            ),
             ("## attic login", "ctx.run_each([s.login(ctx, vm) for vm in ctx.dep.owned_cache])"),
             (
                 "## Create the cache",
@@ -261,7 +265,10 @@ Add `http://nixos-utm-cache.local:8080/main` to `nix.settings.substituters` and 
 key to `trusted-public-keys` in `machines/vm-shared.nix` (an edit at the parser's byte ranges:
 formatting and comments survive), then `vm/copy` + `vm/switch` each worker as the user, all at
 once. The cache VM imports the same module, so it is switched with them, and its new system is
-pushed to the cache.""",
+pushed to the cache. Then a warm cache: each worker's root client logs in with the workers'
+push-only token (06 mints it; the config file is put 0600, the token in no argv) and pushes the
+worker's own system closure; `attic push` sends only what the cache lacks, and the record says
+how many paths and bytes each push sent.""",
         [
             (
                 "## Trust the cache in the shared module",
@@ -275,6 +282,14 @@ pushed to the cache.""",
                 "## The cache VM's new system goes to the cache too",
                 'ctx.run_each([s.push_new_system(ctx) for _ in ctx.dep.owned_cache if ctx.dep.workers], none="the cache VM is a reference: not switched here" if ctx.dep.workers else "no worker VMs")',
             ),
+            (
+                "## A warm cache: each worker's root logs in with the push token (0600 config)",
+                'ctx.run_parallel([s.worker_login(ctx, vm) for vm in s.warm_vms(ctx)], none="no worker VMs switched here")',
+            ),
+            (
+                "## Each worker pushes its system closure (only what the cache lacks)",
+                'ctx.run_parallel([s.warm_push(ctx, vm) for vm in s.warm_vms(ctx)], none="no worker VMs switched here")',
+            ),
         ],
     ),
     (
@@ -286,7 +301,9 @@ pushed to the cache.""",
 Check the cache the way Nix does: `nix-cache-info`, then narinfo signatures against the key the
 live cache signs with; then what each worker's running Nix trusts (`nix show-config --json`): the
 cache among its substituters and that key among its trusted-public-keys (a regenerated keypair
-fails here, naming both keys); and have each worker really substitute a path from it.""",
+fails here, naming both keys); and have each worker really substitute a path from it. With two
+workers or more, the second substitutes the first worker's system, which only the warm cache
+(07's pushes) can give it.""",
         [
             ("## The cache answers and signs", "ctx.run(s.verify(ctx))"),
             (
@@ -296,6 +313,10 @@ fails here, naming both keys); and have each worker really substitute a path fro
             (
                 "## A real substitution on each worker",
                 'ctx.run_parallel([s.substitute(ctx, w) for w in ctx.dep.workers], none="no worker VMs to substitute on")',
+            ),
+            (
+                "## A second worker substitutes the first worker's system (the warm cache)",
+                'ctx.run_each([s.substitute_peer(ctx, a, b) for a, b in s.peers(ctx)], none="one worker: no second one to substitute its system")',
             ),
         ],
     ),

@@ -100,7 +100,7 @@ def doctor_report(ctx: Context, force_checks: bool = False) -> Step:
             return missing
         from runbook.doctor import Status, render_text, run_checks
 
-        findings = run_checks(ctx.dep, ctx.dep.nixos_config)
+        findings = run_checks(ctx.dep, ctx.dep.nixos_config, deploy_runs=_later_notebooks(ctx))
         for line in render_text(findings).splitlines():
             print(f"      {line}")
         fails = [f for f in findings if f.status is Status.FAIL]
@@ -124,6 +124,20 @@ def doctor_report(ctx: Context, force_checks: bool = False) -> Step:
         )
 
     return Step("check the nixos-config (runbook doctor)", "localhost", [cmd], probe, stop)
+
+
+def _later_notebooks(ctx: Context) -> frozenset[str]:
+    """The notebooks ("07", ...) this run goes on to, from its record's manifest (the runner
+    writes it before 00 starts); none when 00 runs on its own (no record)."""
+    from runbook.notebook.records import read_manifest
+
+    if ctx.record_dir is None or not (ctx.record_dir / "manifest.json").is_file():
+        return frozenset()
+    try:
+        listed = read_manifest(ctx.record_dir)["notebooks"]
+    except RunbookError:
+        return frozenset()
+    return frozenset(nb["notebook"][:2] for nb in listed if nb["notebook"][:2] > "00")
 
 
 def _go_on(ctx: Context) -> str:

@@ -36,15 +36,17 @@ def _token(ctx: Context) -> Secret | None:
     return ctx.store.get(ctx.dep.cache.admin_token)
 
 
-def _token_valid(ctx: Context) -> Check:
-    """Done when the stored token verifies with the stored secret's key and has not expired."""
-    token, secret = _token(ctx), ctx.store.get(ctx.dep.cache.token_secret)
+def _token_valid(ctx: Context, name: str | None = None) -> Check:
+    """Done when the stored token (the admin token, or `name`) verifies with the stored
+    secret's key and has not expired."""
+    name = name or ctx.dep.cache.admin_token
+    token, secret = ctx.store.get(name), ctx.store.get(ctx.dep.cache.token_secret)
     if token is None or secret is None:
         return TODO
     if not keys.token_signed_by(token.reveal(), secret.reveal()):
         print("      the stored token was minted with another secret or expired: a new one")
         return TODO
-    return Check(True, f"{ctx.dep.cache.admin_token} in the store is signed by this secret")
+    return Check(True, f"{name} in the store is signed by this secret")
 
 
 MAKE_TOKEN: Final = "admin token (atticd-atticadm make-token)"
@@ -67,6 +69,44 @@ def make_token(ctx: Context, vm: VM) -> Step:
     )
 
 
+# The workers' token (issue 15: a warm cache): push and pull on this cache only, so a
+# worker's root can add its system to the cache and nothing else (no create, configure,
+# delete or destroy). Kept in the secret store; the workers' client config holds it (0600).
+WORKER_TOKEN: Final = "attic-worker-push-token"
+MAKE_WORKER_TOKEN: Final = "push token for the workers (atticd-atticadm make-token)"
+
+
+def worker_token_permissions(cache: str) -> attic.TokenPermissions:
+    return attic.TokenPermissions(
+        pull=(cache,),
+        push=(cache,),
+        create_cache=(),
+        configure_cache=(),
+        configure_cache_retention=(),
+        destroy_cache=(),
+    )
+
+
+def make_worker_token(ctx: Context, vm: VM) -> Step:
+    """A push-only token for the workers, minted on the cache VM as the admin token is."""
+    argv = attic.make_token_argv(
+        "workers", permissions=worker_token_permissions(ctx.dep.cache.name)
+    )
+
+    def make() -> str:
+        out = ctx.connection(vm).run(argv, elevate=Elevate.SUDO)
+        ctx.store.put(WORKER_TOKEN, attic.parse_make_token_output(out.stdout))
+        return f"push token (push + pull on {ctx.dep.cache.name} only) kept as {WORKER_TOKEN!r}"
+
+    return Step(
+        MAKE_WORKER_TOKEN,
+        host_label(ctx, vm),
+        [ssh_render(ctx, vm, shlex.join(argv) + " </dev/null", sudo=True)],
+        probe=lambda: _token_valid(ctx, WORKER_TOKEN),
+        action=make,
+    )
+
+
 def client_config_path(ctx: Context, vm: VM) -> str:
     """The config file root's attic client reads on `vm`, resolved there (attic.md §4)."""
     out = ctx.connection(vm).run(attic.CLIENT_CONFIG_PATH_SCRIPT, elevate=Elevate.SUDO)
@@ -76,57 +116,92 @@ def client_config_path(ctx: Context, vm: VM) -> str:
     return path
 
 
-def _client_config(ctx: Context) -> Secret:
-    return attic.client_config(SERVER, ENDPOINT, _admin_token(ctx))
+@dataclass(frozen=True)
+class ClientLogin:
+    """Whose attic client is logged in where: root's on `vm`, at `endpoint`, with the token
+    the store keeps as `token_name`, redone when `minted_by` made a new one in this run."""
+
+    endpoint: str
+    token_name: str
+    minted_by: str
 
 
-def _prove_token(ctx: Context) -> str:
+def _cache_login(ctx: Context) -> ClientLogin:
+    return ClientLogin(ENDPOINT, ctx.dep.cache.admin_token, MAKE_TOKEN)
+
+
+def worker_login_of(ctx: Context) -> ClientLogin:
+    """A worker's client: the cache by the address the workers use, the push token."""
+    return ClientLogin(api_base(ctx), WORKER_TOKEN, MAKE_WORKER_TOKEN)
+
+
+def _stored_token(ctx: Context, name: str) -> Secret:
+    token = ctx.store.get(name)
+    if token is None:
+        raise RunbookError(f"no {name} in the secret store: run the step that makes it (06)")
+    return token
+
+
+def _client_config(ctx: Context, how: ClientLogin | None = None) -> Secret:
+    how = how or _cache_login(ctx)
+    return attic.client_config(SERVER, how.endpoint, _stored_token(ctx, how.token_name))
+
+
+def _prove_token(ctx: Context, how: ClientLogin | None = None) -> str:
     """An authenticated call only a valid token passes (attic.token_authorized); atticd
     ignoring the token (401/403) fails with why: it runs with another token secret."""
+    how = how or _cache_login(ctx)
     try:
-        return attic.token_authorized(api_base(ctx), ctx.dep.cache.name, _admin_token(ctx))
+        return attic.token_authorized(
+            api_base(ctx), ctx.dep.cache.name, _stored_token(ctx, how.token_name)
+        )
     except attic.AtticApiError as exc:
         if exc.status in (401, 403):
             raise RunbookError(
-                f"atticd refuses {ctx.dep.cache.admin_token} (HTTP {exc.status} {exc.error}): it "
+                f"atticd refuses {how.token_name} (HTTP {exc.status} {exc.error}): it "
                 "runs with another token secret than the store's; run notebook 05 (restart)"
             ) from None
         raise
 
 
-def login(ctx: Context, vm: VM) -> Step:
+def login(ctx: Context, vm: VM, how: ClientLogin | None = None) -> Step:
     """`attic login` without the token in any argv: the config file the client writes
     (client/src/config.rs, 0600) is written with `put`, as 05 writes the env file, and the
     login is proven by an authenticated call. It is redone whenever the file does not hold the
     stored token: after a rotation (`cache.rotate_token_secret`) or any new token, the old one
-    stays in the file and a public cache answers reads anyway, so only the hash tells."""
+    stays in the file and a public cache answers reads anyway, so only the hash tells.
+    `how`: root's client on the cache VM (the admin token) unless a worker's is given."""
+    how = how or _cache_login(ctx)
 
     def probe() -> Check:
-        if MAKE_TOKEN in ctx.changed:
+        if how.minted_by in ctx.changed:
             return TODO
         path = client_config_path(ctx, vm)
-        want = hashlib.sha256(_client_config(ctx).reveal().encode()).hexdigest()
+        want = hashlib.sha256(_client_config(ctx, how).reveal().encode()).hexdigest()
         script = f"stat -c %a {shlex.quote(path)} && sha256sum {shlex.quote(path)}"
         got = ctx.connection(vm).run(script, elevate=Elevate.SUDO, check=False)
         lines = got.stdout.split("\n")
         if not (got.ok and lines[0].strip() == "600" and lines[1].split()[:1] == [want]):
             print(f"      {path} does not hold the stored token (mode 0600): logging in")
             return TODO
-        return Check(True, f"{path} holds the stored token; {_prove_token(ctx)}")
+        return Check(True, f"{path} holds the stored token; {_prove_token(ctx, how)}")
 
     def apply() -> str:
         path = client_config_path(ctx, vm)
         ctx.connection(vm).put(
-            path, _client_config(ctx), mode=attic.CLIENT_CONFIG_MODE, owner="root"
+            path, _client_config(ctx, how), mode=attic.CLIENT_CONFIG_MODE, owner="root"
         )
-        return f"{path} written (0600, root; no token in any argv); {_prove_token(ctx)}"
+        return f"{path} written (0600, root; no token in any argv); {_prove_token(ctx, how)}"
 
-    shown_config = attic.client_config_shown(SERVER, ENDPOINT)
+    shown_config = attic.client_config_shown(SERVER, how.endpoint)
     body = json.dumps({"cache": ctx.dep.cache.name, "store_path_hashes": []})
     proof_url = f"{api_base(ctx)}_api/v1/get-missing-paths"
     proof = "proves the token: needs push permission"
+    whose = (
+        "" if how.token_name == ctx.dep.cache.admin_token else f" on {vm.name} ({how.token_name})"
+    )
     return Step(
-        "attic login",
+        f"attic login{whose}",
         host_label(ctx, vm),
         [
             ssh_render(ctx, vm, attic.CLIENT_CONFIG_PATH_SCRIPT.replace("\n", "; "), sudo=True)
@@ -285,6 +360,111 @@ def push(ctx: Context, vm: VM) -> Step:
         f"push the store to {c.name} (-j {c.push_jobs}, upstream filter {filt})",
         host_label(ctx, vm),
         [ssh_render(ctx, vm, script, sudo=True)],
+        probe,
+        apply,
+        remote=True,
+    )
+
+
+SYSTEM_SCRIPT: Final = "readlink -f /nix/var/nix/profiles/system"
+
+
+def system_path(ctx: Context, vm: VM) -> str:
+    """The system `vm` runs now (its profile's store path)."""
+    path = ctx.connection(vm).run(SYSTEM_SCRIPT).stdout.strip()
+    if not keys.is_store_path(path):
+        raise RunbookError(f"{vm.name}: {SYSTEM_SCRIPT} gave {path!r}")
+    return path
+
+
+def closure_argv(path: str) -> list[str]:
+    return ["nix", *attic.NIX_SHOW_CONFIG_ARGV[1:3], "path-info", "--json", "-r", path]
+
+
+@dataclass(frozen=True)
+class _ClosurePlan:
+    system: str
+    config: attic.CacheConfig
+    infos: list[attic.PathInfo]
+    eligible: list[str]
+    upstream: list[str]
+
+
+def _closure_plan(ctx: Context, vm: VM) -> _ClosurePlan:
+    """`vm`'s system closure and what of it `attic push` would send (as `_push_plan`), with
+    each path's NAR size, for the bytes the record gives."""
+    token = _stored_token(ctx, WORKER_TOKEN)
+    config = attic.get_cache_config(api_base(ctx), ctx.dep.cache.name, token)
+    system = system_path(ctx, vm)
+    out = ctx.connection(vm).run(closure_argv(system)).stdout
+    infos = attic.parse_path_info_json(out)
+    eligible, upstream = attic.split_upstream(
+        infos, config.upstream_cache_key_names, ignore_filter=not ctx.dep.cache.upstream_filter
+    )
+    return _ClosurePlan(system, config, infos, eligible, upstream)
+
+
+def push_closure(ctx: Context, vm: VM) -> Step:
+    """A warm cache (issue 15): `vm`'s system closure pushed from `vm` itself, where the
+    paths are, by root's client logged in with the workers' push token (`login` with
+    `worker_login_of`). `attic push --stdin` takes the closure of what it reads and sends
+    only what the cache lacks; judged as 06's push is (exit code, `❌` lines, then
+    get-missing-paths), and the record says how many paths and bytes it sent."""
+    c = ctx.dep.cache
+    argv = attic.push_argv(c.name, jobs=c.push_jobs, ignore_upstream_filter=not c.upstream_filter)
+    script = f"{SYSTEM_SCRIPT} | {shlex.join(argv)}"
+
+    def token() -> Secret:
+        return _stored_token(ctx, WORKER_TOKEN)
+
+    def missing(plan: _ClosurePlan) -> list[str]:
+        return attic.get_missing_paths(plan.config.api_endpoint, c.name, plan.eligible, token())
+
+    def probe() -> Check:
+        plan = _closure_plan(ctx, vm)
+        if not plan.eligible or missing(plan):
+            return TODO
+        return Check(
+            True,
+            f"all {len(plan.eligible)} paths of {vm.name}'s system {plan.system} are in "
+            f"{c.name}; {len(plan.upstream)} skipped as in upstream",
+        )
+
+    def apply() -> str:
+        plan = _closure_plan(ctx, vm)
+        result = ctx.connection(vm).run(script, elevate=Elevate.SUDO, check=False)
+        output = result.stderr + result.stdout
+        try:
+            verdict = attic.judge_push(
+                cache=c.name,
+                exit_code=result.exit_code,
+                output=output,
+                eligible=plan.eligible,
+                upstream=len(plan.upstream),
+                upstream_keys=plan.config.upstream_cache_key_names,
+                missing_after=missing(plan) if result.ok else [],
+            )
+        except attic.PushFailedError as exc:
+            if result.ok:
+                raise
+            raise CommandError(
+                host=vm.name,
+                command=result.command,
+                exit_code=result.exit_code,
+                stderr=result.stderr,
+                reason=str(exc),
+            ) from None
+        sent = attic.push_sent(attic.parse_push_lines(output), plan.infos)
+        return f"{vm.name}'s system {plan.system}: {sent.summary()}; {verdict.summary()}"
+
+    return Step(
+        f"push {vm.name}'s system closure to {c.name} (only what it lacks)",
+        host_label(ctx, vm),
+        [
+            ssh_render(ctx, vm, shlex.join(closure_argv("P")).replace(" P", f" $({SYSTEM_SCRIPT})"))
+            + "   # the closure, with NAR sizes",
+            ssh_render(ctx, vm, script, sudo=True),
+        ],
         probe,
         apply,
         remote=True,

@@ -1,5 +1,7 @@
 """07 Worker VM 配置: the cache as substituter + its key as trusted in `machines/vm-shared.nix`,
-then `vm/copy` + `vm/switch` on every worker as the user (lesson 7).
+then `vm/copy` + `vm/switch` on every worker as the user (lesson 7); then a warm cache: each
+worker pushes its own system closure (only what the cache lacks), logged in with the workers'
+push-only token (06 mints it), so the next worker and the next update substitute.
 
 A cache named `<host>.local` resolves on NixOS only through avahi's NSS module, so the same
 edit turns on `services.avahi.enable` and `services.avahi.nssmdns4` where the workers lack them
@@ -50,12 +52,20 @@ def _planners(ctx: Context, tree: ConfigTree) -> list[Callable[[NixFile], Edit |
     """The worker module's edits, each planned on the file as the previous one left it: the
     substituter and its key, and (for a `.local` cache) avahi's mDNS resolution unless every
     worker system resolves `.local` already."""
-    from runbook.nix.nixcfg import AVAHI_ENABLE, AVAHI_NSS, plan_list_item, plan_setting
+    from runbook.nix.nixcfg import (
+        AVAHI_ENABLE,
+        AVAHI_NSS,
+        plan_list_item,
+        plan_package,
+        plan_setting,
+    )
 
     url, key = ctx.dep.cache.url, _public_key(ctx) or ""
     planners: list[Callable[[NixFile], Edit | None]] = [
         lambda nix: plan_list_item(nix, SUBSTITUTERS, url, first=True),
         lambda nix: plan_list_item(nix, TRUSTED_KEYS, key, first=True),
+        # the workers push their closures (warm_push): `attic` is in pkgs.attic-client
+        plan_package,
     ]
     if _needs_mdns(ctx) and not _workers_resolve_mdns(ctx, tree):
         planners += [
@@ -94,7 +104,11 @@ def configure(ctx: Context) -> Step:
         pending = changes()
         for change in pending:
             print(change.diff(rel), end="")
-        return TODO if pending else Check(True, f"{rel} already trusts the cache")
+        return (
+            TODO
+            if pending
+            else Check(True, f"{rel} already trusts the cache and installs the attic client")
+        )
 
     def apply() -> str:
         from runbook.nix.nixcfg import write_changes
@@ -106,12 +120,13 @@ def configure(ctx: Context) -> Step:
             b"nssmdns4"
         )
         mdns = " and avahi's mDNS resolution (nssmdns4)" if added else ""
-        return f"{rel}: substituter {url}, its key{mdns} added"
+        return f"{rel}: substituter {url}, its key, pkgs.attic-client{mdns} added"
 
     key = _public_key(ctx) or "<public key from notebook 06>"
     cmds = [
         f'edit {rel}: nix.settings.substituters += [ "{url}" ]',
         f'edit {rel}: nix.settings.trusted-public-keys += [ "{key}" ]',
+        f"edit {rel}: environment.systemPackages += [ pkgs.attic-client ]   # for the warm push",
     ]
     if _needs_mdns(ctx):
         cmds.append(f"edit {rel}: services.avahi.enable = true; services.avahi.nssmdns4 = true;")
@@ -144,3 +159,18 @@ def push_new_system(ctx: Context) -> Step:
     workers find the cache's current system in the cache (08 substitutes it)."""
     step = s06_cache.push(ctx, ctx.dep.cache_vm)
     return replace(step, name=step.name.replace("push the store", "push the new system"))
+
+
+def warm_vms(ctx: Context) -> list[VM]:
+    """The workers this deployment switched: each pushes its own system closure."""
+    return [vm for vm in ctx.dep.workers if ctx.dep.owns(vm)]
+
+
+def worker_login(ctx: Context, vm: VM) -> Step:
+    """Root's attic client on the worker, logged in with the workers' push token: the config
+    file put 0600 (no token in any argv), as 06 logs root in on the cache VM."""
+    return s06_cache.login(ctx, vm, s06_cache.worker_login_of(ctx))
+
+
+def warm_push(ctx: Context, vm: VM) -> Step:
+    return s06_cache.push_closure(ctx, vm)

@@ -21,7 +21,7 @@ from runbook.core.models import Elevate
 from runbook.core.params import VM
 from runbook.engine.steps import TODO, Check, Context, Step
 from runbook.sections.common import host_label, render, ssh_render
-from runbook.sections.s06_cache import api_base
+from runbook.sections.s06_cache import api_base, system_path
 
 NOTEBOOK: Final = "08-verify"
 SAMPLE_PATH_SCRIPT: Final = "readlink -f /nix/var/nix/profiles/system"
@@ -133,3 +133,51 @@ def substitute(ctx: Context, worker: VM) -> Step:
         action=apply,
         remote=True,
     )
+
+
+def substitute_peer(ctx: Context, first: VM, second: VM) -> Step:
+    """A warm cache (issue 15): `second` realises `first`'s system, which 07 pushed from
+    `first` and `second` never built, so only the cache can give it; Nix's log names the
+    substituter and Nix checks the signature with the key `second` trusts."""
+    url = ctx.dep.cache.url
+
+    def probe() -> Check:
+        path = system_path(ctx, first)
+        has = ctx.connection(second).run(["nix-store", "--check-validity", path], check=False)
+        if has.ok:
+            return Check(True, f"{second.name} has {first.name}'s system {path}")
+        return TODO
+
+    def apply() -> str:
+        path = system_path(ctx, first)
+        result = ctx.connection(second).run(["nix-store", "-r", path])
+        log = result.stdout + result.stderr
+        want = f"copying path '{path}' from '{url}'"
+        if want not in log:
+            raise RunbookError(
+                f"{second.name} realised {first.name}'s system {path} but not from {url}: "
+                f"{log[-300:]}"
+            )
+        copied = log.count(f"from '{url}'")
+        return (
+            f"{second.name} substituted {first.name}'s system from {url}: {want} "
+            f"({copied} paths copied from the cache, signatures checked by nix)"
+        )
+
+    return Step(
+        f"{second.name} substitutes {first.name}'s system (a warm cache)",
+        host_label(ctx, second),
+        [
+            ssh_render(ctx, first, SAMPLE_PATH_SCRIPT),
+            ssh_render(ctx, second, f"nix-store -r {shlex.quote('<that path>')}"),
+        ],
+        probe=probe,
+        action=apply,
+        remote=True,
+    )
+
+
+def peers(ctx: Context) -> list[tuple[VM, VM]]:
+    """(first, second) worker: the second substitutes the first's system; none with one."""
+    workers = ctx.dep.workers
+    return [(workers[0], workers[1])] if len(workers) > 1 else []
