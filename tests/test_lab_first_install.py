@@ -1,6 +1,7 @@
 """The handbook's first install, for real: a lab whose hosts boot the live ISO (`phase: live`).
 
-`runbook deploy PARAMS --yes` goes 01 → 02 (root's password typed on each console) → 03
+`runbook deploy PARAMS --yes` goes 01 → 02 (root's password made by the runbook, stored, typed
+with `passwd` on each console: nobody chose it, the lab stored none) → 03
 (`make vm/bootstrap0`, which reinstalls and reboots: new host keys, root's password now the
 Makefile's; then the ISO removed: the VM powers off and boots from its disk, a real restart of
 the host's processes) → 04 (vm/copy + vm/switch as root, then the user + key, lesson 7) → 05-08, and ends
@@ -12,12 +13,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import pytest
 import yaml
@@ -34,10 +38,42 @@ STALE = "10.231.13.99"  # the worker's address in the params: nothing answers th
 HOSTS = ("nixos-utm-cache", "nixos-utm-worker1")
 DEPLOY_VMS = ("vm-aarch64-utm-cache", "vm-aarch64-utm")  # 01 creates them, with the ISO
 USER_PASSWORD = "jqwang-lab"  # = the lab nixos-config's hashedPassword for jqwang
-LIVE_ROOT = "Typed-Live-Root-93!"  # chosen by the user, typed on the consoles by 02
+LIVE_SECRET = "live-root-password"  # params bootstrap.password_secret: 02 makes it there
 BOOTSTRAP0_ROOT = "root"  # the Makefile's users.users.root.initialPassword (§1)
 DEPLOY_GOAL_S = 90.0
 REPO = Path(__file__).resolve().parents[1]
+
+
+class ArgvSampler:
+    """Every distinct argv on this machine (the Mac side and, in their nested PID namespaces,
+    the lab hosts) while a deploy runs, from /proc/PID/cmdline; searched afterwards, since the
+    live password is made during the deploy."""
+
+    def __init__(self) -> None:
+        self.lines: set[str] = set()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for entry in os.scandir("/proc"):
+                if entry.name.isdigit():
+                    try:
+                        raw = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+                    except OSError:
+                        continue
+                    self.lines.add(raw.replace(b"\0", b" ").decode(errors="replace"))
+            self.samples += 1
+            time.sleep(0.02)
 
 
 @dataclass
@@ -48,12 +84,21 @@ class Rig:
     first: Deploy
     keys_before: dict[str, str]
     inits_before: dict[str, int]  # each host's init (PID 1) before the deploy
+    argv: list[ArgvSampler] = field(default_factory=list)
 
     def deploy(self, *extra: str) -> Deploy:
         n = len(list(self.records.glob("*.out")))
-        return run_deploy(
-            self.params, self.secrets, self.records, self.records / f"deploy-{n}.out", *extra
-        )
+        with ArgvSampler() as sampler:
+            d = run_deploy(
+                self.params, self.secrets, self.records, self.records / f"deploy-{n}.out", *extra
+            )
+        self.argv.append(sampler)
+        return d
+
+    @property
+    def live_root(self) -> str:
+        """The password 02 made and typed on the consoles (read back from the store)."""
+        return (self.secrets / LIVE_SECRET).read_text()
 
 
 def _host_key(address: str) -> str:
@@ -79,16 +124,12 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     from runbook.lab import deployment
 
     tmp = tmp_path_factory.mktemp("firstinstall")
-    # no root password in the lab: the live ISO has none until 02 types LIVE_ROOT
+    # no root password in the lab: the live ISO has none until 02 types the one it makes
     lab_file = deployment.write(
         tmp / "lab-live.yaml", state_dir=STATE, subnet=SUBNET, bridge=BRIDGE, workers=1,
         passwords={"jqwang": USER_PASSWORD}, phase="live", name="firstinstall",
     )  # fmt: skip
-    secrets = tmp / "secrets"
-    secrets.mkdir(mode=0o700)
-    fd = os.open(secrets / "live-root-password", os.O_WRONLY | os.O_CREAT, 0o600)
-    os.write(fd, LIVE_ROOT.encode())
-    os.close(fd)
+    secrets = tmp / "secrets"  # empty: nobody chooses or stores the live password
     records = tmp / "records"
     records.mkdir()
     # the worker's params address is stale: only 02's console call-back finds it (lesson 8),
@@ -97,17 +138,20 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     data["vms"][1]["address"] = STALE
     lab_file.write_text(yaml.safe_dump(data, sort_keys=False))
     lab.down(lab_file)
-    lab.up(lab_file, secrets_dir=secrets)  # no root password: the store keeps LIVE_ROOT
+    lab.up(lab_file, secrets_dir=secrets)
     params = lab.params_path(lab_file)
     from runbook.lab.host import init_pid
 
     try:
         assert _neighbours() == []  # lab up sent the hosts nothing: no ARP entry yet
-        assert (secrets / "live-root-password").read_text() == LIVE_ROOT
+        assert not (secrets / LIVE_SECRET).exists()  # the lab stored no live password
+        for address in (CACHE, WORKER):  # and root has none on the live ISO yet
+            assert "Permission denied" in _ssh("root", address, "").stderr
         keys = {a: _host_key(a) for a in (CACHE, WORKER)}
         inits = {h: init_pid(h) or 0 for h in HOSTS}
         # as on a Mac that never talked to the new VMs: 02 must fill the ARP table itself
         subprocess.run(["ip", "neigh", "flush", "dev", BRIDGE], check=True)
+        os.environ.pop("RUNBOOK_ROOT_PASSWORD", None)  # no input: the deploy makes its own
         rig = Rig(params, secrets, records, Deploy(0, "", 0.0, records), keys, inits)
         rig.first = rig.deploy()
         yield rig
@@ -170,8 +214,16 @@ def test_first_install_deploy_goes_through_01_to_08(rig: Rig) -> None:
     for nb, word in [("02", "set"), ("03", "bootstrap0"), ("04", "copy"), ("04", "switch")]:
         assert (nb, word) in done, (nb, word, sorted(done))
     assert {"05", "06", "07", "08"} <= {nb for nb, _ in done}
+    (made,) = [s for s in steps if s["step"].startswith("live root password in the secret")]
+    assert (
+        made["outcome"] == "done"
+        and "made a random one (26 characters, 132 bits)" in (made["reason"])
+    )
+    stored = rig.secrets / LIVE_SECRET
+    assert stored.stat().st_mode & 0o777 == 0o600 and re.fullmatch(r"[a-x0-9]{26}", rig.live_root)
     typed = [s for s in steps if s["step"].startswith("set root's password")]
     assert len(typed) == 2 and all(s["reason"].startswith("typed on") for s in typed), typed
+    assert all("fresh SSH login as root" in s["reason"] for s in typed), typed
     switched = {s["host"]: s["reason"] for s in steps if s["step"].startswith("switch ")}
     (cache_switch,) = [r for h, r in switched.items() if "cache" in h]
     assert "exit 4 accepted" in cache_switch and "/var/lib/atticd/env" in cache_switch
@@ -209,7 +261,7 @@ def test_first_install_deploy_goes_through_01_to_08(rig: Rig) -> None:
 
 def test_root_refused_after_04_and_the_user_with_key_works(rig: Rig) -> None:
     for address in (NEW_CACHE, NEW_WORKER):
-        for password in (BOOTSTRAP0_ROOT, LIVE_ROOT):
+        for password in (BOOTSTRAP0_ROOT, rig.live_root):
             refused = _ssh("root", address, password)
             assert refused.returncode == 255 and "Permission denied" in refused.stderr, refused
         user = _ssh("jqwang", address)
@@ -363,7 +415,7 @@ def test_an_unexpected_host_key_change_is_still_refused(rig: Rig) -> None:
 
 
 def test_no_password_or_secret_in_the_records(rig: Rig) -> None:
-    values = {"live root password": LIVE_ROOT, "user password": USER_PASSWORD}
+    values = {"live root password": rig.live_root, "user password": USER_PASSWORD}
     for name in ("attic-token-secret", "attic-admin-token"):
         values[name] = (rig.secrets / name).read_text().strip()
     files = [p for p in rig.records.rglob("*") if p.is_file()]
@@ -372,6 +424,16 @@ def test_no_password_or_secret_in_the_records(rig: Rig) -> None:
         text = path.read_bytes().decode(errors="replace")
         for what, value in values.items():
             assert value not in text, f"{what} found in {path}"
+
+
+def test_the_live_password_is_in_no_argv(rig: Rig) -> None:
+    """Sampled on this machine and in the lab hosts through every deploy of the module."""
+    lines = set().union(*(s.lines for s in rig.argv))
+    samples = sum(s.samples for s in rig.argv)
+    assert samples > 50 and any("nixos-install" in line or "make" in line for line in lines)
+    hits = [line for line in lines if rig.live_root in line]
+    print(f"argv sweep: {samples} samples, {len(lines)} distinct lines, {len(hits)} hits")
+    assert hits == []
 
 
 def test_an_address_that_no_longer_answers_is_not_used(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """`runbook lab up|down|status [--json]`: the local lab of simulated NixOS VMs (needs root).
 
 The one entry point from the product into runbook.lab: `up` makes an environment (hosts, the
-Mac-side stand-ins, an ordinary deployment params file naming them, the lab's passwords in the
-secret store) that `runbook deploy` then reads as it reads a Mac's."""
+Mac-side stand-ins, an ordinary deployment params file naming them; nothing in the secret
+store) that `runbook deploy` then reads as it reads a Mac's."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--secrets",
         type=Path,
-        help="up: the secret store for the lab's passwords (default $RUNBOOK_SECRETS or ~/.local/state/runbook/secrets)",
+        help="up: accepted for older scripts; the lab stores no secret (02 makes the live password)",
     )
     p.add_argument("--json", action="store_true", help="status as JSON, one record per host")
     p.set_defaults(func=run_lab)

@@ -1,5 +1,6 @@
-"""What `runbook lab up` hands the product: an ordinary deployment params file, and the lab's
-passwords in the secret store under the names those params use.
+"""What `runbook lab up` hands the product: an ordinary deployment params file, and nothing
+in the secret store (the live ISO's root password is the runbook's own: notebook 02 makes it,
+stores it and types it with `passwd` on the console, whose real root shell really sets it).
 
 The product reads both as it reads a Mac's: the params name the Mac-side programs (here the
 stand-ins: `utm.utmctl`, `utm.osascript`, `console.hs`), the ISO, the bridged interface and
@@ -148,15 +149,3 @@ def write_params(lab: LabParams, env: Environment, source: str, out: Path) -> Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(HEADER.format(source=source, path=out) + text)
     return out
-
-
-def store_passwords(lab: LabParams, template: dict[str, Any], secrets_dir: Path | None) -> None:
-    """The live ISO's root password, when the lab has one, in the secret store (0600) under
-    the params' `bootstrap.password_secret`, as a user stores theirs."""
-    from runbook.core.params import Bootstrap
-    from runbook.core.secrets import SecretStore
-
-    bootstrap = Bootstrap.model_validate(template.get("bootstrap") or {})
-    password = lab.passwords.get(bootstrap.user)
-    if password:
-        SecretStore(secrets_dir).put(bootstrap.password_secret, password)

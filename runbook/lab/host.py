@@ -43,7 +43,11 @@ def initial_config(params: LabParams, spec: HostSpec, client_pubkey: str) -> sys
     """The live ISO, or what machines/vm-shared.nix + users/<user>/nixos.nix give."""
     root_pw = params.passwords.get("root")
     if spec.phase is Phase.LIVE:
-        # live ISO + handbook step: `sudo su; passwd` on the console; sshd allows root
+        # The live ISO: sshd allows root, and root has no password ("!": nobody logs in) until
+        # the handbook's `sudo su; passwd` on the console, a real root shell whose real passwd
+        # writes the host's /etc/shadow, which sshd (UsePAM no) reads at each login: whatever
+        # was typed there is root's password. A lab file's `passwords.root` is one set there
+        # already, as if passwd had run; it is never put in the secret store.
         return system.SystemConfig(
             hostname=spec.name,
             phase=Phase.LIVE.value,

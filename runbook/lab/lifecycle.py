@@ -191,13 +191,14 @@ def _destroy_host(params: LabParams | None, name: str) -> None:
 def up(
     params: LabParams | Path | str | dict[str, Any] | None = None,
     *,
-    secrets_dir: Path | None = None,
+    secrets_dir: Path | None = None,  # noqa: ARG001 - older callers: the lab stores no secret
     out: Path | None = None,
 ) -> list[HostStatus]:
     """Bring every host of `params` up (a lab file, default lab/lab.yaml); returns their
     status. With a lab file, also writes the deployment's params (`out`, default
-    `<state_dir>/params.yaml`) and puts the lab's root password in the secret store
-    (`secrets_dir`, default the store's) under the params' bootstrap.password_secret."""
+    `<state_dir>/params.yaml`). Nothing goes into the secret store: a live host's root has
+    no password until `passwd` runs on its console, and the runbook makes and types its own
+    there (notebook 02), as on a Mac."""
     require_root()
     lab, template, source = _coerce_file(params)
     started = time.monotonic()
@@ -226,9 +227,8 @@ def up(
         list(pool.map(lambda item: _create(lab, item[0], item[1], peers, pubkey), todo))
     _write_known_hosts(lab)
     console.ensure_all(lab, env.plays)  # consoles on the VMs' serial ports, UTM's state
-    if "deployment" in template:  # a lab file: the deployment's params and secrets
+    if "deployment" in template:  # a lab file: the deployment's params
         written = environment.write_params(lab, env, source, out or params_path(lab))
-        environment.store_passwords(lab, template, secrets_dir)
         logger.info("lab up: deployment params in %s", written)
     # the Mac knows a VM's MAC only after traffic to it (reference §7.3): none yet
     net.flush_neighbours(lab)

@@ -1,9 +1,12 @@
 """02 部署流程速查 2 + 关键经验 4, 8: set the live ISO's root password on the console, find the IP.
 
 The password is typed on the VM's console with the params' backend (lesson 4: UTM `input scan
-code`, Hammerspoon raw key events, Quartz, or the serial port), read from the secret store or
-RUNBOOK_ROOT_PASSWORD and never shown: plans print `*****`, `passwd` does not echo, and with a
-serial console each prompt is waited for so nothing is typed ahead of it. The address is
+code`, Hammerspoon raw key events, Quartz, or the serial port) and never shown: plans print
+`*****`, `passwd` does not echo, and with a serial console each prompt is waited for so nothing
+is typed ahead of it. It is the runbook's own: the one in the secret store (params
+`bootstrap.password_secret`) or RUNBOOK_ROOT_PASSWORD when the user set one, else a random one
+made here (Python `secrets`) and stored 0600 before anything types it, so a run that stops after
+typing still has it, and a resumed run types and logs in with the same one. The address is
 resolved now (lesson 8: mDNS, `utmctl ip-address`, ARP by MAC after a sweep of the bridged
 subnet, the console read back or a typed call-back, then the params' address); on the live
 ISO (no avahi, no guest agent, nothing in ARP yet) a fresh VM may not be found before
@@ -14,12 +17,17 @@ The step passes only when a fresh SSH login as root with that password works the
 
 from __future__ import annotations
 
+import math
+import os
+import secrets
+import string
+import threading
 from typing import Final
 
 from runbook.core.errors import ConnectError, HostKeyChangedError, RunbookError
 from runbook.core.params import VM
 from runbook.core.secrets import Secret
-from runbook.engine.steps import DONE, TODO, Check, Context, Step, record_address
+from runbook.engine.steps import TODO, Check, Context, Step, record_address
 from runbook.mac.discover import CALLBACK_COMMAND, AddressNotFoundError, callback_command
 from runbook.sections.vm_console import (
     LazyConsole,
@@ -44,30 +52,75 @@ PASSWD_DONE: Final = (
 READY_MARK: Final = "RUNBOOK-ROOT-READY"
 
 
+# The password the runbook makes when the user set none (issue 15): lowercase letters and
+# digits only. Each is an unshifted key of the US table every backend types from
+# (runbook.mac.console.keymap: scan codes, raw key events, serial bytes), so a Shift event lost
+# or mistimed cannot change it; none is special to fish, bash, sudo, passwd or a tty's line
+# editing ($ ! ' " \ # ~ space, erase and kill keys). y and z are left out: a QWERTZ keymap swaps
+# them. 26 of 34 symbols: 132 bits, more than a 128-bit key.
+LIVE_ALPHABET: Final = "".join(c for c in string.ascii_lowercase + string.digits if c not in "yz")
+LIVE_LENGTH: Final = 26
+LIVE_BITS: Final = LIVE_LENGTH * math.log2(len(LIVE_ALPHABET))
+_making = threading.Lock()  # 02 types on its VMs in parallel: one password for all of them
+
+
+def new_live_password(name: str) -> Secret:
+    """A fresh random live-ISO root password, registered for masking as it is made."""
+    return Secret("".join(secrets.choice(LIVE_ALPHABET) for _ in range(LIVE_LENGTH)), name)
+
+
+def stored_live_password(ctx: Context) -> Secret | None:
+    """The live ISO's root password the user or an earlier run set: the secret store's
+    (params `bootstrap.password_secret`), else ${bootstrap.password_env}; None without one."""
+    b = ctx.dep.bootstrap
+    stored = ctx.store.get(b.password_secret)
+    if stored:  # an empty file is none
+        return stored
+    value = os.environ.get(b.password_env)
+    return Secret(value, b.password_secret) if value else None
+
+
+def live_password(ctx: Context) -> Secret:
+    """The live ISO's root password: the user's (store or environment) when set, else a new
+    random one, put in the secret store (0600) before it is returned, so before anything can
+    type it. Plan mode never makes one."""
+    b = ctx.dep.bootstrap
+    with _making:
+        found = stored_live_password(ctx)
+        if found is not None:
+            return found
+        if ctx.planning:
+            raise RunbookError("plan mode makes no password")
+        return ctx.store.put(b.password_secret, new_live_password(b.password_secret))
+
+
 def password_stored(ctx: Context) -> Step:
     b = ctx.dep.bootstrap
+    path = ctx.store.path(b.password_secret)
 
     def probe() -> Check:
-        return DONE if ctx.secret(b.password_secret, b.password_env) else TODO
+        if ctx.store.get(b.password_secret):
+            return Check(True, f"stored in {path}")
+        if os.environ.get(b.password_env):
+            return Check(True, f"from ${b.password_env}")
+        return Check(False, "none set: the runbook makes one")
 
-    cmd = f"install -m 600 /dev/stdin {ctx.store.path(b.password_secret)}   # or export {b.password_env}"
+    def action() -> str:
+        live_password(ctx)
+        return (
+            f"none was set: made a random one ({LIVE_LENGTH} characters, {LIVE_BITS:.0f} bits) "
+            f"and stored it 0600 in {path}; it is typed on each console and used for bootstrap0"
+        )
+
+    why = f"# unless stored already or ${b.password_env} is set, the runbook makes one"
+    made = f"secrets.choice({LIVE_ALPHABET!r}) x {LIVE_LENGTH} ({LIVE_BITS:.0f} bits)"
     return Step(
         f"live root password in the secret store ({b.password_secret})",
         "localhost",
-        [cmd],
+        [f"{why} (never shown):", f"{made} -> {path} (0600, before anything types it)"],
         probe=probe,
-        plan_only="choose the password and store it yourself",
+        action=action,
     )
-
-
-def _password(ctx: Context) -> Secret:
-    b = ctx.dep.bootstrap
-    found = ctx.secret(b.password_secret, b.password_env)
-    if found is None:
-        raise RunbookError(
-            f"no live root password: store it as {b.password_secret!r} or set {b.password_env}"
-        )
-    return found
 
 
 def root_login(ctx: Context, vm: VM, address: str, password: Secret) -> tuple[bool, str]:
@@ -121,15 +174,17 @@ def set_root_password(ctx: Context, vm: VM) -> Step:
             return Check(False, f"not found yet, so the password is typed first ({exc})")
         finally:
             console.close()
-        ok, detail = root_login(ctx, vm, where, _password(ctx))
-        if ok:
-            return Check(True, detail)
+        password = stored_live_password(ctx)  # a check makes none
+        if password is not None:
+            ok, detail = root_login(ctx, vm, where, password)
+            if ok:
+                return Check(True, detail)
         if installed_login(ctx, vm, where):
             return Check(True, f"{vm.name} is installed: {ctx.dep.user} logs in with the key")
         return TODO
 
     def action() -> str:
-        password = _password(ctx)
+        password = live_password(ctx)  # stored (0600) before a key is typed
         mac, con = console()
         try:
             try:

@@ -25,6 +25,7 @@ from runbook.sections.common import (
     render,
 )
 from runbook.sections.s01_create_vm import listed
+from runbook.sections.s02_console import stored_live_password
 from runbook.sections.vm_console import MacSide, mac_side, resolve
 from runbook.transport.hostkeys import entry_name
 from runbook.transport.remote import Connection
@@ -85,17 +86,28 @@ def bootstrap0(ctx: Context, vm: VM) -> Step:
             f"# the Makefile partitions {MAKEFILE_DISK}; this VM's disk is {disk}: "
             f"`runbook doctor {ctx.loaded.path}` names the fix (makefile-disk-device)",
         )
-    b = ctx.dep.bootstrap
     return Step(
         f"bootstrap0 {vm.name}",
         host_label(ctx, vm, installed=False),
         cmds,
         probe=installed_probe(ctx, vm),
-        action=lambda: install(ctx, vm, argv, ctx.secret(b.password_secret, b.password_env)),
+        action=lambda: install(ctx, vm, argv, live_root_password(ctx)),
         remote=True,
         dangerous=True,
         note=note,
     )
+
+
+def live_root_password(ctx: Context) -> Secret:
+    """The live ISO's root password 02 set on the console (the runbook's own, or the user's)."""
+    found = stored_live_password(ctx)
+    if found is None:
+        b = ctx.dep.bootstrap
+        raise RunbookError(
+            f"no live root password in {ctx.store.path(b.password_secret)} or "
+            f"${b.password_env}: notebook 02 makes one and sets it on the console; run 02 first"
+        )
+    return found
 
 
 def install(ctx: Context, vm: VM, argv: list[str], live_password: Secret | None) -> str:
