@@ -21,11 +21,11 @@ import pytest
 
 from runbook.cache import attic
 from runbook.core.errors import CommandError, RunbookError
-from runbook.core.models import Result
+from runbook.core.models import Elevate, Result
 from runbook.core.params import load
 from runbook.core.secrets import Secret, SecretStore
 from runbook.engine.steps import Context, Mode
-from runbook.sections import s06_cache
+from runbook.sections import s06_cache, s07_workers
 
 SYSTEM = "/nix/store/3k1wymic8p7h5pfcqfhh0jan8ny2a712-nixos-system-nixos-utm-cache-25.11"
 ETC = "/nix/store/544qcchwgcgpz3xi1bbml28f8jj6009p-etc"
@@ -129,7 +129,11 @@ class FakeCacheVM:
 
 
 def _ctx(
-    tmp_path: Path, atticd: FakeAtticd, vm: FakeCacheVM, upstream_filter: bool = True
+    tmp_path: Path,
+    atticd: FakeAtticd,
+    vm: FakeCacheVM,
+    upstream_filter: bool = True,
+    workers: int = 0,
 ) -> Context:
     config = tmp_path / "nixos-config"
     config.mkdir()
@@ -139,7 +143,9 @@ def _ctx(
     params.write_text(
         f"deployment: t\nnixos_config: {config}\nidentity: {tmp_path / 'id'}\n"
         "vms:\n  - name: vm-test-cache\n    role: cache\n    address: 127.0.0.1\n"
-        f"cache:\n  vm: vm-test-cache\n  host: 127.0.0.1\n  port: {atticd.port}\n"
+        + "  - name: vm-test-worker\n    role: worker\n    address: 127.0.0.2\n"
+        * workers
+        + f"cache:\n  vm: vm-test-cache\n  host: 127.0.0.1\n  port: {atticd.port}\n"
         f"  upstream_filter: {'true' if upstream_filter else 'false'}\n"
     )
     ctx = Context("06-cache", load(params), Mode.DEPLOY, True, SecretStore(tmp_path / "s"))
@@ -262,3 +268,128 @@ def test_judge_push_refuses_an_empty_plan() -> None:
             upstream_keys=["cache.nixos.org-1"],
             missing_after=[],
         )
+
+
+# ------------------------------------------------------------------ 07: a worker's closure (issue 15)
+
+# `nix path-info --json -r SYSTEM` as Nix 2.8 prints it (a list; no `signatures` key when a
+# path has none), the worker's system closure: its system, etc, and an upstream-signed glibc
+WORKER_SYSTEM = "/nix/store/a1kv1vqmi2ghkqwgilla4c1q8nx7pbx0-nixos-system-dev-lab"
+CLOSURE_JSON = json.dumps(
+    [
+        {"path": WORKER_SYSTEM, "narHash": "sha256-x", "narSize": 2304, "references": [ETC]},
+        {"path": ETC, "narHash": "sha256-y", "narSize": 81920, "references": []},
+        {"path": GLIBC, "narHash": "sha256-z", "narSize": 30000000, "signatures": [NIXOS_SIG]},
+    ]
+)
+
+
+class FakeWorker:
+    """A worker's shell: its system, its closure's path-info, and root's `attic push`."""
+
+    def __init__(self, atticd: FakeAtticd, output: str, uploads: Sequence[str] = ()) -> None:
+        self.atticd, self.output, self.uploads = atticd, output, uploads
+        self.runs: list[tuple[str, object]] = []
+
+    def connect(self) -> None:
+        pass
+
+    def run(self, command: str | Sequence[str], **kw: object) -> Result:
+        shown = command if isinstance(command, str) else " ".join(command)
+        self.runs.append((shown, kw.get("elevate")))
+        if command == s06_cache.SYSTEM_SCRIPT:
+            return Result(shown, 0, WORKER_SYSTEM + "\n", "", 0.1, "vm-test-worker")
+        if list(command) == s06_cache.closure_argv(WORKER_SYSTEM):
+            return Result(shown, 0, CLOSURE_JSON, "", 0.1, "vm-test-worker")
+        assert isinstance(command, str) and "| attic push main --stdin" in command, shown
+        self.atticd.have.update(h(p) for p in self.uploads)
+        return Result(shown, 0, "", self.output, 1.0, "vm-test-worker")
+
+
+def _worker_ctx(tmp_path: Path, atticd: FakeAtticd, worker: FakeWorker) -> Context:
+    ctx = _ctx(tmp_path, atticd, FakeCacheVM(atticd, ""), workers=1)
+    ctx.store.put(s06_cache.WORKER_TOKEN, Secret("eyJh.eyJ3.d29ya2Vy", "attic token"))
+    ctx._connections[("vm-test-worker", True, "")] = worker  # type: ignore[assignment]
+    ctx._connecting[("vm-test-worker", True, "")] = threading.Lock()
+    return ctx
+
+
+def test_a_workers_closure_push_says_paths_and_bytes_sent(tmp_path: Path, atticd: FakeAtticd):
+    """Before issue 15 nothing pushed a worker's system: 07 had no such step."""
+    atticd.have.add(h(ETC))  # the cache VM's push had etc already
+    out = f"\u2705 {b(WORKER_SYSTEM)} (1.10 MiB/s)\n"
+    worker = FakeWorker(atticd, out, uploads=[WORKER_SYSTEM])
+    ctx = _worker_ctx(tmp_path, atticd, worker)
+    step = s07_workers.warm_push(ctx, ctx.dep.workers[0])
+    assert step.probe is not None and step.action is not None
+    assert step.probe().done is False
+    summary = step.action()
+    assert summary is not None and summary.startswith(
+        f"vm-test-worker's system {WORKER_SYSTEM}: sent 1 paths, 2304 bytes of NAR (2.25 KiB); "
+        "0 deduplicated by the server; pushed 1 of 2 paths; 1 already in main, 1 skipped"
+    ), summary
+    push = next((c, e) for c, e in worker.runs if "attic push" in c)
+    assert push[0].startswith(s06_cache.SYSTEM_SCRIPT + " | attic push main --stdin -j 4")
+    assert push[1] is Elevate.SUDO  # root's client, logged in with the push token
+    assert step.probe().done is True
+
+
+def test_a_workers_push_that_leaves_a_path_missing_fails(tmp_path: Path, atticd: FakeAtticd):
+    out = f"\u2705 {b(WORKER_SYSTEM)} (1.10 MiB/s)\n\u2705 {b(ETC)} (deduplicated)\n"
+    ctx = _worker_ctx(tmp_path, atticd, FakeWorker(atticd, out, uploads=[WORKER_SYSTEM]))
+    with pytest.raises(RunbookError, match=rf"1 of 2 eligible paths are still missing .*{b(ETC)}"):
+        s07_workers.warm_push(ctx, ctx.dep.workers[0]).action()  # type: ignore[misc]
+
+
+def test_deduplicated_paths_send_no_bytes() -> None:
+    infos = attic.parse_path_info_json(CLOSURE_JSON)
+    assert [(i.path, i.nar_size) for i in infos] == [
+        (WORKER_SYSTEM, 2304), (ETC, 81920), (GLIBC, 30000000)
+    ]  # fmt: skip
+    assert infos[2].signers == {"cache.nixos.org-1"} and infos[0].signers == set()
+    lines = attic.parse_push_lines(
+        f"\u2705 {b(WORKER_SYSTEM)} (1 KiB/s)\n\u2705 {b(ETC)} (deduplicated)\n"
+        f"\u2705 {b(GLIBC)} (9.50 MiB/s, 37.5% deduplicated)\n"
+    )
+    assert lines.deduplicated == (b(ETC),)
+    sent = attic.push_sent(lines, infos)
+    assert (sent.uploaded, sent.nar_bytes, sent.deduplicated) == (2, 2304 + 30000000, 1)
+    # Nix >= 2.19 prints an object keyed by path
+    newer = json.dumps({ETC: {"narSize": 5, "signatures": []}, DRV: {"narSize": 1}})
+    assert attic.parse_path_info_json(newer) == [attic.PathInfo(ETC, 5, frozenset())]
+    with pytest.raises(attic.AtticOutputError, match="was not in the plan"):
+        attic.push_sent(attic.parse_push_lines(f"\u2705 {b(DRV)} (1 B/s)\n"), infos)
+
+
+def test_the_workers_token_pushes_and_pulls_that_cache_only(tmp_path: Path, atticd: FakeAtticd):
+    ctx = _ctx(tmp_path, atticd, FakeCacheVM(atticd, ""))
+    (cmd,) = s06_cache.make_worker_token(ctx, ctx.dep.cache_vm).commands
+    flags = cmd.split("make-token", 1)[1]
+    assert "--pull main --push main" in flags
+    for refused in ("--delete", "--create-cache", "--configure-cache", "--destroy-cache", "'*'"):
+        assert refused not in flags, flags
+
+
+def test_a_workers_login_puts_the_push_token_0600(tmp_path: Path, atticd: FakeAtticd) -> None:
+    class Worker(FakeWorker):
+        def run(self, command: str | Sequence[str], **_: object) -> Result:
+            if command == attic.CLIENT_CONFIG_PATH_SCRIPT:
+                return Result("p", 0, "/root/.config/attic/config.toml\n", "", 0.1, "w")
+            raise AssertionError(command)
+
+        def put(self, path: str, content: Secret, *, mode: int, owner: str | None) -> Result:
+            self.put_ = (path, content.reveal(), mode, owner)
+            return Result("put", 0, "", "", 0.1, "w")
+
+    worker = Worker(atticd, "")
+    ctx = _worker_ctx(tmp_path, atticd, worker)
+    step = s07_workers.worker_login(ctx, ctx.dep.workers[0])
+    assert step.name == f"attic login on vm-test-worker ({s06_cache.WORKER_TOKEN})"
+    said = step.action()  # type: ignore[misc]
+    assert said is not None and "atticd grants the token push on main" in said
+    assert atticd.asked[-1] == []  # the proof: get-missing-paths with no hashes
+    path, text, mode, owner = worker.put_
+    assert (path, mode, owner) == ("/root/.config/attic/config.toml", 0o600, "root")
+    assert f'endpoint = "http://127.0.0.1:{atticd.port}/"' in text
+    assert 'token = "eyJh.eyJ3.d29ya2Vy"' in text
+    assert all("eyJh.eyJ3" not in line for line in step.commands)

@@ -32,6 +32,7 @@ from runbook.core.errors import RunbookError
 from runbook.core.models import Result
 from runbook.core.params import load
 from runbook.core.secrets import Secret, SecretStore
+from runbook.doctor.model import Finding
 from runbook.engine.steps import Context, Mode
 from runbook.lab.attic import client as standin
 from runbook.lab.attic.state import CacheRecord, PathObject, generate_keypair
@@ -334,3 +335,102 @@ def test_client_config_is_what_login_rs_writes() -> None:
         attic.client_config("-bad", "http://x", Secret(TOKEN_A))
     with pytest.raises(attic.InputError):
         attic.client_config("local", "http://x", Secret('a"b'))
+
+
+# ---------------------------------------------------------------------------- doctor: key drift
+
+
+@dataclass(frozen=True)
+class Checkout:
+    config: Path
+    key: Path
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Checkout:
+    """The doctor's clean fixture checkout (tests/test_doctor.py), its user authorizing a key."""
+    from tests import test_doctor
+
+    key = test_doctor.write_key(tmp_path / "id_ed25519")
+    config = tmp_path / "doctor-config"
+    shutil.copytree(test_doctor.CLEAN, config)
+    test_doctor.authorize(config, key, test_doctor.FIXTURE_KEY)
+    return Checkout(config, key)
+
+
+def _doctor(checkout: Checkout, atticd: FakeAtticd, runs: frozenset[str] = frozenset()) -> Finding:
+    from runbook.doctor import run_context
+    from runbook.doctor.context import DoctorContext
+    from tests.test_doctor import deployment
+
+    dep = deployment(checkout.config, checkout.key, host="127.0.0.1", port=atticd.port)
+    found = run_context(DoctorContext(dep, checkout.config, deploy_runs=runs))
+    return next(f for f in found if f.check == "worker-trusted-key")
+
+
+def _checkout_key(checkout: Checkout) -> str:
+    shared = (checkout.config / "machines" / "vm-shared.nix").read_text()
+    (found,) = re.findall(r'"(main:[A-Za-z0-9+/]{43}=)"', shared)
+    return str(found)
+
+
+def test_the_doctor_fails_naming_the_worker_and_both_keys(checkout, atticd) -> None:
+    """The checkout's key (07 wrote it) against the live cache's, reached on loopback."""
+    from runbook.doctor import Status
+
+    finding = _doctor(checkout, atticd)
+    assert finding.status is Status.FAIL, finding
+    checkout, live = _checkout_key(checkout), atticd.cache.public_key()
+    assert "vm-aarch64-utm trusts " + checkout in finding.finding, finding.finding
+    assert live in finding.finding and live in finding.fix
+
+
+def test_in_a_deploy_that_runs_07_the_drift_is_a_warning_07_fixes(checkout, atticd) -> None:
+    """Before: worker-trusted-key failed and 00's gate stopped the deploy whose 07 would
+    have written the live key."""
+    from runbook.doctor import Status
+
+    finding = _doctor(checkout, atticd, frozenset({"01", "07", "08"}))
+    assert finding.status is Status.WARN, finding
+    assert "07 replaces it" in finding.finding and atticd.cache.public_key() in finding.finding
+    later = _doctor(checkout, atticd, frozenset({"08"}))  # --only 08: nothing replaces it
+    assert later.status is Status.FAIL
+
+
+def test_the_first_key_of_the_name_is_the_one_compared(checkout, atticd) -> None:
+    """`main:LIVE` listed after a stale `main:OLD`: Nix holds OLD (keys.cc), so a failure."""
+    from runbook.doctor import Status
+
+    shared = checkout.config / "machines" / "vm-shared.nix"
+    old = _checkout_key(checkout)
+    shared.write_text(
+        shared.read_text().replace(f'"{old}"', f'"{old}" "{atticd.cache.public_key()}"')
+    )
+    assert _doctor(checkout, atticd).status is Status.FAIL
+    shared.write_text(shared.read_text().replace(f'"{old}" ', ""))
+    assert _doctor(checkout, atticd).status is Status.OK
+
+
+def test_00_reads_the_notebooks_of_its_run_from_the_manifest(tmp_path) -> None:
+    from runbook.sections import s00_preflight
+
+    record = tmp_path / "record"
+    record.mkdir()
+    names = ["00-architecture-preflight", "07-workers", "08-verify"]
+    manifest = {
+        "deployment": "t", "record": str(record), "params": "p", "params_digest": "d",
+        "runbook_version": "0", "papermill_version": "0", "nixos_config_commit": None,
+        "mode": "deploy", "status": "running", "started": "2026-01-01T00:00:00Z", "ended": None,
+        "duration": None, "failure": None,
+        "notebooks": [{"notebook": n, "status": "pending", "start": None, "end": None,
+                       "duration": None, "failed_step": None, "error": None, "steps": []}
+                      for n in names],
+    }  # fmt: skip
+    (record / "manifest.json").write_text(json.dumps(manifest))
+
+    class Ctx:
+        record_dir: Path | None = record
+
+    assert s00_preflight._later_notebooks(Ctx()) == {"07", "08"}  # type: ignore[arg-type]
+    Ctx.record_dir = None
+    assert s00_preflight._later_notebooks(Ctx()) == frozenset()  # type: ignore[arg-type]

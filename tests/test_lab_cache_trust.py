@@ -3,19 +3,23 @@
 1. During the deploys, every process argument on the cache host is sampled (`ps -eo args`
    inside the host, and `/proc/*/cmdline` of the host's PID namespace): no secret appears.
 2. The cache's keypair regenerated, `deploy --only 06,08` fails at 08, naming the worker,
-   the key it trusts and the key the cache signs with; `--only 07,08` then fixes it.
+   the key it trusts and the key the cache signs with; `runbook doctor` fails naming them
+   too; a full deploy then goes past 00 (a warning: its 07 replaces the key) and fixes it.
 3. After `cache.rotate_token_secret: true`, 06 logs root's client in again, so a push of a
    new path succeeds (it failed with AccessError when the old token stayed in the config).
 
-Its own lab: state dir, subnet 10.231.28.0/24 and bridge rblabv.
+Its own lab: state dir, subnet 10.231.34.0/25 and bridge rblabv.
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -31,9 +35,9 @@ from tests.conftest import need
 from tests.deploy_rig import Deploy, run_deploy
 
 STATE = Path("/var/lib/runbook-lab-trusttest")
-SUBNET, BRIDGE = "10.231.28.0/24", "rblabv"
+SUBNET, BRIDGE = "10.231.34.0/25", "rblabv"  # test_lab_warm_cache has 10.231.34.128/25
 CACHE_HOST, WORKER_VM = "nixos-utm-cache", "vm-aarch64-utm"
-API = f"http://{SUBNET.rsplit('.', 1)[0]}.11:8080/"
+API = f"http://{ipaddress.IPv4Network(SUBNET).network_address + 11}:8080/"  # the cache, host 0
 PASSWORDS = {"root": "Tq7-live-iso-w2", "jqwang": "jqwang-trust-lab"}
 
 
@@ -188,12 +192,26 @@ def test_key_drift_fails_08_naming_the_worker_and_both_keys(rig: Rig) -> None:
     assert [s["notebook"][:2] for s in failed] == ["08"], failed
     reason = failed[0]["reason"]
     assert WORKER_VM in reason and old in reason and new in reason, reason
-    # 07 trusts the new key on the workers, then 08 passes. (Not a full deploy: 00's doctor
-    # check worker-trusted-key refuses a checkout whose workers trust another key than the
-    # live cache's, before 07 could fix it.)
-    fixed = rig.deploy("--only", "07,08")
+    # the doctor reaches the lab's cache (utm.bridged_subnet) and catches it in the checkout
+    doctor = subprocess.run(
+        [sys.executable, "-m", "runbook", "doctor", str(rig.params), "--json"],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert doctor.returncode == 1, doctor.stdout[-2000:] + doctor.stderr[-2000:]
+    (finding,) = [f for f in json.loads(doctor.stdout) if f["check"] == "worker-trusted-key"]
+    assert finding["status"] == "fail", finding
+    assert WORKER_VM in finding["finding"] and old in finding["finding"], finding
+    assert new in finding["finding"] and new in finding["fix"], finding
+    # a full deploy is not stopped at 00 (its 07 replaces the key: a warning there), 07
+    # trusts the new key on the workers, then 08 passes
+    fixed = rig.deploy()
     assert fixed.rc == 0, fixed.out[-3000:]
-    trust = next(s for s in _steps(fixed.record) if "trusts the key" in s["step"])
+    steps = _steps(fixed.record)
+    gate = next(s for s in steps if s["step"] == "check the nixos-config (runbook doctor)")
+    assert gate["outcome"] != "failed", gate
+    (preflight,) = fixed.record.glob("00-*.ipynb")  # the doctor's table, in 00's output
+    assert "07 replaces it in this deploy" in preflight.read_text()
+    trust = next(s for s in steps if "trusts the key" in s["step"])
     assert trust["outcome"] == "already done" and f"trusts its key {new}" in trust["reason"]
 
 

@@ -8,11 +8,12 @@ VM and two workers, deployed whole.
    names the cache), a path it never built and only the warm push put there.
 3. The push token can push and pull on the cache, nothing else.
 
-Its own lab: state dir, subnet 10.231.34.0/24 and bridge rblabw.
+Its own lab: state dir, subnet 10.231.34.128/25 and bridge rblabw.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -27,8 +28,8 @@ from tests.conftest import need
 from tests.deploy_rig import Deploy, run_deploy
 
 STATE = Path("/var/lib/runbook-lab-warmtest")
-SUBNET, BRIDGE = "10.231.34.0/24", "rblabw"
-API = f"http://{SUBNET.rsplit('.', 1)[0]}.11:8080/"
+SUBNET, BRIDGE = "10.231.34.128/25", "rblabw"  # test_lab_cache_trust has 10.231.34.0/25
+API = f"http://{ipaddress.IPv4Network(SUBNET).network_address + 11}:8080/"  # the cache, host 0
 WORKERS = ("vm-aarch64-utm", "vm-aarch64-utm-2")
 HOSTS = ("nixos-utm-worker1", "nixos-utm-worker2")
 SENT_RE = re.compile(r"sent (\d+) paths, (\d+) bytes of NAR")
@@ -60,6 +61,18 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     )
     lab.down(lab_file)
     lab.up(lab_file, secrets_dir=tmp / "secrets")
+    # the handbook's workers share one configuration (hostName "dev"), so their systems are
+    # one store path; worker 2 gets a hostName of its own here, so each worker's system is
+    # a path the other lacks (what a second, different worker brings)
+    second = STATE / "nixos-config" / "machines" / "vm-aarch64-utm-2.nix"
+    text = second.read_text()
+    assert "imports = [ ./vm-aarch64-utm.nix ];" in text, text
+    second.write_text(
+        text.replace(
+            "imports = [ ./vm-aarch64-utm.nix ];",
+            'imports = [ ./vm-aarch64-utm.nix ];\n  networking.hostName = "dev-2";',
+        )
+    )
     (tmp / "logs").mkdir()
     try:
         yield Rig(lab.params_path(lab_file), tmp / "secrets", tmp / "records", tmp / "logs")
