@@ -85,7 +85,7 @@ def test_vm_copy_as_the_user_needs_only_the_key(rig: Rig, monkeypatch: pytest.Mo
     how = user_switch(ctx, worker)  # type: ignore[arg-type]
     # the Makefile's own options ask a password: with none to give, the copy fails (what
     # the runbook ran before; in a session of its own so ssh finds no terminal to ask on)
-    own = [a for a in how.copy if not a.startswith("SSH_OPTIONS=")]
+    own = [a for a in how.copy.argv if not a.startswith("SSH_OPTIONS=")]
     before = subprocess.run(
         own, capture_output=True, text=True, timeout=60, check=False,
         stdin=subprocess.DEVNULL, start_new_session=True,
@@ -122,7 +122,7 @@ def test_a_changed_host_key_is_refused(rig: Rig, monkeypatch: pytest.MonkeyPatch
     # the same copy goes through, so only the runbook's options refused it
     from runbook.lab import askpass_env
 
-    own = [a for a in how.copy if not a.startswith("SSH_OPTIONS=")]
+    own = [a for a in how.copy.argv if not a.startswith("SSH_OPTIONS=")]
     taken = subprocess.run(
         own, capture_output=True, text=True, timeout=60, check=False,
         env={**os.environ, **askpass_env("jqwang", rig.params)},

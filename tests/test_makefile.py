@@ -112,23 +112,30 @@ def test_make_argv_golden(tmp_path: Path) -> None:
         "env", "NIXUSER=root", *mk, "vm/copy", "NIXADDR=nixos-utm-cache.local", PASSWORD_OPTIONS,
     ]  # fmt: skip
     how = user_switch(ctx, worker)
-    assert how.copy == [
+    assert list(how.copy.argv) == [
         "env", "NIXUSER=jqwang", *mk, "vm/copy", "NIXADDR=192.168.64.7", "NIXPORT=2222",
         KEY_OPTIONS,
     ]  # fmt: skip
-    assert how.switch == [
+    assert list(how.switch.argv) == [
         "env", "NIXUSER=jqwang", *mk, "vm/switch", "NIXADDR=192.168.64.7", "NIXPORT=2222",
         "NIXNAME=vm-aarch64-utm", KEY_OPTIONS,
     ]  # fmt: skip
-    # the plans render those argvs, nothing else
-    assert s09_update.update(ctx, worker).plan() == [render(how.copy), render(how.switch)]
+    # the plans render those argvs (and the login and marker the switch runs), nothing else
+    marker = "/var/lib/runbook/switched-config"
+    assert s09_update.update(ctx, worker).plan() == [
+        "ssh -p 2222 jqwang@192.168.64.7 bash -s <<< true",
+        render(how.copy.argv),
+        render(how.switch.argv),
+        f"put {marker} on jqwang@192.168.64.7:2222 (mode 0644, owner root, 65 bytes)",
+    ]
     assert s04_bootstrap.copy(ctx, cache).plan() == [
-        render(make_argv(ctx, "vm/copy", cache, user="root", name=False))
+        "ssh root@nixos-utm-cache.local bash -s <<< true",
+        render(make_argv(ctx, "vm/copy", cache, user="root", name=False)),
     ]
     assert s03_bootstrap0.bootstrap0(ctx, worker).plan()[-1] == render(
         make_argv(ctx, "vm/bootstrap0", worker)
     )
-    assert render(how.copy).endswith(f"'{KEY_OPTIONS}'")
+    assert how.copy.render().endswith(f"'{KEY_OPTIONS}'")
 
 
 def test_a_path_make_would_split_is_refused(tmp_path: Path) -> None:

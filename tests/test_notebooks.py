@@ -98,7 +98,7 @@ def test_plan_shows_the_handbook_commands(planned: dict[str, object]) -> None:
     assert "atticd-atticadm make-token --sub admin --validity 10y" in out
     assert "attic cache create main" in out and "attic cache configure main --public" in out
     assert "nix path-info --all" in out and "attic push main --stdin" in out
-    assert "ATTIC_SERVER_TOKEN_RS256_SECRET_BASE64=*****" in out
+    assert "ATTIC_SERVER_TOKEN_RS256_SECRET_BASE64=<the store's attic-token-secret>" in out
     # `attic login` is root's client config, put 0600: the token is in no argv (issue 13)
     assert 'endpoint = "http://localhost:8080" token = "*****"' in out
     assert "attic login local" not in out

@@ -30,6 +30,7 @@ from runbook.sections import (
     s09_update,
     s90_recover,
 )
+from runbook.sections.outline import section_steps
 from tests.run_rig import PARAMS, guard_env, runbook
 
 CACHE_VM = "vm-aarch64-utm-cache"
@@ -103,11 +104,11 @@ def test_sections_steps_iterate_the_owned_vms(tmp_path: Path) -> None:
     worker = _ctx(tmp_path, "worker.yaml")
     assert [v.name for v in worker.dep.owned_vms] == ["vm-aarch64-utm"]
     for module in CHANGING:
-        hit = [s.name for s in module.steps(worker) if CACHE_VM in f"{s.name} {s.host}"]
+        hit = [s.name for s in section_steps(module)(worker) if CACHE_VM in f"{s.name} {s.host}"]
         assert hit == [], (module.__name__, hit)
     cache = _ctx(tmp_path, "cache.yaml")
     assert cache.dep.owned_vms == cache.dep.vms
-    assert len(s05_token_secret.steps(cache)) >= 4
+    assert len(section_steps(s05_token_secret)(cache)) >= 4
 
 
 def test_a_deployment_owns_at_least_one_vm(tmp_path: Path) -> None:
@@ -163,7 +164,7 @@ def test_06_reads_a_referenced_cache_and_keeps_its_key(tmp_path: Path, public: b
         ctx = Context(
             "x", load(tmp_path / "w.yaml"), Mode.DEPLOY, True, SecretStore(tmp_path / "s")
         )
-        (step,) = s06_cache.steps(ctx)
+        (step,) = section_steps(s06_cache)(ctx)
         check = step.check()
         if public:
             assert check.done and _CacheConfig.key in check.reason

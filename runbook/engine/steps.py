@@ -24,13 +24,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypedDict
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict
 
 from runbook.core.errors import CommandError, InputError, RunbookError, tail
 from runbook.core.masking import mask
+from runbook.core.models import Result
 from runbook.core.params import VM, Deployment, Loaded, load
 from runbook.core.secrets import Secret, SecretStore
 from runbook.engine import step_output
+from runbook.engine.commands import (
+    Command,
+    ConsoleTyping,
+    FilePut,
+    LocalCommand,
+    RemoteScript,
+    rendered,
+)
 
 if TYPE_CHECKING:
     from runbook.transport.remote import Connection
@@ -114,7 +123,7 @@ class Step:
 
     name: str
     host: str
-    commands: Sequence[str] = ()
+    commands: Sequence[Command | str] = ()
     probe: Callable[[], Check] | None = None
     action: Callable[[], str | None] | None = None
     remote: bool = False
@@ -126,7 +135,8 @@ class Step:
     output: list[str] = field(default_factory=list, compare=False)
 
     def plan(self) -> list[str]:
-        return [mask(c) for c in self.commands]
+        """What the step runs, as its command values render themselves (masked)."""
+        return [mask(c) for c in rendered(self.commands)]
 
     def check(self) -> Check:
         return self.probe() if self.probe is not None else TODO
@@ -135,6 +145,12 @@ class Step:
         if self.action is None:
             raise RunbookError(f"step {self.name!r} has no automated action yet")
         return self.action()
+
+
+class Typist(Protocol):
+    """What types a line on a VM's console (`runbook.sections.vm_console.VmConsole`)."""
+
+    def type_line(self, text: str) -> None: ...
 
 
 Sink = Callable[[StepRecord], None]
@@ -210,6 +226,64 @@ class Context:
         with connecting:  # steps run in parallel may share it: one connects, the others reuse
             conn.connect()
         return conn
+
+    def execute(
+        self,
+        command: Command,
+        *,
+        check: bool = True,
+        ok_codes: Sequence[int] = (0,),
+        timeout: float | None = None,
+        console: Typist | None = None,
+    ) -> Result:
+        """Run one command value: the one place a step's commands are executed, so what the
+        plan rendered is what runs. A console typing needs the open `console`."""
+        match command:
+            case LocalCommand():
+                from runbook.transport import local
+
+                return local.run(
+                    command.argv, check=check, ok_codes=ok_codes, timeout=timeout or command.timeout
+                )
+            case RemoteScript():
+                conn = self.connection(
+                    self.dep.vm(command.host.name),
+                    installed=command.installed,
+                    password=command.password,
+                )
+                return conn.run(
+                    command.script,
+                    elevate=command.elevate,
+                    check=check,
+                    ok_codes=ok_codes,
+                    timeout=timeout,
+                    transfer=command.transfer,
+                )
+            case FilePut():
+                if command.content is None:
+                    raise RunbookError(f"{command.render()}: nothing to put (planned only)")
+                conn = self.connection(self.dep.vm(command.host.name), installed=command.installed)
+                return conn.put(
+                    command.path,
+                    command.content,
+                    mode=command.mode,
+                    owner=command.owner,
+                    elevate=command.elevate,
+                )
+            case ConsoleTyping():
+                if console is None:
+                    raise RunbookError(f"{command.render()}: no console is open")
+                start = time.monotonic()
+                text = command.text
+                console.type_line(text.reveal() if isinstance(text, Secret) else text)
+                return Result(
+                    host=command.vm,
+                    command=command.render(),
+                    exit_code=0,
+                    stdout="",
+                    stderr="",
+                    duration=time.monotonic() - start,
+                )
 
     def close(self) -> None:
         with self._lock:

@@ -21,6 +21,7 @@ from runbook.core.errors import (
 from runbook.core.models import Elevate, Result
 from runbook.core.params import VM
 from runbook.core.secrets import Secret, write_private
+from runbook.engine.commands import Command, FilePut, LocalCommand, RemoteScript
 from runbook.engine.step_output import line_printer
 from runbook.engine.steps import DONE, TODO, Check, Context, unchecked
 from runbook.transport import local
@@ -33,14 +34,29 @@ def host_label(ctx: Context, vm: VM, *, installed: bool = True) -> str:
     return f"{vm.name} ({ctx.dep.host(vm, installed=installed).label})"
 
 
+def remote_script(
+    ctx: Context,
+    vm: VM,
+    script: str,
+    *,
+    installed: bool = True,
+    sudo: bool = False,
+    transfer: bool = False,
+    password: Secret | None = None,
+) -> RemoteScript:
+    """`script` for `vm` as the installed user (or root before the switch), as a value the plan
+    renders and `ctx.execute` runs: bash reads it on stdin, so fish never parses it (lesson 5)."""
+    host = ctx.dep.host(vm, installed=installed)
+    return RemoteScript(
+        host, script, sudo=sudo, installed=installed, transfer=transfer, password=password
+    )
+
+
 def ssh_render(
     ctx: Context, vm: VM, script: str, *, installed: bool = True, sudo: bool = False
 ) -> str:
-    """How a remote command runs: bash reads it on stdin, so fish never parses it (lesson 5)."""
-    h = ctx.dep.host(vm, installed=installed)
-    port = f" -p {h.port}" if h.port != 22 else ""
-    shell = "sudo -n bash -s" if sudo and h.user != "root" else "bash -s"
-    return f"ssh{port} {h.user}@{h.address} {shell} <<< {shlex.quote(script)}"
+    """How `remote_script` shows in a plan."""
+    return remote_script(ctx, vm, script, installed=installed, sudo=sudo).render()
 
 
 def make_argv(
@@ -91,6 +107,13 @@ def ssh_options(ctx: Context, *, key: bool) -> str:
     return f"-o PubkeyAuthentication=no {checked}"
 
 
+def make_command(
+    ctx: Context, target: str, vm: VM, *, user: str | None = None, name: bool = True
+) -> LocalCommand:
+    """`make_argv` as the value the plan renders and `run_make` runs."""
+    return LocalCommand.of(make_argv(ctx, target, vm, user=user, name=name))
+
+
 def make_target(argv: Sequence[str]) -> str:
     return argv[argv.index("-C") + 2]
 
@@ -126,12 +149,18 @@ def remote_probe(
     return probe
 
 
+def fresh_login_check(ctx: Context, vm: VM) -> RemoteScript:
+    """What a fresh login as the installed user with the key runs: passwordless sudo (lesson 7)."""
+    return remote_script(ctx, vm, "sudo -n true")
+
+
 def login_works(ctx: Context, vm: VM) -> Check:
-    """A fresh connection as the installed user with the key, and passwordless sudo (lesson 7)."""
+    """`fresh_login_check` on a new connection (never the pooled one: a fresh login is the point)."""
     from runbook.transport.remote import Connection
 
-    with Connection(ctx.dep.host(vm, installed=True)) as conn:
-        ok = conn.run("sudo -n true", check=False).ok
+    cmd = fresh_login_check(ctx, vm)
+    with Connection(cmd.host) as conn:
+        ok = conn.run(cmd.script, elevate=cmd.elevate, check=False).ok
     return Check(ok, f"{ctx.dep.user} logs in with the key and sudo works" if ok else "")
 
 
@@ -153,7 +182,8 @@ def askpass_env(password: Secret | None) -> Iterator[dict[str, str]]:
         }
 
 
-def run_make(argv: list[str], password: Secret | None) -> str:
+def run_make(command: LocalCommand | list[str], password: Secret | None) -> str:
+    argv = list(command.argv) if isinstance(command, LocalCommand) else command
     result = make_result(argv, password)
     if result.exit_code != 0:
         raise CommandError(
@@ -163,9 +193,12 @@ def run_make(argv: list[str], password: Secret | None) -> str:
     return f"{make_target(argv)} finished in {result.duration:.1f}s"
 
 
-def make_result(argv: list[str], password: Secret | None, *, check: bool = False) -> Result:
+def make_result(
+    command: LocalCommand | list[str], password: Secret | None, *, check: bool = False
+) -> Result:
     """Run a make target, its lines printed as they come; the result, whatever its exit
     (a host key ssh refused is its own error, whatever `check`)."""
+    argv = list(command.argv) if isinstance(command, LocalCommand) else command
     refuse_overridden_options(argv)
     # the lines arrive on local.run's reader threads: bound to this step's output here
     echo = line_printer()
@@ -356,36 +389,45 @@ def switched_probe(ctx: Context, vm: VM) -> Check:
     return TODO
 
 
-def mark_switched(ctx: Context, vm: VM) -> None:
+def switched_marker(ctx: Context, vm: VM) -> FilePut:
+    """The marker that says `vm` runs this checkout (`running_this_config` reads it)."""
     digest = config_digest(config_files(ctx.dep.nixos_config))
-    ctx.connection(vm).put(CONFIG_MARKER, digest + "\n", mode=0o644, owner="root")
+    return FilePut(ctx.dep.host(vm), CONFIG_MARKER, digest + "\n", mode=0o644, owner="root")
+
+
+def mark_switched(ctx: Context, vm: VM) -> None:
+    ctx.execute(switched_marker(ctx, vm))
 
 
 @dataclass(frozen=True)
 class UserSwitch:
-    """The handbook's routine update as the user (lesson 7): `make vm/copy` + `vm/switch`."""
+    """The handbook's routine update as the user (lesson 7): `make vm/copy` + `vm/switch`.
+    The runbook's own login first: the key works and the host key is known (learned on first
+    use) before make's ssh checks it strictly; the marker last."""
 
-    copy: list[str]
-    switch: list[str]
+    login: RemoteScript
+    copy: LocalCommand
+    switch: LocalCommand
+    marker: FilePut
 
     @property
-    def commands(self) -> list[str]:
-        return [render(self.copy), render(self.switch)]
+    def commands(self) -> list[Command]:
+        return [self.login, self.copy, self.switch, self.marker]
 
 
 def user_switch(ctx: Context, vm: VM) -> UserSwitch:
     return UserSwitch(
-        make_argv(ctx, "vm/copy", vm, user=ctx.dep.user, name=False),
-        make_argv(ctx, "vm/switch", vm, user=ctx.dep.user),
+        remote_script(ctx, vm, "true"),
+        make_command(ctx, "vm/copy", vm, user=ctx.dep.user, name=False),
+        make_command(ctx, "vm/switch", vm, user=ctx.dep.user),
+        switched_marker(ctx, vm),
     )
 
 
-def copy_and_switch(ctx: Context, vm: VM, how: UserSwitch) -> str:
-    """Run both targets as the user with the key (no password: SSH_OPTIONS), then mark the
-    VM switched. The runbook's own login first: the key works and the host key is known
-    (learned on first use) before make's ssh checks it strictly."""
-    ctx.connection(vm).run("true")
+def copy_and_switch(ctx: Context, how: UserSwitch) -> str:
+    """Run `how`: both targets as the user with the key (no password: SSH_OPTIONS)."""
+    ctx.execute(how.login)
     run_make(how.copy, None)
     detail = run_make(how.switch, None)
-    mark_switched(ctx, vm)
+    ctx.execute(how.marker)
     return detail

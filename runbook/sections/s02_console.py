@@ -27,6 +27,7 @@ from typing import Final
 from runbook.core.errors import ConnectError, HostKeyChangedError, RunbookError
 from runbook.core.params import VM
 from runbook.core.secrets import Secret
+from runbook.engine.commands import RemoteScript
 from runbook.engine.steps import TODO, Check, Context, Step, record_address
 from runbook.mac.discover import CALLBACK_COMMAND, AddressNotFoundError, callback_command
 from runbook.sections.vm_console import (
@@ -204,7 +205,13 @@ def set_root_password(ctx: Context, vm: VM) -> Step:
     return Step(
         f"set root's password on {vm.name}'s console (lesson 4)",
         f"{vm.name} (console)",
-        [*plan_typing(ctx, vm, lines), f"ssh root@<{vm.name}'s address now> id -u   # fresh login"],
+        [
+            *plan_typing(ctx, vm, lines),
+            "# then a fresh root login with it:",
+            RemoteScript(
+                ctx.dep.host(vm, installed=False, address=f"<{vm.name}'s address now>"), "id -u"
+            ),
+        ],
         probe=probe,
         action=action,
         remote=True,

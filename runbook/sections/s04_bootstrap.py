@@ -20,19 +20,21 @@ from runbook.core.errors import (
 )
 from runbook.core.models import Elevate, Result
 from runbook.core.params import VM
+from runbook.engine.commands import RemoteScript
 from runbook.engine.steps import Check, Context, Step
 from runbook.sections import s00_preflight  # noqa: F401 - its cells call s.s00_preflight.toplevel_build
 from runbook.sections.common import (
     ATTICD_ENV,
+    fresh_login_check,
     host_label,
     installed_root_password,
     login_works,
-    make_argv,
+    make_command,
     make_result,
     recipe_exit,
+    remote_script,
     render,
     run_make,
-    ssh_render,
 )
 from runbook.sections.vm_console import key_fingerprint, parse_public_keys, pin_host_keys
 from runbook.transport.remote import Connection
@@ -62,17 +64,23 @@ def root_session(ctx: Context, vm: VM) -> Connection:
     return ctx.connection(vm, installed=False, password=installed_root_password(ctx))
 
 
+def root_login(ctx: Context, vm: VM, script: str = "true") -> RemoteScript:
+    """`script` over root's session with bootstrap0's password (`root_session`)."""
+    return remote_script(ctx, vm, script, installed=False, password=installed_root_password(ctx))
+
+
 def copy(ctx: Context, vm: VM) -> Step:
-    argv = make_argv(ctx, "vm/copy", vm, user="root", name=False)
+    login = root_login(ctx, vm)  # the host key learned before make's ssh checks it strictly
+    make = make_command(ctx, "vm/copy", vm, user="root", name=False)
 
     def apply() -> str:
-        root_session(ctx, vm).run("true")
-        return run_make(argv, installed_root_password(ctx))
+        ctx.execute(login)
+        return run_make(make, installed_root_password(ctx))
 
     return Step(
         f"copy nixos-config to {vm.name} (vm/copy as root)",
         host_label(ctx, vm, installed=False),
-        [render(argv)],
+        [login, make],
         probe=lambda: _installed(ctx, vm),
         action=apply,
         remote=True,
@@ -80,11 +88,12 @@ def copy(ctx: Context, vm: VM) -> Step:
 
 
 def switch(ctx: Context, vm: VM) -> Step:
-    argv = make_argv(ctx, "vm/switch", vm, user="root")
+    make = make_command(ctx, "vm/switch", vm, user="root")
+    argv = list(make.argv)
 
     def apply() -> str:
         keeper = root_session(ctx, vm)  # connected: held open across the switch (lesson 3)
-        result = make_result(argv, installed_root_password(ctx))
+        result = make_result(make, installed_root_password(ctx))
         code = recipe_exit(result) if result.exit_code != 0 else 0
         if code not in (0, UNIT_FAILED):
             raise _failed(vm, argv, result, code)
@@ -97,10 +106,11 @@ def switch(ctx: Context, vm: VM) -> Step:
         f"switch {vm.name} (vm/switch as root)",
         host_label(ctx, vm, installed=False),
         [
-            render(argv),
-            f"ssh {ctx.dep.user}@{vm.address} sudo -n true   # a fresh login must work (lesson 3)",
+            make,
+            "# then a fresh login must work (lesson 3):",
+            fresh_login_check(ctx, vm),
             "# if it fails, over the root session kept open across the switch:",
-            ssh_render(ctx, vm, REPAIR_SSHD, installed=False),
+            root_login(ctx, vm, REPAIR_SSHD),
         ],
         probe=lambda: _installed(ctx, vm),
         action=apply,
@@ -214,7 +224,7 @@ def user_login(ctx: Context, vm: VM) -> Step:
     return Step(
         f"fresh SSH login to {vm.name} as {ctx.dep.user} + key, sudo (lesson 7)",
         host_label(ctx, vm),
-        [ssh_render(ctx, vm, "sudo -n true")],
+        [fresh_login_check(ctx, vm)],
         probe=probe,
         action=require,
         remote=True,

@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING, Final
 
 from runbook.cache import keys
 from runbook.core.errors import InputError, RunbookError
-from runbook.core.models import Elevate
 from runbook.core.params import VM
 from runbook.core.secrets import Secret
+from runbook.engine.commands import FilePut
 from runbook.engine.steps import TODO, Check, Context, Step
 from runbook.sections.common import (
     ATTICD_ENV,
     config_present,
     copy_and_switch,
     host_label,
-    ssh_render,
+    remote_script,
     user_switch,
 )
 
@@ -84,28 +84,32 @@ def _env_content(ctx: Context) -> Secret:
 
 
 def install_env(ctx: Context, vm: VM) -> Step:
+    check = remote_script(ctx, vm, f"stat -c %a {ATTICD_ENV} && sha256sum {ATTICD_ENV}", sudo=True)
+    mkdir = remote_script(ctx, vm, "install -d -m 0700 /var/lib/atticd", sudo=True)
+
+    env_file = FilePut(
+        ctx.dep.host(vm),
+        ATTICD_ENV,
+        None,  # the secret, read from the store only when it is put
+        mode=0o600,
+        owner="root",
+        shows=f"{keys.TOKEN_SECRET_VAR}=<the store's {ctx.dep.cache.token_secret}>",
+    )
+
     def probe() -> Check:
         want = hashlib.sha256(_env_content(ctx).reveal().encode()).hexdigest()
-        script = f"stat -c %a {ATTICD_ENV} && sha256sum {ATTICD_ENV}"
-        got = ctx.connection(vm).run(script, elevate=Elevate.SUDO, check=False)
+        got = ctx.execute(check, check=False)
         lines = got.stdout.split("\n")
         ok = got.ok and lines[0].strip() == "600" and lines[1].split()[:1] == [want]
         return Check(True, f"{ATTICD_ENV} holds this secret, mode 0600") if ok else TODO
 
     def put() -> str:
         _validate_stored(ctx)
-        conn = ctx.connection(vm)
-        conn.run(["install", "-d", "-m", "0700", "/var/lib/atticd"], elevate=Elevate.SUDO)
-        conn.put(ATTICD_ENV, _env_content(ctx), mode=0o600, owner="root")
+        ctx.execute(mkdir)
+        ctx.execute(env_file.with_content(_env_content(ctx)))
         return f"{ATTICD_ENV} written, mode 0600 from the first byte"
 
-    secret = _stored(ctx)
-    shown = f"{keys.TOKEN_SECRET_VAR}={secret if secret else '<from the store>'}"
-    cmds = [
-        ssh_render(ctx, vm, "install -d -m 0700 /var/lib/atticd", sudo=True),
-        f"put {ATTICD_ENV} (mode 0600 from the first byte, owner root): {shown}",
-    ]
-    return Step(INSTALL, host_label(ctx, vm), cmds, probe, put, remote=True)
+    return Step(INSTALL, host_label(ctx, vm), [check, mkdir, env_file], probe, put, remote=True)
 
 
 def _client_changes(ctx: Context, vm: VM) -> tuple[list[Change], str]:
@@ -164,15 +168,15 @@ def atticd_system(ctx: Context, vm: VM) -> Step:
     for want of the env file); a VM that runs another one, or lacks the attic client the
     step above added, is switched to it, as the user."""
     how = user_switch(ctx, vm)
+    status = remote_script(ctx, vm, "systemctl status atticd")
+    client = remote_script(ctx, vm, CLIENT_PROBE, sudo=True)
 
     def probe() -> Check:
         if CLIENT in ctx.changed:
             return TODO
-        conn = ctx.connection(vm)
-        out = conn.run(["systemctl", "status", "atticd"], check=False).stdout
-        if "; enabled;" not in out:
+        if "; enabled;" not in ctx.execute(status, check=False).stdout:
             return TODO
-        if not conn.run(CLIENT_PROBE, elevate=Elevate.SUDO, check=False).ok:
+        if not ctx.execute(client, check=False).ok:
             print("      `attic` is not on the cache VM's PATH yet: switching")
             return TODO
         return Check(True, "atticd.service is part of the system; `attic` is installed")
@@ -180,13 +184,9 @@ def atticd_system(ctx: Context, vm: VM) -> Step:
     return Step(
         SYSTEM,
         host_label(ctx, vm),
-        [
-            ssh_render(ctx, vm, "systemctl status atticd"),
-            ssh_render(ctx, vm, CLIENT_PROBE, sudo=True),
-            *how.commands,
-        ],
+        [status, client, *how.commands],
         probe,
-        lambda: copy_and_switch(ctx, vm, how),
+        lambda: copy_and_switch(ctx, how),
         remote=True,
     )
 
@@ -213,20 +213,21 @@ def _health(ctx: Context, deadline: float) -> str | None:
 def restart(ctx: Context, vm: VM) -> Step:
     url = f"http://{ctx.dep.cache.host}:{ctx.dep.cache.port}/"
 
+    active = remote_script(ctx, vm, "systemctl is-active atticd")
+    restart_atticd = remote_script(ctx, vm, "systemctl restart atticd", sudo=True)
+
     def probe() -> Check:
         if {INSTALL, GENERATE} & ctx.changed:
             return TODO
-        active = ctx.connection(vm).run(["systemctl", "is-active", "atticd"], check=False)
-        if not active.ok or _health(ctx, time.monotonic()) is not None:
+        if not ctx.execute(active, check=False).ok or _health(ctx, time.monotonic()) is not None:
             return TODO
         return Check(True, f"atticd is active with this env file; GET {url} 200")
 
     def apply() -> str:
         # atticd's decode chain, here, before the restart: a bad secret never reaches it
         _validate_stored(ctx)
-        conn = ctx.connection(vm)
-        conn.run(["systemctl", "restart", "atticd"], elevate=Elevate.SUDO)
-        conn.run(["systemctl", "is-active", "atticd"])
+        ctx.execute(restart_atticd)
+        ctx.execute(active)
         if (problem := _health(ctx, time.monotonic() + HEALTH_TIMEOUT)) is not None:
             raise RunbookError(f"atticd restarted but does not answer: {problem}")
         return f"atticd restarted and active; GET {url} 200"
@@ -236,10 +237,9 @@ def restart(ctx: Context, vm: VM) -> Step:
         host_label(ctx, vm),
         [
             "runbook.cache.keys.validate_token_secret(<secret>)   # atticd's decode chain, here",
-            ssh_render(
-                ctx, vm, "systemctl restart atticd && systemctl is-active atticd", sudo=True
-            ),
-            f"curl -sf -o /dev/null -w '%{{http_code}}' {url}",
+            restart_atticd,
+            active,
+            f"GET {url} from here until 200, at most {HEALTH_TIMEOUT:.0f} s (atticd's health probe)",
         ],
         probe,
         apply,

@@ -143,7 +143,7 @@ def deploy_worker(ctx: Context, vm: VM) -> Step:
         how.commands,
         probe=lambda: switched_probe(ctx, vm),
         # several VMs at once (Context.run_parallel): output kept per VM, printed in order
-        action=lambda: copy_and_switch(ctx, vm, how),
+        action=lambda: copy_and_switch(ctx, how),
         remote=True,
     )
 

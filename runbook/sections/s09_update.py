@@ -29,6 +29,6 @@ def update(ctx: Context, vm: VM) -> Step:
         host_label(ctx, vm),
         how.commands,
         probe=lambda: switched_probe(ctx, vm),
-        action=lambda: copy_and_switch(ctx, vm, how),
+        action=lambda: copy_and_switch(ctx, how),
         remote=True,
     )

@@ -16,6 +16,7 @@ from typing import Final
 
 from runbook.core.errors import ConnectError, HostKeyChangedError, RunbookError
 from runbook.core.params import VM
+from runbook.engine.commands import RemoteScript
 from runbook.engine.steps import Check, Context, Step
 from runbook.sections.vm_console import (
     LazyConsole,
@@ -41,6 +42,12 @@ FIX: Final = ("ssh-keygen -A", "systemctl restart sshd")  # the handbook's lesso
 SHOW_KEYS: Final = "cat /etc/ssh/ssh_host_*_key.pub"
 
 
+def login_check(ctx: Context, vm: VM, address: str | None = None) -> RemoteScript:
+    """`true` on a fresh login to `vm` at `address` (found on every run, lesson 8)."""
+    at = address or f"<{vm.name}'s address now>"
+    return RemoteScript(ctx.dep.host(vm, address=at), "true")
+
+
 def fresh_login(ctx: Context, vm: VM, address: str) -> Check:
     """A new SSH connection logs in: the installed user + key, else root + the live password."""
     notes = []
@@ -52,7 +59,7 @@ def fresh_login(ctx: Context, vm: VM, address: str) -> Check:
         host = ctx.dep.host(vm, installed=installed, address=address)
         try:
             with Connection(host, password=password) as conn:
-                if conn.run("true", check=False).ok:
+                if conn.run(login_check(ctx, vm, address).script, check=False).ok:
                     return Check(True, f"a fresh SSH login as {host.label} works")
         except HostKeyChangedError as exc:
             return Check(False, str(exc))
@@ -124,7 +131,8 @@ def recover(ctx: Context, vm: VM) -> Step:
         f"recover sshd host keys on {vm.name}",
         f"{vm.name} (console)",
         [
-            f"ssh {ctx.dep.user}@<{vm.name}'s address now> true   # fresh login; the rest only if it fails",
+            login_check(ctx, vm),
+            "# only if that fails, on the console:",
             *plan_typing(ctx, vm, [*FIX, SHOW_KEYS]),
         ],
         probe=probe,
