@@ -415,3 +415,14 @@ def test_on_a_terminal_yes_asks_nothing(clean, tmp_path, home):
     assert code == 0, seen
     assert "[utm-attic]" not in seen
     assert loaded(tmp_path / "runbook.yaml").deployment == "utm-attic"
+
+
+def test_the_hands_on_bench_counts_two_commands_and_one_consent():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "hands_on.py"), "--json"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    figures = yaml.safe_load(result.stdout)
+    assert (figures["runbook_commands"], figures["runbook_consents"]) == (2, 1)
+    assert figures["handbook_actions"] > 3 * figures["runbook_actions"]

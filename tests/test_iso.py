@@ -226,3 +226,17 @@ def test_a_file_iso_is_used_as_given(tmp_path, cache):
     assert s01_create_vm.iso_path(dep) == given
     assert s01_create_vm.ensure_iso(dep) == given
     assert s01_create_vm.iso_plan(dep) == []
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_progress_is_a_bar(mirror, cache):
+    screen = _Terminal()
+    src = iso.source("26.05", mirror.url)
+    iso.ensure(src, progress=iso.progress_printer(len(mirror.body), screen))
+    shown = screen.getvalue()
+    assert "NixOS ISO" in shown and "100%" in shown and "\r" in shown  # tqdm redraws one line
+    assert "% (" not in shown  # not the line-per-10% form

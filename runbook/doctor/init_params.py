@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import sys
@@ -368,13 +369,12 @@ def _override(data: dict[str, Any], item: str) -> None:
 
 
 def _scalar(value: Any) -> str:
-    return (
-        str(yaml.safe_dump(value, default_flow_style=True, width=1000))
-        .strip()
-        .removesuffix("\n...")
-        .removesuffix("...")
-        .strip()
-    )
+    """`value` as one line of YAML (a string with newlines as a double-quoted JSON string,
+    which YAML reads the same)."""
+    if isinstance(value, str) and "\n" in value:
+        return json.dumps(value)
+    text = str(yaml.safe_dump(value, default_flow_style=True, width=10_000))
+    return text.strip().removesuffix("...").strip()
 
 
 def _lines(data: dict[str, Any], indent: str, first: str | None = None) -> Iterable[str]:
