@@ -106,8 +106,9 @@ gets a TCP serial console on 127.0.0.1 at serial_port + i, which 02 reads back."
 The live ISO has no root password, so `make vm/bootstrap0` cannot log in until one is set on the
 graphical console (`sudo su`, `passwd`). The SPICE window only takes raw key events (lesson 4):
 the runbook types with the params' console backend, waits for each prompt where the serial
-console can be read, and proves a fresh root login over SSH. The password is read from the secret
-store by name and shown masked. The address is looked up on every run, never remembered (lesson 8):
+console can be read, and proves a fresh root login over SSH. The password is the runbook's own:
+the secret store's (read by name, shown masked), else a random one made and stored 0600 before
+anything is typed; you never choose or type it. The address is looked up on every run, never remembered (lesson 8):
 mDNS, ARP by the VM's MAC, `utmctl ip-address`, or the console.""",
         [
             ("## The live root password, in the secret store", "ctx.run(s.password_stored(ctx))"),
