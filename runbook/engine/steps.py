@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol
 
 from runbook.core.errors import CommandError, InputError, RunbookError, tail
 from runbook.core.masking import mask
@@ -32,119 +30,48 @@ from runbook.core.models import Result
 from runbook.core.params import VM, Deployment, Loaded, load
 from runbook.core.secrets import Secret, SecretStore
 from runbook.engine import step_output
-from runbook.engine.commands import (
-    Command,
-    ConsoleTyping,
-    FilePut,
-    LocalCommand,
-    RemoteScript,
-    rendered,
+from runbook.engine.addresses import record_address, run_addresses, with_run_addresses
+from runbook.engine.commands import Command, ConsoleTyping, FilePut, LocalCommand, RemoteScript
+from runbook.engine.pool import ConnectionPool
+from runbook.engine.step import (
+    DONE,
+    FAIL_STEP_ENV,
+    LOCALHOST,
+    STEP_MIMETYPE,
+    TODO,
+    Check,
+    Mode,
+    Outcome,
+    Step,
+    StepFailed,
+    StepRecord,
+    unchecked,
 )
 
 if TYPE_CHECKING:
     from runbook.transport.remote import Connection
 
-STEP_MIMETYPE: Final = "application/vnd.runbook.step+json"
-# Test-only fault injection: "<notebook>:<step name>" makes that step fail deterministically.
-FAIL_STEP_ENV: Final = "RUNBOOK_FAIL_STEP"
-LOCALHOST: Final = "localhost"
-
-
-class Mode(StrEnum):
-    PLAN = "plan"
-    DEPLOY = "deploy"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class Outcome(StrEnum):
-    PLAN = "plan"
-    DONE = "done"
-    ALREADY = "already done"
-    SKIPPED = "skipped"
-    UNCHECKED = "unchecked"
-    FAILED = "failed"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class StepRecord(TypedDict):
-    notebook: str
-    step: str
-    host: str
-    outcome: str
-    reason: str
-    duration: float
-    commands: list[str]
-
-
-@dataclass(frozen=True)
-class Check:
-    """Whether a step is already done; `done=None` means it could not be checked."""
-
-    done: bool | None
-    reason: str = ""
-
-
-DONE: Final = Check(True)
-TODO: Final = Check(False)
-
-
-def unchecked(reason: str) -> Check:
-    return Check(None, reason)
-
-
-class StepFailed(RunbookError):  # noqa: N818 - the name the notebooks and runner use
-    """A step failed: names the notebook, step, host, command and stderr tail (masked)."""
-
-    def __init__(
-        self, *, notebook: str, step: str, host: str, error: str, command: str = ""
-    ) -> None:
-        self.notebook = notebook
-        self.step = step
-        self.host = host
-        self.error = mask(error)
-        self.command = mask(command)
-        where = f"notebook {notebook}, step {step!r} on {host}"
-        cmd = f"; command `{self.command}`" if command else ""
-        super().__init__(f"{where}{cmd}: {self.error}")
-
-
-@dataclass(frozen=True)
-class Step:
-    """One idempotent action. `probe` answers "already done?", `action` does it.
-
-    `remote`: probe and action talk to `host`, so plan mode never runs them.
-    `readonly`: a local read that runs in plan mode too (e.g. linting the config).
-    `plan_only`: why the action is not automated yet (its helper lands in a later issue).
-    """
-
-    name: str
-    host: str
-    commands: Sequence[Command | str] = ()
-    probe: Callable[[], Check] | None = None
-    action: Callable[[], str | None] | None = None
-    remote: bool = False
-    dangerous: bool = False
-    readonly: bool = False
-    plan_only: str = ""
-    note: str = ""
-    # what a step run in parallel prints, kept to print in order (see Context.run_parallel)
-    output: list[str] = field(default_factory=list, compare=False)
-
-    def plan(self) -> list[str]:
-        """What the step runs, as its command values render themselves (masked)."""
-        return [mask(c) for c in rendered(self.commands)]
-
-    def check(self) -> Check:
-        return self.probe() if self.probe is not None else TODO
-
-    def apply(self) -> str | None:
-        if self.action is None:
-            raise RunbookError(f"step {self.name!r} has no automated action yet")
-        return self.action()
+# the step values are defined in runbook.engine.step; the sections import them from here too
+__all__ = [
+    "DONE",
+    "FAIL_STEP_ENV",
+    "LOCALHOST",
+    "STEP_MIMETYPE",
+    "TODO",
+    "Check",
+    "Context",
+    "Mode",
+    "Outcome",
+    "Step",
+    "StepFailed",
+    "StepRecord",
+    "StepRecorder",
+    "open_context",
+    "record_address",
+    "run_addresses",
+    "unchecked",
+    "with_run_addresses",
+]
 
 
 class Typist(Protocol):
@@ -179,9 +106,7 @@ class Context:
     sink: Sink = _display_sink
     records: list[StepRecord] = field(default_factory=list)
     changed: set[str] = field(default_factory=set)
-    _connections: dict[tuple[str, bool, str], Connection] = field(default_factory=dict)
-    _connecting: dict[tuple[str, bool, str], threading.Lock] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    pool: ConnectionPool = field(default_factory=ConnectionPool)
 
     @property
     def dep(self) -> Deployment:
@@ -213,19 +138,11 @@ class Context:
         from runbook.transport.remote import Connection
 
         key = (vm.name, installed, password.name if password is not None else "")
-        with self._lock:
-            if key not in self._connections:
-                if not installed and password is None:
-                    b = self.dep.bootstrap
-                    password = self.secret(b.password_secret, b.password_env)
-                self._connections[key] = Connection(
-                    self.dep.host(vm, installed=installed), password=password
-                )
-                self._connecting[key] = threading.Lock()
-            conn, connecting = self._connections[key], self._connecting[key]
-        with connecting:  # steps run in parallel may share it: one connects, the others reuse
-            conn.connect()
-        return conn
+        if not installed and password is None:
+            b = self.dep.bootstrap
+            password = self.secret(b.password_secret, b.password_env)
+        host = self.dep.host(vm, installed=installed)
+        return self.pool.get(key, lambda: Connection(host, password=password))
 
     def execute(
         self,
@@ -286,11 +203,7 @@ class Context:
                 )
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._connections.values():
-                conn.close()
-            self._connections.clear()
-            self._connecting.clear()
+        self.pool.close()
 
     def run(self, step: Step) -> Outcome:
         """Plan, check and (in deploy mode) apply `step`; print and publish its outcome."""
@@ -530,67 +443,3 @@ def open_context(
 
 
 # -- this run's addresses (lesson 8) ----------------------------------------------------------
-
-ADDRESSES_FILE: Final = "addresses.json"  # in the run's record dir: VM name -> address found
-ADDRESS_PROBE_TIMEOUT: Final = 2.0
-_addresses_lock = threading.Lock()
-
-
-def record_address(record_dir: Path | None, vm: str, address: str, method: str) -> None:
-    """Remember where `vm` answers now, for the later notebooks of this run only (02 finds it;
-    03 again after its reboot). Never a secret: a name, an address and how it was found."""
-    if record_dir is None:
-        return
-    import json
-    from datetime import UTC, datetime
-
-    from runbook.core.secrets import write_private
-
-    path = record_dir / ADDRESSES_FILE
-    with _addresses_lock:
-        found = run_addresses(record_dir)
-        found[vm] = {
-            "address": address,
-            "method": method,
-            "found": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        write_private(path, (json.dumps(found, indent=2, sort_keys=True) + "\n").encode())
-
-
-def run_addresses(record_dir: Path) -> dict[str, dict[str, str]]:
-    import json
-
-    try:
-        data = json.loads((record_dir / ADDRESSES_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return {str(k): v for k, v in data.items() if isinstance(v, dict) and "address" in v}
-
-
-def with_run_addresses(loaded: Loaded, record_dir: Path) -> Loaded:
-    """The deployment with each VM at the address this run found for it (02, 03), instead of
-    the params' one. An address that no longer answers on the SSH port (a resumed run after a
-    reboot) is dropped, so a stale IP is never used; a cache host given as the cache VM's
-    params address moves with it (lesson 8)."""
-    from runbook.transport.remote import tcp_probe
-
-    dep = loaded.deployment
-    found = run_addresses(record_dir)
-    vms, moved = [], {}
-    for vm in dep.vms:
-        entry = found.get(vm.name)
-        address = str(entry["address"]) if entry else vm.address
-        if entry and address != vm.address:
-            if tcp_probe(vm.port, ADDRESS_PROBE_TIMEOUT)(address):
-                print(f"{vm.name}: {address} (found by {entry.get('method')} in this run)")
-                moved[vm.address] = address
-                vm = vm.model_copy(update={"address": address})
-            else:
-                print(f"{vm.name}: {address} (found earlier in this run) no longer answers")
-        vms.append(vm)
-    if not moved:
-        return loaded
-    update: dict[str, object] = {"vms": tuple(vms)}
-    if dep.cache.host in moved:
-        update["cache"] = dep.cache.model_copy(update={"host": moved[dep.cache.host]})
-    return Loaded(loaded.path, loaded.digest, dep.model_copy(update=update))
