@@ -126,7 +126,7 @@ def test_the_worker_plan_only_reads_the_referenced_cache_in_06(
     in_06 = [s["step"] for s in plans["worker.yaml"] if s["notebook"] == "06"]
     assert in_06 == ["read cache main on vm-aarch64-utm-cache (referenced: nothing changes there)"]
     owned_06 = [s["step"] for s in plans["cache.yaml"] if s["notebook"] == "06"]
-    assert len(owned_06) == 5 and owned_06[0].startswith("admin token")
+    assert len(owned_06) == 6 and owned_06[0].startswith("admin token")  # + the workers' token
 
 
 class _CacheConfig(http.server.BaseHTTPRequestHandler):

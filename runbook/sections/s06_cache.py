@@ -104,6 +104,7 @@ def make_worker_token(ctx: Context, vm: VM) -> Step:
         [ssh_render(ctx, vm, shlex.join(argv) + " </dev/null", sudo=True)],
         probe=lambda: _token_valid(ctx, WORKER_TOKEN),
         action=make,
+        remote=True,  # minted on the cache VM: a plan does not connect to it
     )
 
 
