@@ -392,8 +392,9 @@ def test_on_a_terminal_it_asks_with_defaults(clean, tmp_path, home, key):
         )
     )
     code, seen = run_on_pty(
-        ["init", str(clean)],
+        ["init"],
         [
+            ("your nixos-config checkout [.]: ", str(clean)),
             ("deployment name [utm-attic]: ", "mine"),
             ("SSH key [1]: ", "2"),
             ("console backend", ""),  # the default

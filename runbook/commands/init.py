@@ -126,8 +126,11 @@ def _ask(question: str, default: str) -> str:
 def run_init(args: argparse.Namespace) -> int:
     if args.dir is not None and args.nixos_config is not None and args.dir != args.nixos_config:
         raise InputError(f"DIR {args.dir} and --nixos-config {args.nixos_config}: give one")
-    root = (args.dir or args.nixos_config or Path(".")).expanduser().resolve()
     interactive = not args.yes and sys.stdin.isatty()
+    given = args.dir or args.nixos_config
+    if given is None and interactive:
+        given = Path(_ask("your nixos-config checkout", "."))
+    root = (given or Path(".")).expanduser().resolve()
     ssh_dir = (args.ssh_dir or Path.home() / ".ssh").expanduser()
     found = init_params.read(
         root,
