@@ -27,15 +27,14 @@ from runbook.transport.shell import BASH_STDIN, SUDO_BASH_STDIN
 
 @dataclass(frozen=True)
 class LocalCommand:
-    """An argv run here; `env` names what it adds to the environment (values never shown)."""
+    """An argv run here (within `timeout` seconds, if given)."""
 
     argv: tuple[str, ...]
-    env: tuple[str, ...] = ()
     timeout: float | None = None
 
     @classmethod
-    def of(cls, argv: Sequence[str], **kw: object) -> LocalCommand:
-        return cls(tuple(str(a) for a in argv), **kw)  # type: ignore[arg-type]
+    def of(cls, argv: Sequence[str], *, timeout: float | None = None) -> LocalCommand:
+        return cls(tuple(str(a) for a in argv), timeout=timeout)
 
     def render(self) -> str:
         return mask(shlex.join(self.argv))

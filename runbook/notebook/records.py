@@ -25,7 +25,7 @@ import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypedDict
+from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict
 
 from runbook.core.errors import InputError, RecordWriteError, RunLockedError
 from runbook.engine.steps import STEP_MIMETYPE, StepRecord
@@ -44,6 +44,12 @@ LOCK_PREFIX: Final = ".lock-"
 _FULL: Final = (errno.ENOSPC, errno.EDQUOT)
 
 
+# How a notebook of a record stands, and how a whole run does (the manifest's "status").
+NotebookStatus = Literal["pending", "running", "completed", "failed", "interrupted", "terminated"]
+RunStatus = Literal["running", "completed", "failed", "interrupted", "terminated"]
+StopStatus = Literal["failed", "interrupted", "terminated"]  # how a run ends early
+
+
 class StepEntry(TypedDict):
     step: str
     host: str
@@ -54,7 +60,7 @@ class StepEntry(TypedDict):
 
 class NotebookEntry(TypedDict):
     notebook: str
-    status: str  # pending | running | completed | failed | interrupted | terminated
+    status: NotebookStatus
     start: str | None
     end: str | None
     duration: float | None
@@ -71,8 +77,8 @@ class Manifest(TypedDict):
     runbook_version: str
     papermill_version: str
     nixos_config_commit: str | None
-    mode: str  # plan | deploy
-    status: str  # running | completed | failed | interrupted | terminated
+    mode: Literal["plan", "deploy"]
+    status: RunStatus
     started: str
     ended: str | None
     duration: float | None

@@ -48,8 +48,11 @@ from runbook.notebook.records import (
     RUN_LOG,
     Manifest,
     NotebookEntry,
+    NotebookStatus,
     RunLock,
     RunLog,
+    RunStatus,
+    StopStatus,
     iso,
     mark_abandoned,
     new_record_dir,
@@ -140,7 +143,7 @@ def _new_manifest(req: RunRequest, loaded: Loaded, record: Path, picks: list[Pat
         runbook_version=__version__,
         papermill_version=papermill.__version__,
         nixos_config_commit=_config_commit(loaded),
-        mode=str(req.mode),
+        mode="plan" if req.mode is Mode.PLAN else "deploy",
         status="running",
         started=iso(utc_now()),
         ended=None,
@@ -255,7 +258,7 @@ def _stale(lock: RunLock, resumed: Path | None) -> list[str]:
 class Stop:
     """Why a run ends early, in one line for the record."""
 
-    status: str  # interrupted | terminated | failed
+    status: StopStatus
     reason: str
     code: int
     quiet: bool = False  # nothing on the terminal (its pipe is gone)
@@ -273,7 +276,7 @@ class Ends:
         self.count += 1
 
 
-_SIGNAL_STOPS: Final = {
+_SIGNAL_STOPS: Final[dict[signal.Signals, tuple[StopStatus, str]]] = {
     signal.SIGINT: ("interrupted", "interrupted (Ctrl-C)"),
     signal.SIGTERM: ("terminated", "terminated by SIGTERM"),
     signal.SIGHUP: ("terminated", "terminated by SIGHUP (its terminal closed)"),
@@ -492,6 +495,7 @@ def _one(
     entry["steps"] = step_entries(run.steps)
     entry["end"] = iso(utc_now())
     entry["duration"] = round(time.monotonic() - start, 3)
+    status: NotebookStatus
     if stop is not None:
         status = stop.status
     elif not_written is not None:
@@ -573,7 +577,11 @@ def _stop(
     req: RunRequest, plan: RunPlan, stream: Stream, entry: NotebookEntry | None, stop: Stop | None
 ) -> int:
     m = plan.manifest
-    status = stop.status if stop is not None else (entry["status"] if entry else "failed")
+    status: RunStatus = "failed"
+    if stop is not None:
+        status = stop.status
+    elif entry is not None and entry["status"] != "pending":
+        status = entry["status"]
     m["status"] = status
     where = "between notebooks"
     if entry is not None:

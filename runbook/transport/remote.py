@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Self, TypedDict, Unpack
 
 import paramiko
 
@@ -100,6 +100,18 @@ class _Liveness:
                 logger.debug("%s", self.reason)
                 self.transport.close()
                 return
+
+
+class RunOptions(TypedDict, total=False):
+    """`Connection.run`'s keyword options, for the calls that pass them on (`sudo`)."""
+
+    env: Mapping[str, str] | None
+    cwd: str | None
+    check: bool
+    ok_codes: Sequence[int]
+    timeout: float | None
+    display: str | None
+    transfer: bool
 
 
 class Connection:
@@ -257,9 +269,9 @@ class Connection:
         stall = self.deadlines.stall if transfer else None
         return self._execute(wrapped, display or wrapped.display, check, ok_codes, wall, stall)
 
-    def sudo(self, command: str | Sequence[str], **kwargs: object) -> Result:
+    def sudo(self, command: str | Sequence[str], **kwargs: Unpack[RunOptions]) -> Result:
         """`run` as root through passwordless sudo."""
-        return self.run(command, elevate=Elevate.SUDO, **kwargs)  # type: ignore[arg-type]
+        return self.run(command, elevate=Elevate.SUDO, **kwargs)
 
     def put(
         self,
