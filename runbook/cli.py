@@ -18,7 +18,7 @@ from typing import Any, Final, NoReturn
 
 from runbook import __version__
 from runbook.core.errors import EXIT_BAD_INPUT, RunbookError
-from runbook.core.masking import install_log_masking, mask
+from runbook.core.masking import install_log_masking, one_line
 
 logger: Final = logging.getLogger(__name__)
 EXIT_PIPE: Final = 128 + 13  # a writer whose reader went away, as a shell reports SIGPIPE
@@ -107,7 +107,7 @@ def execute(argv: Sequence[str]) -> int:
     except RunbookError as exc:
         if args.debug:
             logger.exception("traceback")
-        print(f"error: {exc}", file=sys.stderr)
+        print(one_line(f"error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -115,10 +115,8 @@ def execute(argv: Sequence[str]) -> int:
     except Exception as exc:  # a bug: say so in one line unless --debug
         if args.debug:
             raise
-        print(
-            mask(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug)"),
-            file=sys.stderr,
-        )
+        why = one_line(f"{type(exc).__name__}: {exc}", 200)
+        print(f"error: internal error: {why} (rerun with --debug)", file=sys.stderr)
         return 1
 
 

@@ -65,3 +65,116 @@ def test_write_private_is_0600_under_a_wide_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o600
+
+
+# -- issue 13 item 6: a secret's cost is bounded; a secret never hides the runbook's names ---
+
+
+@pytest.fixture
+def fresh_masking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Masking's process-wide sets, empty for this test (and restored after it)."""
+    from runbook.core import masking
+
+    monkeypatch.setattr(masking, "_registered", {})
+    monkeypatch.setattr(masking, "_protected", {})
+    monkeypatch.setattr(masking, "_pattern", None)
+    monkeypatch.setattr(masking, "_dirty", False, raising=False)
+
+
+def test_a_5mb_secret_is_refused_at_once_naming_it(fresh_masking: None) -> None:
+    """Before: each registration recompiled one regex of every value (and its base64), so
+    a 5 MB password cost ~30 s per later secret and the deploy 100 s (191 s measured for
+    11 registrations). Now: refused in one line, naming the secret, never the value."""
+    import time
+
+    value = "p" * (5 * 1024 * 1024)
+    started = time.perf_counter()
+    with pytest.raises(InputError) as info:
+        Secret(value, "live-root-password")
+    took = time.perf_counter() - started
+    assert took < 1.0, f"{took:.1f} s"
+    msg = str(info.value)
+    assert "'live-root-password'" in msg and "5,242,880 characters" in msg
+    assert "ppppppp" not in msg and info.value.exit_code == 2
+
+
+def test_the_longest_real_secret_still_masks(fresh_masking: None) -> None:
+    """atticd's RS256 secret (base64 of an RSA PEM) is a few KB: under the bound."""
+    value = "A" * 6000 + os.urandom(8).hex()
+    s = Secret(value, "attic-token-secret")
+    assert mask(f"x{s.reveal()}y") == f"x{MASK}y"
+
+
+def test_the_pattern_is_built_once_per_change(
+    fresh_masking: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: every registration rebuilt the regex (50 secrets: 50 compiles); now it is
+    built lazily, once, at the next mask() after a change."""
+    from runbook.core import masking
+
+    compiles = []
+    real = masking.re.compile
+
+    def counting(pattern: str, *a: object) -> object:
+        compiles.append(len(pattern))
+        return real(pattern, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(masking.re, "compile", counting)
+    values = [f"secret-{i}-{os.urandom(4).hex()}" for i in range(50)]
+    for i, v in enumerate(values):
+        Secret(v, f"s{i}")
+    assert mask(" ".join(values)) == " ".join([MASK] * 50)
+    assert mask(values[0]) == MASK  # no change since: no new compile
+    assert len(compiles) == 1
+
+
+def test_a_secret_equal_to_a_vm_name_is_refused(fresh_masking: None, tmp_path: Path) -> None:
+    """Before: a password equal to a VM name turned every `utmctl` line naming that VM into
+    `*****` and broke the deploy. Now the secret is refused, by name, in either order."""
+    from runbook.core import params
+
+    f = tmp_path / "p.yaml"
+    f.write_text(
+        "deployment: clash\nnixos_config: /nonexistent/cfg\nidentity: /nonexistent/id\n"
+        "vms:\n  - {name: vm-aarch64-utm-cache, role: cache, address: nixos-utm-cache.local}\n"
+        "cache: {vm: vm-aarch64-utm-cache, host: nixos-utm-cache.local}\n"
+    )
+    params.load(f)
+    with pytest.raises(InputError) as info:
+        Secret("vm-aarch64-utm-cache", "live-root-password")
+    msg = str(info.value)
+    assert "'live-root-password' is vms[0].name" in msg and info.value.exit_code == 2
+    assert "vm-aarch64-utm-cache" not in msg
+    # a part of a name masks it too ("vm-aarch64-*****")
+    with pytest.raises(InputError, match=r"'pw' is part of (vms\[0\]\.|cache\.)"):
+        Secret("utm-cache", "pw")
+    assert mask("utmctl start vm-aarch64-utm-cache") == "utmctl start vm-aarch64-utm-cache"
+
+
+def test_a_stored_secret_that_is_a_name_refuses_the_params(
+    fresh_masking: None, tmp_path: Path
+) -> None:
+    """The other order: the secret was registered first (a notebook reads the store before
+    the params); loading params that print it is refused naming the secret."""
+    from runbook.core import params
+
+    Secret("nixos-utm-cache.local", "attic-admin-token")
+    f = tmp_path / "p.yaml"
+    f.write_text(
+        "deployment: clash\nnixos_config: /nonexistent/cfg\nidentity: /nonexistent/id\n"
+        "vms:\n  - {name: vm-c, role: cache, address: nixos-utm-cache.local}\n"
+        "cache: {vm: vm-c, host: nixos-utm-cache.local}\n"
+    )
+    with pytest.raises(InputError) as info:
+        params.load(f)
+    msg = str(info.value)
+    assert msg.startswith(f"{f}: the secret 'attic-admin-token' is ")
+    assert "nixos-utm-cache.local" not in msg.replace(str(f), "")
+
+
+def test_a_secret_equal_to_a_runbook_word_is_refused(fresh_masking: None) -> None:
+    from runbook.core import params
+
+    params.load(Path(__file__).resolve().parents[1] / "params" / "cache.yaml")
+    with pytest.raises(InputError, match="'pw' is the runbook's word 'completed'"):
+        Secret("completed", "pw")

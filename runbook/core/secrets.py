@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 from typing import Final
 
-from runbook.core.masking import MASK, register
+from runbook.core.errors import InputError
+from runbook.core.masking import MASK, MaskingError, register
 
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -23,9 +24,14 @@ class Secret:
     __slots__ = ("_value", "name")
 
     def __init__(self, value: str, name: str = "secret") -> None:
+        """Raises InputError (exit 2, naming the secret, never its value) for a value too
+        long to mask cheaply or one that is a name the runbook prints (masking.register)."""
+        try:
+            register(value, name)
+        except MaskingError as exc:
+            raise InputError(str(exc)) from None
         self._value = value
         self.name = name
-        register(value)
 
     def reveal(self) -> str:
         return self._value
@@ -100,8 +106,6 @@ class SecretStore:
 
     def path(self, name: str) -> Path:
         if not _NAME_RE.match(name):
-            from runbook.core.errors import InputError
-
             raise InputError(f"secret name {name!r}: expected letters, digits, '.', '_' or '-'")
         return self.root / name
 

@@ -183,6 +183,9 @@ def prepare(req: RunRequest) -> RunPlan:
     """Validate everything (InputError, exit 2), take the deployment's lock (RunLockedError,
     exit 2, naming the live holder) and make or reopen the record folder."""
     loaded = load(req.params)
+    # the store's secrets, checked against the names just loaded (masking.protect): one too
+    # long or equal to a name the runbook prints is refused here, before any record exists
+    SecretStore(req.secrets_dir).load_all()
     available = discover(req.notebooks_dir)
     deployment = loaded.deployment.deployment
     if req.resume is not None:
