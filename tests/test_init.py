@@ -427,3 +427,17 @@ def test_the_hands_on_bench_counts_two_commands_and_one_consent():
     figures = yaml.safe_load(result.stdout)
     assert (figures["runbook_commands"], figures["runbook_consents"]) == (2, 1)
     assert figures["handbook_actions"] > 3 * figures["runbook_actions"]
+
+
+def test_bad_flags_are_one_line_errors(lab_config, tmp_path, home):
+    for args, said in (
+        (["--workers", "vm-nope"], "--workers vm-nope: not a worker nixosConfiguration"),
+        (["--address", "vm-nope=10.0.0.1"], "--address vm-nope: not one of the VMs"),
+        (["--address", "novalue"], "--address 'novalue': expected VM=ADDRESS"),
+        (["--set", "no-equals"], "--set 'no-equals': expected KEY=VALUE"),
+        (["--set", "utm.network=wifi"], "key utm.network: String should match pattern"),
+    ):
+        result = runbook("init", str(lab_config), *args, cwd=tmp_path, home=home)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert said in result.stderr and result.stderr.count("\n") == 1, result.stderr
+        assert not (tmp_path / "runbook.yaml").exists()

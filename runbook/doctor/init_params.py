@@ -26,7 +26,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -146,6 +146,14 @@ def read(
         )
     cache = caches[0]
     workers = [n for n in names if n != cache and not n.endswith("-cache")]
+    if only_workers is not None:
+        missing = [w for w in only_workers if w not in workers]
+        if missing:
+            raise InputError(
+                f"--workers {missing[0]}: not a worker nixosConfiguration of flake.nix "
+                f"(has {', '.join(workers) or 'none'})"
+            )
+        workers = [w for w in workers if w in only_workers]
     notes = (
         [f"{', '.join(caches[1:])} also end in -cache: {cache} is the cache"] if caches[1:] else []
     )
@@ -185,14 +193,6 @@ def read(
             here if authorized is None else {k: w for k, w in authorized.items() if k in here}
         )
     usable = [(p, (authorized or {})[k]) for p, k in local if k in (authorized or {})]
-    if only_workers is not None:
-        missing = [w for w in only_workers if w not in workers]
-        if missing:
-            raise InputError(
-                f"--workers {missing[0]}: not a worker nixosConfiguration of flake.nix "
-                f"(has {', '.join(workers) or 'none'})"
-            )
-        workers = [w for w in workers if w in only_workers]
     hosts = {name: _host(views.get(name), name) for name in [cache, *workers]}
     counts: dict[str, int] = {}
     for choice in hosts.values():
@@ -448,6 +448,3 @@ def doctor_findings(dep: params.Deployment, root: Path) -> list[Finding]:
 
 def failing(findings: list[Finding]) -> list[Finding]:
     return [f for f in findings if f.status is Status.FAIL]
-
-
-Ask = Callable[[str, str], str]
