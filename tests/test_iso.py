@@ -27,6 +27,7 @@ from runbook.sections import s01_create_vm
 
 ISO_PATH = "/nixos-26.05/latest-nixos-minimal-aarch64-linux.iso"
 NAME = "nixos-minimal-26.05.1234.abcdef-aarch64-linux.iso"
+RELEASE = f"/nixos/26.05/nixos-26.05.1234.abcdef/{NAME}"
 
 
 @dataclass
@@ -48,7 +49,17 @@ def mirror() -> Iterator[Mirror]:
             pass
 
         def do_GET(self) -> None:
-            state.requests.append(self.path)
+            # the channel's latest-* names redirect to the release's files, as
+            # channels.nixos.org does (mirror-nixos-branch.pl `redirect`)
+            if self.path in (ISO_PATH, ISO_PATH + ".sha256"):
+                self.send_response(301)
+                self.send_header("Location", RELEASE + self.path.removeprefix(ISO_PATH))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            path = self.path.replace(RELEASE, ISO_PATH)
+            state.requests.append(path)
+            self.path = path
             if self.path == ISO_PATH + ".sha256":
                 data = f"{state.checksum}  {NAME}".encode()  # no newline, as the scripts write
             elif self.path == ISO_PATH:
