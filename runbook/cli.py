@@ -34,6 +34,7 @@ COMMAND_MODULES: Final[tuple[str, ...]] = (
     "runbook.commands.records",
     "runbook.commands.keys",
     "runbook.commands.init",
+    "runbook.commands.open_cmd",
 )
 
 

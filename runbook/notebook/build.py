@@ -9,7 +9,7 @@ same notebooks written out for reading and for stepping through (`check` says wh
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -90,10 +90,24 @@ def _quiet(code: str) -> str:
     return "\n".join([*head, last if last.startswith("_ = ") else f"_ = {last}"])
 
 
-def section_notebook(src: SectionSource) -> nbformat.NotebookNode:
+def with_values(cell: str, values: Mapping[str, str]) -> str:
+    """A parameters cell with `name = ...` set to `values[name]` (its comment kept)."""
+    out = []
+    for line in cell.split("\n"):
+        name, eq, rest = line.partition(" = ")
+        if eq and name in values:
+            comment = rest[rest.index("  #") :] if "  #" in rest else ""
+            line = f"{name} = {values[name]!r}{comment}"
+        out.append(line)
+    return "\n".join(out)
+
+
+def section_notebook(
+    src: SectionSource, values: Mapping[str, str] | None = None
+) -> nbformat.NotebookNode:
     cells = [
         _md(src.title),
-        _code(PARAMETERS, "parameters"),
+        _code(with_values(PARAMETERS, values or {}), "parameters"),
         _code(
             f"from runbook.sections import {src.module} as s\n"
             "from runbook.engine.steps import open_context\n\n"
@@ -106,11 +120,11 @@ def section_notebook(src: SectionSource) -> nbformat.NotebookNode:
     return _notebook(cells)
 
 
-def dashboard_notebook() -> nbformat.NotebookNode:
+def dashboard_notebook(values: Mapping[str, str] | None = None) -> nbformat.NotebookNode:
     return _notebook(
         [
             _md(DASHBOARD_TITLE),
-            _code(DASHBOARD_PARAMS, "parameters"),
+            _code(with_values(DASHBOARD_PARAMS, values or {}), "parameters"),
             _code(
                 "from runbook.notebook import records\n\ntable = records.table(records_root)\ntable"
             ),
@@ -128,18 +142,23 @@ def _text(nb: nbformat.NotebookNode) -> str:
     return text if text.endswith("\n") else text + "\n"  # as nbformat.write leaves a file
 
 
-def rendered(sources: Iterable[SectionSource]) -> dict[str, str]:
-    """File name -> the .ipynb text of every notebook, the dashboard included."""
-    out = {f"{src.name}.ipynb": _text(section_notebook(src)) for src in sources}
-    out[f"{DASHBOARD}.ipynb"] = _text(dashboard_notebook())
+def rendered(
+    sources: Iterable[SectionSource], values: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """File name -> the .ipynb text of every notebook, the dashboard included; `values` set
+    parameters (`params`, `secrets_dir`, the dashboard's `records_root`)."""
+    out = {f"{src.name}.ipynb": _text(section_notebook(src, values)) for src in sources}
+    out[f"{DASHBOARD}.ipynb"] = _text(dashboard_notebook(values))
     return out
 
 
-def write(sources: Iterable[SectionSource], folder: Path) -> list[Path]:
+def write(
+    sources: Iterable[SectionSource], folder: Path, values: Mapping[str, str] | None = None
+) -> list[Path]:
     """Write every notebook into `folder` (made if missing); the paths written."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in rendered(sources).items():
+    for name, text in rendered(sources, values).items():
         path = folder / name
         path.write_text(text, encoding="utf-8")
         written.append(path)
