@@ -128,6 +128,13 @@ class FakeCacheVM:
         return Result(command, self.exit_code, "", self.output, 1.0, "vm-test-cache")
 
 
+def _inject(ctx: Context, key: tuple[str, bool, str], host: object) -> None:
+    """A fake host as the connection `ctx` hands out for `key` (its connection pool's)."""
+    holder = getattr(ctx, "pool", ctx)
+    holder._connections[key] = host
+    holder._connecting[key] = threading.Lock()
+
+
 def _ctx(
     tmp_path: Path,
     atticd: FakeAtticd,
@@ -150,8 +157,7 @@ def _ctx(
     )
     ctx = Context("06-cache", load(params), Mode.DEPLOY, True, SecretStore(tmp_path / "s"))
     ctx.store.put(ctx.dep.cache.admin_token, Secret("eyJh.eyJz.c2ln", "attic token"))
-    ctx._connections[(ctx.dep.cache_vm.name, True, "")] = vm  # type: ignore[assignment]
-    ctx._connecting[(ctx.dep.cache_vm.name, True, "")] = threading.Lock()
+    _inject(ctx, (ctx.dep.cache_vm.name, True, ""), vm)
     return ctx
 
 
@@ -309,8 +315,7 @@ class FakeWorker:
 def _worker_ctx(tmp_path: Path, atticd: FakeAtticd, worker: FakeWorker) -> Context:
     ctx = _ctx(tmp_path, atticd, FakeCacheVM(atticd, ""), workers=1)
     ctx.store.put(s06_cache.WORKER_TOKEN, Secret("eyJh.eyJ3.d29ya2Vy", "attic token"))
-    ctx._connections[("vm-test-worker", True, "")] = worker  # type: ignore[assignment]
-    ctx._connecting[("vm-test-worker", True, "")] = threading.Lock()
+    _inject(ctx, ("vm-test-worker", True, ""), worker)
     return ctx
 
 

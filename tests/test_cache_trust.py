@@ -169,6 +169,13 @@ class FakeHost:
         return self._ok(f"put {path}", "")
 
 
+def _inject(ctx: Context, key: tuple[str, bool, str], host: object) -> None:
+    """A fake host as the connection `ctx` hands out for `key` (its connection pool's)."""
+    holder = getattr(ctx, "pool", ctx)
+    holder._connections[key] = host
+    holder._connecting[key] = threading.Lock()
+
+
 def _ctx(tmp_path: Path, atticd: FakeAtticd, hosts: dict[str, FakeHost]) -> Context:
     config = tmp_path / "nixos-config"
     config.mkdir()
@@ -183,8 +190,7 @@ def _ctx(tmp_path: Path, atticd: FakeAtticd, hosts: dict[str, FakeHost]) -> Cont
     )
     ctx = Context("08-verify", load(params), Mode.DEPLOY, True, SecretStore(tmp_path / "s"))
     for name, host in hosts.items():
-        ctx._connections[(name, True, "")] = host  # type: ignore[assignment]
-        ctx._connecting[(name, True, "")] = threading.Lock()
+        _inject(ctx, (name, True, ""), host)
     return ctx
 
 
@@ -434,3 +440,72 @@ def test_00_reads_the_notebooks_of_its_run_from_the_manifest(tmp_path) -> None:
     assert s00_preflight._later_notebooks(Ctx()) == {"07", "08"}  # type: ignore[arg-type]
     Ctx.record_dir = None
     assert s00_preflight._later_notebooks(Ctx()) == frozenset()  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- 08: a warm cache
+
+OTHER = "/nix/store/szw91dvx6gzl0fcvr3ymn40ry5wfsis0-nixos-system-dev-2-lab"
+
+
+class SystemHost(FakeHost):
+    """A worker running `system`, holding `has`; `nix-store -r` prints Nix's copy lines."""
+
+    def __init__(self, name: str, system: str, has: set[str], log: str = "") -> None:
+        super().__init__(name)
+        self.system, self.has, self.log = system, has, log
+
+    def run(self, command: str | Sequence[str], **kw: object) -> Result:
+        shown = command if isinstance(command, str) else " ".join(command)
+        self.commands.append(shown)
+        if command == s06_cache.SYSTEM_SCRIPT:
+            return self._ok(shown, self.system + "\n")
+        if list(command)[:2] == ["nix-store", "--check-validity"]:
+            return self._ok(shown, "", 0 if list(command)[2] in self.has else 1)
+        if list(command)[:2] == ["nix-store", "-r"]:
+            self.has.add(list(command)[2])
+            return Result(shown, 0, list(command)[2] + "\n", self.log, 0.1, self.name)
+        return super().run(command, **kw)
+
+
+def _two_workers(tmp_path: Path, atticd: FakeAtticd, a: FakeHost, b: FakeHost) -> Context:
+    ctx = _ctx(tmp_path, atticd, {"vm-cache": FakeHost("vm-cache"), "vm-worker": a})
+    text = ctx.loaded.path.read_text().replace(
+        "cache:\n", "  - name: vm-worker-2\n    role: worker\n    address: 127.0.0.3\ncache:\n"
+    )
+    ctx.loaded.path.write_text(text)
+    ctx = Context("08-verify", load(ctx.loaded.path), Mode.DEPLOY, True, ctx.store)
+    for name, host in {"vm-cache": FakeHost("vm-cache"), "vm-worker": a, "vm-worker-2": b}.items():
+        _inject(ctx, (name, True, ""), host)
+    return ctx
+
+
+def test_08_the_second_worker_substitutes_the_firsts_system(tmp_path, atticd) -> None:
+    url = f"http://127.0.0.1:{atticd.port}/main"
+    copied = f"copying path '{OTHER}' from '{url}'...\n"
+    a, b = (
+        SystemHost("vm-worker", OTHER, {OTHER}),
+        SystemHost("vm-worker-2", SYSTEM, {SYSTEM}, copied),
+    )
+    ctx = _two_workers(tmp_path, atticd, a, b)
+    (step,) = [s for s in section_steps(s08_verify)(ctx) if "a warm cache" in s.name]
+    assert step.name == "vm-worker-2 substitutes vm-worker's system (a warm cache)"
+    assert step.probe is not None and step.action is not None
+    assert step.probe().done is False
+    said = step.action()
+    assert said is not None and f"{copied.strip().rstrip('.')}" in said
+    assert step.probe().done is True  # a rerun: it has it now
+
+
+def test_08_a_substitution_from_elsewhere_fails(tmp_path, atticd) -> None:
+    a = SystemHost("vm-worker", OTHER, {OTHER})
+    b = SystemHost("vm-worker-2", SYSTEM, {SYSTEM}, f"copying path '{OTHER}' from 'https://x'\n")
+    ctx = _two_workers(tmp_path, atticd, a, b)
+    with pytest.raises(RunbookError, match=r"vm-worker-2 realised vm-worker's system .* but not"):
+        s08_verify.substitute_peer(ctx, *ctx.dep.workers).action()  # type: ignore[misc]
+
+
+def test_08_one_configuration_for_both_is_said(tmp_path, atticd) -> None:
+    a, b = SystemHost("vm-worker", SYSTEM, {SYSTEM}), SystemHost("vm-worker-2", SYSTEM, {SYSTEM})
+    ctx = _two_workers(tmp_path, atticd, a, b)
+    check = s08_verify.substitute_peer(ctx, *ctx.dep.workers).probe()  # type: ignore[misc]
+    assert check.done and "vm-worker-2 runs vm-worker's system" in check.reason

@@ -139,7 +139,11 @@ def worker_login_of(ctx: Context) -> ClientLogin:
 def _stored_token(ctx: Context, name: str) -> Secret:
     token = ctx.store.get(name)
     if token is None:
-        raise RunbookError(f"no {name} in the secret store: run the step that makes it (06)")
+        who = "the cache's deployment" if not ctx.dep.owns(ctx.dep.cache_vm) else "this one"
+        raise RunbookError(
+            f"no {name} in the secret store: notebook 06 of {who} mints it on "
+            f"{ctx.dep.cache.vm} (deploy it with this secret store)"
+        )
     return token
 
 
