@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -27,8 +29,9 @@ def test_shipped_params_follow_the_handbook(name: str) -> None:
     assert dep.host(dep.cache_vm).user == "jqwang"
 
 
-def _base() -> dict[str, object]:
-    return yaml.safe_load((ROOT / "params" / "cache.yaml").read_text())
+def _base() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "params" / "cache.yaml").read_text())
+    return data
 
 
 @pytest.mark.parametrize(
@@ -45,7 +48,9 @@ def _base() -> dict[str, object]:
         (lambda d: d.update(vms=[]), "key vms:"),
     ],
 )
-def test_bad_params_name_file_and_key(tmp_path: Path, edit, expected: str) -> None:
+def test_bad_params_name_file_and_key(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], object], expected: str
+) -> None:
     data = _base()
     edit(data)
     f = tmp_path / "bad.yaml"
@@ -141,7 +146,9 @@ def test_worker_config_symlink_out_of_the_checkout_is_refused(tmp_path: Path) ->
     assert load(_params(tmp_path, worker_config="inner.nix")).deployment.worker_config
 
 
-def test_relative_paths_are_the_params_files(tmp_path: Path, monkeypatch) -> None:
+def test_relative_paths_are_the_params_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The notebooks run in the params file's directory; the CLI now reads relative paths
     from there too (before: from wherever the CLI was started)."""
     _tree(tmp_path)
@@ -154,7 +161,7 @@ def test_relative_paths_are_the_params_files(tmp_path: Path, monkeypatch) -> Non
 def test_ipv6_is_refused_not_rendered_unbracketed(host: str) -> None:
     """Before: cache.url was http://::1:8080/main."""
     data = _base()
-    data["cache"]["host"] = host  # type: ignore[index]
+    data["cache"]["host"] = host
     with pytest.raises(InputError, match=r"key cache.host: IPv6 addresses are not supported"):
         parse(yaml.safe_dump(data), "x.yaml")
 
@@ -170,9 +177,13 @@ def test_duplicate_keys_are_refused_naming_key_and_line() -> None:
 
 def test_duplicate_keys_through_a_merge_are_yaml_overrides() -> None:
     """`<<: *defaults` then a key of one's own is an override, not a duplicate."""
-    text = (ROOT / "params" / "cache.yaml").read_text().replace(
-        "  - name: vm-aarch64-utm-cache\n",
-        "  - <<: {port: 2222, name: other}\n    name: vm-aarch64-utm-cache\n",
+    text = (
+        (ROOT / "params" / "cache.yaml")
+        .read_text()
+        .replace(
+            "  - name: vm-aarch64-utm-cache\n",
+            "  - <<: {port: 2222, name: other}\n    name: vm-aarch64-utm-cache\n",
+        )
     )
     vm = parse(text, "x.yaml").vms[0]
     assert (vm.port, vm.name) == (2222, "vm-aarch64-utm-cache")
@@ -184,7 +195,8 @@ def test_deep_nesting_and_alias_bombs_are_exit_2() -> None:
     with pytest.raises(InputError, match="nested more than 32 levels"):
         parse(base + "x: " + "[" * 20000 + "]" * 20000 + "\n", "x.yaml")
     bomb = "a: &a [1,1,1,1,1,1,1,1,1,1]\n" + "".join(
-        f"{c}: &{c} [" + ",".join([f"*{p}"] * 10) + "]\n" for p, c in zip("abcdefg", "bcdefgh")
+        f"{c}: &{c} [" + ",".join([f"*{p}"] * 10) + "]\n"
+        for p, c in zip("abcdefg", "bcdefgh", strict=True)
     )
     with pytest.raises(InputError, match="more than 10,000 values once its aliases"):
         parse(base + bomb, "x.yaml")
@@ -229,7 +241,7 @@ def test_user_names_follow_useradd(user: str, ok: bool) -> None:
         if key == "user":
             data["user"] = user
         else:
-            data["bootstrap"]["user"] = user  # type: ignore[index]
+            data["bootstrap"]["user"] = user
         if ok:
             parse(yaml.safe_dump(data), "x.yaml")
         else:
@@ -239,8 +251,8 @@ def test_user_names_follow_useradd(user: str, ok: bool) -> None:
 
 def test_ports_are_integers_not_booleans() -> None:
     data = _base()
-    data["cache"]["port"] = True  # type: ignore[index]
-    with pytest.raises(InputError, match="key cache.port: Input should be a valid integer"):
+    data["cache"]["port"] = True
+    with pytest.raises(InputError, match=r"key cache\.port: Input should be a valid integer"):
         parse(yaml.safe_dump(data), "x.yaml")
 
 
