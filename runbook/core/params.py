@@ -62,10 +62,12 @@ def _address(value: str) -> str:
         ip = ipaddress.ip_address(value)
     except ValueError:
         ip = None
-    if isinstance(ip, ipaddress.IPv6Address) or (ip is None and ":" in value):
+    if isinstance(ip, ipaddress.IPv6Address):
         raise ValueError(
             "IPv6 addresses are not supported: expected an IPv4 address or a host name"
         )
+    if ":" in value:
+        raise ValueError("expected a host name or IPv4 address without a port (its own key)")
     if ip is not None:
         return value
     labels = value.rstrip(".").split(".")
