@@ -12,9 +12,9 @@ from runbook.core.errors import RunbookError
 from runbook.core.models import Host
 from runbook.core.params import load
 from runbook.core.secrets import Secret, SecretStore
-from runbook.engine.commands import ConsoleTyping, FilePut, LocalCommand, RemoteScript, rendered
 from runbook.engine.steps import Context, Mode, Step
 from runbook.sections import common, s04_bootstrap, s05_token_secret, s09_update
+from runbook.transport.commands import ConsoleTyping, FilePut, LocalCommand, RemoteScript, rendered
 from tests.conftest import FISH_USER
 from tests.run_rig import PARAMS
 from tests.sshd_rig import Sshd

@@ -170,9 +170,9 @@ def test_make_itself_takes_the_options_over_the_makefiles(tmp_path: Path) -> Non
     ctx = _golden_ctx(tmp_path)
     worker = ctx.dep.vms[1]
     key = KEY_OPTIONS.removeprefix("SSH_OPTIONS=")
-    copy = _dry_run(LAB_MAKEFILE.parent, user_switch(ctx, worker).copy)
+    copy = _dry_run(LAB_MAKEFILE.parent, list(user_switch(ctx, worker).copy.argv))
     assert f"rsync -av -e 'ssh {key} -p2222'" in copy and "/dev/null" not in copy
-    switch = _dry_run(LAB_MAKEFILE.parent, user_switch(ctx, worker).switch)
+    switch = _dry_run(LAB_MAKEFILE.parent, list(user_switch(ctx, worker).switch.argv))
     assert f"ssh {key} -p2222 jqwang@192.168.64.7" in switch
     boot = _dry_run(LAB_MAKEFILE.parent, make_argv(ctx, "vm/bootstrap", worker, user="jqwang"))
     assert boot.count(f"ssh {key} -p2222") == 3 and "/dev/null" not in boot, boot
@@ -200,7 +200,7 @@ def test_an_override_in_the_checkout_is_refused_before_make_runs(tmp_path: Path)
         "192.168.64.7, port: 2222", f"127.0.0.1, port: {_closed_port()}"
     )
     ctx = _golden_ctx(tmp_path, text_params)
-    argv = user_switch(ctx, ctx.dep.vms[1]).copy
+    argv = list(user_switch(ctx, ctx.dep.vms[1]).copy.argv)
     # GNU make would indeed keep the Makefile's options ("The override Directive")
     assert "UserKnownHostsFile=/dev/null" in _dry_run(checkout, argv)
     line = text[: text.index("override SSH_OPTIONS")].count("\n") + 1

@@ -1,7 +1,7 @@
 """The values steps are made of: a step, its check, its outcome and its record.
 
 A `Step` is one idempotent action with a `probe` ("already done?") and an `action`; its
-`commands` (`runbook.engine.commands` values, or a plain note for work done in Python) are what
+`commands` (`runbook.transport.commands` values, or a plain note for work done in Python) are what
 its plan shows and what its action runs. `runbook.engine.steps.Context` runs steps.
 """
 
@@ -14,7 +14,7 @@ from typing import Final, TypedDict
 
 from runbook.core.errors import RunbookError
 from runbook.core.masking import mask
-from runbook.engine.commands import Command, rendered
+from runbook.transport.commands import Command, rendered
 
 STEP_MIMETYPE: Final = "application/vnd.runbook.step+json"
 # Test-only fault injection: "<notebook>:<step name>" makes that step fail deterministically.

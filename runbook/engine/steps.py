@@ -31,7 +31,6 @@ from runbook.core.params import VM, Deployment, Loaded, load
 from runbook.core.secrets import Secret, SecretStore
 from runbook.engine import step_output
 from runbook.engine.addresses import record_address, run_addresses, with_run_addresses
-from runbook.engine.commands import Command, ConsoleTyping, FilePut, LocalCommand, RemoteScript
 from runbook.engine.pool import ConnectionPool
 from runbook.engine.step import (
     DONE,
@@ -47,6 +46,7 @@ from runbook.engine.step import (
     StepRecord,
     unchecked,
 )
+from runbook.transport.commands import Command, ConsoleTyping, FilePut, LocalCommand, RemoteScript
 
 if TYPE_CHECKING:
     from runbook.transport.remote import Connection
@@ -160,7 +160,11 @@ class Context:
                 from runbook.transport import local
 
                 return local.run(
-                    command.argv, check=check, ok_codes=ok_codes, timeout=timeout or command.timeout
+                    command.argv,
+                    check=check,
+                    ok_codes=ok_codes,
+                    timeout=timeout or command.timeout,
+                    stdin=command.stdin,
                 )
             case RemoteScript():
                 conn = self.connection(

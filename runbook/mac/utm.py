@@ -19,7 +19,6 @@ import enum
 import ipaddress
 import logging
 import re
-import shlex
 import shutil
 import sys
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from typing import Final
 from runbook.core.errors import CommandError, InputError, RunbookError
 from runbook.core.models import Result
 from runbook.transport import local
+from runbook.transport.commands import LocalCommand
 
 logger: Final = logging.getLogger(__name__)
 
@@ -192,10 +192,15 @@ def utmctl_argv(utmctl: str | Path, *args: str) -> list[str]:
     return [str(utmctl), *args]
 
 
+def utmctl_command(utmctl: str | Path, *args: str, timeout: float = UTMCTL_TIMEOUT) -> LocalCommand:
+    """One utmctl subcommand as the value a plan shows and `_utmctl` runs."""
+    return LocalCommand.of(utmctl_argv(utmctl, *args), timeout=timeout)
+
+
 def _utmctl(utmctl: str | Path, *args: str, timeout: float = UTMCTL_TIMEOUT) -> Result:
     require_macos(f"`utmctl {args[0]}`", utmctl)
-    argv = utmctl_argv(utmctl, *args)
-    result = local.run(argv, check=False, timeout=timeout)
+    cmd = utmctl_command(utmctl, *args, timeout=timeout)
+    result = local.run(list(cmd.argv), check=False, timeout=cmd.timeout)
     failure = utmctl_failed(result)
     if failure is not None:
         raise CommandError(
@@ -287,8 +292,17 @@ def run_applescript(
     require_macos(what, osascript)
     if uses_input_automation(script):
         require_input_automation(osascript=osascript)
+    cmd = applescript_command(script, *args, osascript=osascript, timeout=timeout)
+    return local.run(list(cmd.argv), stdin=cmd.stdin, timeout=cmd.timeout).stdout.strip()
+
+
+def applescript_command(
+    script: str, *args: str, osascript: str | Path = OSASCRIPT, timeout: float = OSASCRIPT_TIMEOUT
+) -> LocalCommand:
+    """`osascript - ARG...` with `script` on stdin, as the value a plan shows and
+    `run_applescript` runs."""
     argv = osascript_argv(*args, osascript=osascript)
-    return local.run(argv, stdin=script, timeout=timeout).stdout.strip()
+    return LocalCommand.of(argv, timeout=timeout, stdin=script, heredoc="APPLESCRIPT")
 
 
 def _applescript_enum(value: str, allowed: Sequence[str], what: str) -> str:
@@ -692,8 +706,7 @@ def attached_isos(vm: str, *, osascript: str | Path = OSASCRIPT) -> list[Drive]:
 
 def osascript_shown(script: str, *args: str, osascript: str | Path = OSASCRIPT) -> str:
     """How an AppleScript run shows in a plan: `osascript - ARG... <<'APPLESCRIPT'` + script."""
-    argv = osascript_argv(*args, osascript=osascript)
-    return f"{shlex.join(argv)} <<'APPLESCRIPT'\n{script}APPLESCRIPT"
+    return applescript_command(script, *args, osascript=osascript).render()
 
 
 def remove_iso(

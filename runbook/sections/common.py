@@ -21,10 +21,10 @@ from runbook.core.errors import (
 from runbook.core.models import Elevate, Result
 from runbook.core.params import VM
 from runbook.core.secrets import Secret, write_private
-from runbook.engine.commands import Command, FilePut, LocalCommand, RemoteScript
 from runbook.engine.step_output import line_printer
 from runbook.engine.steps import DONE, TODO, Check, Context, unchecked
 from runbook.transport import local
+from runbook.transport.commands import Command, FilePut, LocalCommand, RemoteScript
 
 # The nixos-config Makefile's variables (utm-makefile-keys.md §1): NIXADDR, NIXPORT, NIXUSER, NIXNAME.
 ATTICD_ENV: Final = "/var/lib/atticd/env"

@@ -21,6 +21,7 @@ from runbook.mac import iso as nixos_iso
 from runbook.mac import utm
 from runbook.sections.common import render
 from runbook.sections.vm_console import MacSide, mac_side
+from runbook.transport.commands import LocalCommand
 
 NOTEBOOK: Final = "01-create-vm"
 ISO_PLACEHOLDER: Final = "/path/to/nixos-minimal-aarch64.iso"
@@ -81,11 +82,11 @@ def new_vm(ctx: Context, mac: MacSide, vm: VM) -> utm.NewVm:
     )
 
 
-def _script_command(mac: MacSide, spec: utm.NewVm) -> str:
+def _script_command(mac: MacSide, spec: utm.NewVm) -> LocalCommand:
     address = utm.normalize_mac(spec.mac) if spec.mac else ""  # as utm.create_vm sends it
     script = utm.create_vm_script(spec)
     args = (spec.name, str(spec.iso), spec.host_interface, address)
-    return utm.osascript_shown(script, *args, osascript=mac.osascript)
+    return utm.applescript_command(script, *args, osascript=mac.osascript)
 
 
 def listed(mac: MacSide, vm: VM) -> utm.VmEntry | Check:
@@ -148,8 +149,8 @@ def create(ctx: Context, vm: VM) -> Step:
         [
             *iso_plan(ctx.dep),
             "# already done when UTM has it as asked (read-only):",
-            render([mac.utmctl, "list"]),
-            utm.osascript_shown(utm.VM_CONFIG_SCRIPT, vm.name, osascript=mac.osascript),
+            utm.utmctl_command(mac.utmctl, "list"),
+            utm.applescript_command(utm.VM_CONFIG_SCRIPT, vm.name, osascript=mac.osascript),
             _script_command(mac, spec),
         ],
         probe=probe,
@@ -178,7 +179,10 @@ def start(ctx: Context, vm: VM) -> Step:
     return Step(
         f"start {vm.name} from the ISO",
         "localhost (UTM)",
-        [render([mac.utmctl, "start", vm.name]), render([mac.utmctl, "status", vm.name])],
+        [
+            utm.utmctl_command(mac.utmctl, "start", vm.name),
+            utm.utmctl_command(mac.utmctl, "status", vm.name),
+        ],
         probe=probe,
         action=action,
     )

@@ -27,7 +27,6 @@ from typing import Final
 from runbook.core.errors import ConnectError, HostKeyChangedError, RunbookError
 from runbook.core.params import VM
 from runbook.core.secrets import Secret
-from runbook.engine.commands import RemoteScript
 from runbook.engine.steps import TODO, Check, Context, Step, record_address
 from runbook.mac.discover import CALLBACK_COMMAND, AddressNotFoundError, callback_command
 from runbook.sections.vm_console import (
@@ -41,6 +40,7 @@ from runbook.sections.vm_console import (
     type_line,
     watching,
 )
+from runbook.transport.commands import RemoteScript
 from runbook.transport.remote import Connection
 
 NOTEBOOK: Final = "02-console-ip"

@@ -27,6 +27,7 @@ from runbook.sections.common import (
 from runbook.sections.s01_create_vm import listed
 from runbook.sections.s02_console import stored_live_password
 from runbook.sections.vm_console import MacSide, mac_side, resolve
+from runbook.transport.commands import Command
 from runbook.transport.hostkeys import entry_name
 from runbook.transport.remote import Connection
 
@@ -75,7 +76,7 @@ def bootstrap0(ctx: Context, vm: VM) -> Step:
     argv = make_argv(ctx, "vm/bootstrap0", vm)
     disk = vm.disk_interface.device
     note = f"wipes {disk} on {vm.name}"
-    cmds = [
+    cmds: list[Command | str] = [
         "# it ends in reboot; afterwards root logs in with bootstrap0's password, and the new",
         "# host keys of the reinstall replace the known ones here only (old and new logged):",
         render(argv),
@@ -229,14 +230,14 @@ def remove_iso(ctx: Context, vm: VM) -> Step:
         f"# then an SSH login at {vm.address}: {ctx.dep.user} with the key, else root with "
         "bootstrap0's password"
     )
-    cmds = [
+    cmds: list[Command | str] = [
         "# already done when no removable drive holds an image (read-only):",
-        utm.osascript_shown(utm.DRIVES_SCRIPT, vm.name, osascript=mac.osascript),
+        utm.applescript_command(utm.DRIVES_SCRIPT, vm.name, osascript=mac.osascript),
         "# UTM changes a configuration only while the VM is stopped (§3); if it runs:",
-        render([mac.utmctl, "stop", vm.name, "--request"])
-        + f"   # --force if it still runs after {STOP_TIMEOUT:g}s",
-        utm.osascript_shown(utm.REMOVE_ISO_SCRIPT, vm.name, osascript=mac.osascript),
-        render([mac.utmctl, "start", vm.name]),
+        utm.utmctl_command(mac.utmctl, "stop", vm.name, "--request"),
+        f"# then `--force` if it still runs after {STOP_TIMEOUT:g}s",
+        utm.applescript_command(utm.REMOVE_ISO_SCRIPT, vm.name, osascript=mac.osascript),
+        utm.utmctl_command(mac.utmctl, "start", vm.name),
         wait,
     ]
 

@@ -20,7 +20,6 @@ from runbook.core.errors import (
 )
 from runbook.core.models import Elevate, Result
 from runbook.core.params import VM
-from runbook.engine.commands import RemoteScript
 from runbook.engine.steps import Check, Context, Step
 from runbook.sections import s00_preflight  # noqa: F401 - its cells call s.s00_preflight.toplevel_build
 from runbook.sections.common import (
@@ -37,6 +36,7 @@ from runbook.sections.common import (
     run_make,
 )
 from runbook.sections.vm_console import key_fingerprint, parse_public_keys, pin_host_keys
+from runbook.transport.commands import RemoteScript
 from runbook.transport.remote import Connection
 
 logger: Final = logging.getLogger(__name__)

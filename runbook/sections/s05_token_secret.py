@@ -22,7 +22,6 @@ from runbook.cache import keys
 from runbook.core.errors import InputError, RunbookError
 from runbook.core.params import VM
 from runbook.core.secrets import Secret
-from runbook.engine.commands import FilePut
 from runbook.engine.steps import TODO, Check, Context, Step
 from runbook.sections.common import (
     ATTICD_ENV,
@@ -32,6 +31,7 @@ from runbook.sections.common import (
     remote_script,
     user_switch,
 )
+from runbook.transport.commands import FilePut
 
 if TYPE_CHECKING:
     from runbook.nix.nixcfg import Change

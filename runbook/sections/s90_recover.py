@@ -16,7 +16,6 @@ from typing import Final
 
 from runbook.core.errors import ConnectError, HostKeyChangedError, RunbookError
 from runbook.core.params import VM
-from runbook.engine.commands import RemoteScript
 from runbook.engine.steps import Check, Context, Step
 from runbook.sections.vm_console import (
     LazyConsole,
@@ -32,6 +31,7 @@ from runbook.sections.vm_console import (
     sshd_banner,
     watching,
 )
+from runbook.transport.commands import RemoteScript
 from runbook.transport.hostkeys import KnownHosts, entry_name
 from runbook.transport.remote import Connection
 

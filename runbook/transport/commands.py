@@ -18,6 +18,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from runbook.core.masking import mask
 from runbook.core.models import Elevate, Host
@@ -27,17 +28,30 @@ from runbook.transport.shell import BASH_STDIN, SUDO_BASH_STDIN
 
 @dataclass(frozen=True)
 class LocalCommand:
-    """An argv run here (within `timeout` seconds, if given)."""
+    """An argv run here (within `timeout` seconds, if given), with `stdin` fed to it (an
+    AppleScript for `osascript -`, shown as a here-document named `heredoc`)."""
 
     argv: tuple[str, ...]
     timeout: float | None = None
+    stdin: str | None = None
+    heredoc: str = "EOF"
 
     @classmethod
-    def of(cls, argv: Sequence[str], *, timeout: float | None = None) -> LocalCommand:
-        return cls(tuple(str(a) for a in argv), timeout=timeout)
+    def of(
+        cls,
+        argv: Sequence[str | Path],
+        *,
+        timeout: float | None = None,
+        stdin: str | None = None,
+        heredoc: str = "EOF",
+    ) -> LocalCommand:
+        return cls(tuple(str(a) for a in argv), timeout=timeout, stdin=stdin, heredoc=heredoc)
 
     def render(self) -> str:
-        return mask(shlex.join(self.argv))
+        line = shlex.join(self.argv)
+        if self.stdin is None:
+            return mask(line)
+        return mask(f"{line} <<'{self.heredoc}'\n{self.stdin}{self.heredoc}")
 
 
 @dataclass(frozen=True)
