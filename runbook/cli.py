@@ -42,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with the project's one-line error and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, one_line(f"{self.prog}: error: {message}") + "\n")
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
 def get_parser() -> argparse.ArgumentParser:

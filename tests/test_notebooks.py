@@ -154,6 +154,6 @@ def test_records_lists_the_plan_and_the_dashboard_executes(planned: dict[str, ob
         )
     finally:
         os.environ["PYTHONPATH"] = env_path
-    table_cell = next(c for c in nb.cells if "records.table" in c.source)
+    table_cell = next(c for c in nb.cells if "runs_table" in c.source)
     text = json.dumps(table_cell.outputs)
     assert "cache" in text and "completed" in text

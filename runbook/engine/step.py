@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final, TypedDict
+from typing import Final, NotRequired, TypedDict
 
 from runbook.core.errors import RunbookError
 from runbook.core.masking import mask
@@ -50,6 +50,7 @@ class StepRecord(TypedDict):
     reason: str
     duration: float
     commands: list[str]
+    start: NotRequired[str]  # UTC ISO time the step began (records made before it have none)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -348,9 +349,16 @@ class Context:
             reason=reason,
             duration=round(time.monotonic() - start, 3),
             commands=commands,
+            start=_wall(start),
         )
         self.records.append(record)
         self.sink(record)
+
+
+def _wall(start: float) -> str:
+    """The UTC ISO time of `start`, a time.monotonic() reading."""
+    began = datetime.now(UTC) - timedelta(seconds=time.monotonic() - start)
+    return began.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _inject_failure(notebook: str, step: str) -> None:

@@ -40,13 +40,17 @@ PANEL: Final = (
 )
 
 DASHBOARD: Final = "records-dashboard"
-DASHBOARD_TITLE: Final = """# Records · 部署记录 — the runs, as tables
+DASHBOARD_TITLE: Final = """# Records · 部署记录 — the runs at a glance
 
-Every `runbook plan` / `runbook deploy` leaves a record folder: the executed notebooks, `run.log`,
-`manifest.json` and HTML exports. This dashboard reads them with `runbook.notebook.records` into pandas."""
+Every `runbook plan` / `runbook deploy` leaves a record folder: the executed notebooks (each
+opening with a banner: what the record is and its steps), their HTML, `run.log`, `manifest.json`,
+a copy of the params file, `timeline.png` and an `index.html` linking them. This dashboard reads
+them with `runbook.notebook.dashboard`: the runs, one record's timeline and steps, and how long
+each deployment takes over time."""
 
 DASHBOARD_PARAMS: Final = """\
 records_root = "../records"  # the records folder (`runbook --records DIR`, RUNBOOK_RECORDS)
+record = ""  # the record to look at: its id or a prefix of it; empty: the latest
 """
 
 
@@ -125,14 +129,25 @@ def dashboard_notebook(values: Mapping[str, str] | None = None) -> nbformat.Note
         [
             _md(DASHBOARD_TITLE),
             _code(with_values(DASHBOARD_PARAMS, values or {}), "parameters"),
-            _code(
-                "from runbook.notebook import records\n\ntable = records.table(records_root)\ntable"
+            _md(
+                "## The runs, newest first\n\nStatus in colour; a run that did not complete "
+                "is tinted, with the step that failed and why."
             ),
-            _md("## The latest record, notebook by notebook"),
             _code(
-                "latest = records.latest(records_root)\n"
-                "records.notebook_table(latest) if latest is not None else 'no records yet'"
+                "from runbook.notebook import dashboard\n\n"
+                "board = dashboard.load(records_root)\n"
+                "board.runs_table()"
             ),
+            _md(
+                "## Timeline of one record\n\nThe latest record, or the one `record` names: each "
+                "notebook a pale bar, its steps inside it coloured by outcome; a failed step is "
+                "named. The same picture is the record's `timeline.png` (in its `index.html`)."
+            ),
+            _code("board.timeline(record)"),
+            _md("## Steps of that record"),
+            _code("board.steps_table(record)"),
+            _md("## How long each deployment takes, over time\n\n✗: a run that did not complete."),
+            _code("board.durations()"),
         ]
     )
 

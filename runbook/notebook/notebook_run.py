@@ -16,13 +16,16 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 from runbook.core.errors import RecordWriteError
 from runbook.core.masking import mask
 from runbook.engine.steps import StepRecord
 from runbook.notebook.html_export import Exports, export_html
 from runbook.notebook.records import RunLog, step_records, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from runbook.notebook.records import Manifest
 
 logger: Final = logging.getLogger(__name__)
 
@@ -119,6 +122,7 @@ class NotebookRun:
     error: BaseException | None = None
     steps: list[StepRecord] = field(default_factory=list)
     written: bool = False
+    manifest: Manifest | None = None  # the run's: the notebook's banner says what it is
     memory: str = field(default_factory=lambda: f"{MEMORY_SCHEME}{uuid.uuid4().hex}.ipynb")
 
     def snapshot(self) -> Any | None:
@@ -159,26 +163,35 @@ def execute(km: Any, run: NotebookRun, stream: Stream) -> None:
         run.error = exc
 
 
-def finish(run: NotebookRun, exports: Exports | None = None) -> None:
+def finish(run: NotebookRun, exports: Exports | None = None, status: str | None = None) -> None:
     """The steps that ran (from the last state, whatever ended the notebook), then the
-    notebook written whole into the record and exported. RecordWriteError when the disk
-    refuses the notebook: `run.steps` are known all the same."""
+    notebook written whole into the record, opening with its banner (what the record is,
+    the notebook's `status` and steps: `pages.add_banner`), and exported. RecordWriteError
+    when the disk refuses the notebook: `run.steps` are known all the same."""
     import nbformat
+
+    from runbook.notebook import pages
 
     nb = run.snapshot()
     run.forget()
     if nb is None:
         return
     run.steps = step_records(nb)
+    title = run.output.stem
+    if run.manifest is not None:
+        status = status or ("failed" if run.error else "completed")
+        pages.add_banner(nb, run.manifest, run.source.stem, status, run.steps)
+        title = pages.title(run.manifest, run.source.stem)
+        nb.metadata["title"] = title  # nbformat's own field: the HTML page's title
     nb.metadata.setdefault("papermill", {})["output_path"] = str(run.output)
     data = nbformat.writes(nb).encode()  # type: ignore[no-untyped-call]
     write_bytes_atomic(run.output, data)
     run.written = True
     html = run.output.with_suffix(".html")
     if exports is None:
-        export_html(nb, html)
+        export_html(nb, html, title)
     else:
-        exports.submit(nb, html)
+        exports.submit(nb, html, title)
 
 
 def export_missing(record: Path, notebooks: list[str], exports: Exports) -> list[str]:

@@ -4,10 +4,18 @@
         manifest.json        the run, typed below (`Manifest`)
         run.log              everything streamed to the terminal, masked
         NN-name.ipynb        each executed notebook (written whole, never half)
-        NN-name.html         its HTML export, for reading without Jupyter
+        NN-name.html         its HTML export, for reading without Jupyter (both open with a
+                             banner: what the record is, and the notebook's steps)
+        params.yaml          a copy of the params file the run began with (masked)
+        index.html           the run's summary, timeline and links to the HTML (at its end)
+        timeline.png         notebooks and steps on a time axis, coloured by outcome
         .reserve             ballast, freed so the final manifest fits on a full disk
     records/.lock-<deployment>   held (flock) by the one process running that deployment,
                                  there only while it runs (or after it died)
+
+A record that ended is read-only (files 0444, folders 0555, `seal`); `--resume` makes it
+writable for the resumed run (`unseal`) and seals it again at its end. run.log lines start
+with their UTC time.
 
 Every write is whole or absent (a temp file renamed into place, removed when the write
 fails); a write the disk refuses raises `RecordWriteError`, which ends the run truthfully.
@@ -23,9 +31,11 @@ import fcntl
 import json
 import logging
 import os
+import socket
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Final, Literal, NotRequired, TypedDict
 
 from runbook.core.errors import InputError, RecordWriteError, RunLockedError
 from runbook.engine.steps import STEP_MIMETYPE, StepRecord
@@ -37,6 +47,9 @@ logger: Final = logging.getLogger(__name__)
 
 MANIFEST: Final = "manifest.json"
 RUN_LOG: Final = "run.log"
+PARAMS_COPY: Final = "params.yaml"
+INDEX: Final = "index.html"
+TIMELINE: Final = "timeline.png"
 RECORDS_ENV: Final = "RUNBOOK_RECORDS"
 BALLAST: Final = ".reserve"
 BALLAST_BYTES: Final = 512 * 1024  # room for the last manifest (and log line) on a full disk
@@ -56,6 +69,7 @@ class StepEntry(TypedDict):
     outcome: str
     reason: str
     duration: float
+    start: NotRequired[str]  # UTC ISO; records made before steps had a start have none
 
 
 class NotebookEntry(TypedDict):
@@ -84,6 +98,51 @@ class Manifest(TypedDict):
     duration: float | None
     failure: str | None
     notebooks: list[NotebookEntry]
+    # who ran it, where, from which runbook (records made before these fields have none)
+    machine: NotRequired[str]
+    operator: NotRequired[str]
+    runbook_commit: NotRequired[str]
+    params_copy: NotRequired[str]  # the copy's file name in the record
+
+
+class About(TypedDict):
+    machine: str
+    operator: str
+    runbook_commit: str
+
+
+def about() -> About:
+    """This machine's host name, the operator's user name and the runbook's git commit
+    ("-" when the runbook is not a git checkout: an installed wheel)."""
+    return About(machine=socket.gethostname(), operator=_operator(), runbook_commit=_commit())
+
+
+def _operator() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no USER/LOGNAME and no passwd entry (a bare container)
+        return str(os.getuid())
+
+
+def _commit() -> str:
+    import subprocess
+
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / ".git").exists() or not (checkout / "runbook").is_dir():
+        return "-"
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "-"
+    return done.stdout.strip() or "-" if done.returncode == 0 else "-"
 
 
 def utc_now() -> datetime:
@@ -143,6 +202,58 @@ def write_manifest(record: Path, manifest: Manifest) -> None:
     write_json_atomic(record / MANIFEST, manifest)
 
 
+def keep_params(record: Path, params: Path, m: Manifest) -> None:
+    """The params file the run (or its resume) goes on with, copied into the record: as
+    `params.yaml` first; a resume with a changed file keeps both (`params-<UTC time>.yaml`).
+    `m["params_copy"]` names the copy in use."""
+    from runbook.core.masking import mask
+
+    try:
+        text = mask(params.read_text(encoding="utf-8", errors="replace"))
+    except OSError as exc:
+        raise InputError(f"{params}: cannot read the params file: {exc.strerror}") from None
+    have = m.get("params_copy")
+    if have:
+        with contextlib.suppress(OSError):
+            if (record / have).read_text(encoding="utf-8", errors="replace") == text:
+                return
+    name = PARAMS_COPY
+    if (record / name).exists():
+        name = f"params-{utc_now().strftime('%Y%m%dT%H%M%SZ')}.yaml"
+    write_bytes_atomic(record / name, text.encode())
+    m["params_copy"] = name
+
+
+def seal(record: Path) -> None:
+    """The ended record read-only: files 0444, folders 0555 (the record itself last)."""
+    for path in sorted(record.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            if path.is_symlink():
+                continue
+            os.chmod(path, 0o555 if path.is_dir() else 0o444)
+    with contextlib.suppress(OSError):
+        os.chmod(record, 0o555)
+
+
+def unseal(record: Path) -> None:
+    """A sealed record writable again (a `--resume`): folders 0755, files 0644."""
+    with contextlib.suppress(OSError):
+        os.chmod(record, 0o755)
+    for path in sorted(record.rglob("*"), key=lambda p: len(p.parts)):
+        with contextlib.suppress(OSError):
+            if path.is_symlink():
+                continue
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+
+
+def sealed(record: Path) -> bool:
+    """True when the record folder is read-only (nobody may write into it)."""
+    try:
+        return not (os.stat(record).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    except OSError:
+        return False
+
+
 def reserve(record: Path) -> None:
     """Ballast in the record, real blocks (not sparse): freed by `release` before the last
     manifest write, so a disk that filled during the run still takes the truth."""
@@ -154,9 +265,15 @@ def release(record: Path) -> None:
         (record / BALLAST).unlink()
 
 
+def stamp(t: datetime | None = None) -> str:
+    """A run.log line's UTC time: `2026-12-02T02:31:43.192Z`."""
+    return (t or utc_now()).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 class RunLog:
-    """run.log, appended in whole lines: a write the disk refuses is cut back to the last
-    whole line, and the log stops (`error` says why) instead of raising into the run."""
+    """run.log, appended in whole lines, each starting with its UTC time (`stamp`): a write
+    the disk refuses is cut back to the last whole line, and the log stops (`error` says
+    why) instead of raising into the run."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -178,7 +295,7 @@ class RunLog:
         if cut < 0:
             return
         lines, self._partial = self._partial[: cut + 1], self._partial[cut + 1 :]
-        self._append(lines.encode())
+        self._append(_stamped(lines))
 
     def _append(self, data: bytes) -> None:
         try:
@@ -194,14 +311,22 @@ class RunLog:
     def last_line(self, line: str) -> None:
         """A final line (the run's end), even after a refused write: the ballast was freed."""
         self.error, self._partial = None, ""
-        self._append((line + "\n").encode())
+        self._append(_stamped(line + "\n"))
 
     def close(self) -> None:
         if self._partial and self.error is None:
-            self._append((self._partial + "\n").encode())
+            self._append(_stamped(self._partial + "\n"))
         self._partial = ""
         with contextlib.suppress(OSError):
             os.close(self._fd)
+
+
+def _stamped(lines: str) -> bytes:
+    """Whole lines, each with the UTC time in front."""
+    now = stamp()
+    return "".join(
+        f"{now} {line}" if line != "\n" else f"{now}\n" for line in lines.splitlines(keepends=True)
+    ).encode()
 
 
 # -- one run per deployment ------------------------------------------------------------
@@ -343,16 +468,19 @@ def step_records(nb: Any) -> list[StepRecord]:
 
 
 def step_entries(records: list[StepRecord]) -> list[StepEntry]:
-    return [
-        StepEntry(
+    entries = []
+    for r in records:
+        entry = StepEntry(
             step=r["step"],
             host=r["host"],
             outcome=r["outcome"],
             reason=r["reason"],
             duration=r["duration"],
         )
-        for r in records
-    ]
+        if "start" in r:
+            entry["start"] = r["start"]
+        entries.append(entry)
+    return entries
 
 
 def resolve(root: Path, ref: str | Path) -> Path:

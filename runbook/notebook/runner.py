@@ -44,6 +44,7 @@ from runbook.engine.steps import Mode, Outcome, StepRecord
 from runbook.notebook.html_export import Exports
 from runbook.notebook.kernel_thread import KernelThread
 from runbook.notebook.notebook_run import NotebookRun, Stream, export_missing, finish
+from runbook.notebook.pages import write_index
 from runbook.notebook.records import (
     RUN_LOG,
     Manifest,
@@ -53,13 +54,17 @@ from runbook.notebook.records import (
     RunLog,
     RunStatus,
     StopStatus,
+    about,
     iso,
+    keep_params,
     mark_abandoned,
     new_record_dir,
     read_manifest,
     release,
     reserve,
+    seal,
     step_entries,
+    unseal,
     utc_now,
     write_manifest,
 )
@@ -135,6 +140,7 @@ def _config_commit(loaded: Loaded) -> str | None:
 def _new_manifest(req: RunRequest, loaded: Loaded, record: Path, picks: list[Path]) -> Manifest:
     import papermill
 
+    who = about()
     return Manifest(
         id=record.name,
         deployment=loaded.deployment.deployment,
@@ -162,6 +168,9 @@ def _new_manifest(req: RunRequest, loaded: Loaded, record: Path, picks: list[Pat
             )
             for p in picks
         ],
+        machine=who["machine"],
+        operator=who["operator"],
+        runbook_commit=who["runbook_commit"],
     )
 
 
@@ -351,7 +360,10 @@ def _run_locked(req: RunRequest, plan: RunPlan) -> int:
     m = plan.manifest
     m["status"], m["ended"], m["failure"] = "running", None, None
     try:
+        if not plan.new:
+            unseal(plan.record)  # an ended record is read-only; the resume writes into it
         reserve(plan.record)
+        keep_params(plan.record, plan.loaded.path, m)
         write_manifest(plan.record, m)
         log = RunLog(plan.record / RUN_LOG)
     except (RecordWriteError, OSError) as exc:
@@ -392,12 +404,14 @@ def _close_record(plan: RunPlan, stream: Stream) -> None:
         write_manifest(plan.record, m)
     except RecordWriteError as exc:
         print(f"error: {exc}: the record {plan.record} still shows its last state", file=sys.stderr)
+    write_index(plan.record, m)
     stream.log.last_line(f"record: {plan.record} ({m['status']})")
     stream.log.close()
     if not stream.out_closed:
         with contextlib.suppress(OSError, ValueError):
             stream.out.write(f"record: {plan.record} ({m['status']})\n")
             stream.out.flush()
+    seal(plan.record)  # read-only from now on (`--resume` unseals it)
 
 
 def _seconds_since(stamp: str) -> float:
@@ -440,7 +454,7 @@ def _run_notebooks(
             if (stop := _why_stop(ends, stream, None)) is not None:
                 return _stop(req, plan, stream, None, stop)
             entry = m["notebooks"][i]
-            nb_run = NotebookRun(source, plan.record / source.name, parameters)
+            nb_run = NotebookRun(source, plan.record / source.name, parameters, manifest=m)
             count = f"[{i + 1}/{len(plan.notebooks)}]"
             status, stop = _one(kt, exports, nb_run, entry, stream, count, ends, step_timeout)
             write_manifest(plan.record, m)
@@ -492,7 +506,7 @@ def _one(
     stop = _wait(kt, run, stream, ends, step_timeout)
     not_written: RecordWriteError | None = None
     try:
-        finish(run, exports)
+        finish(run, exports, stop.status if stop is not None else None)
     except RecordWriteError as exc:
         not_written = exc
     entry["steps"] = step_entries(run.steps)
