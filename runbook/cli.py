@@ -17,11 +17,14 @@ from collections.abc import Sequence
 from typing import Any, Final, NoReturn
 
 from runbook import __version__
+from runbook.core import terminal
 from runbook.core.errors import EXIT_BAD_INPUT, RunbookError
 from runbook.core.masking import install_log_masking, one_line
 
 logger: Final = logging.getLogger(__name__)
 EXIT_PIPE: Final = 128 + 13  # a writer whose reader went away, as a shell reports SIGPIPE
+# flags of the whole command line, accepted anywhere before a `--` (before or after COMMAND)
+GLOBAL_FLAGS: Final = ("--debug", "--no-color")
 
 # One line per subcommand module; each helper adds its own.
 COMMAND_MODULES: Final[tuple[str, ...]] = (
@@ -42,13 +45,20 @@ class _Parser(argparse.ArgumentParser):
     """argparse with the project's one-line error and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_BAD_INPUT, one_line(f"{self.prog}: error: {message}") + "\n")
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="runbook", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"runbook {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show debug logs and tracebacks")
+    parser.add_argument(
+        "--debug", action="store_true", help="show debug logs and tracebacks (anywhere on the line)"
+    )
+    parser.add_argument(
+        "--no-color",
+        action="store_true",
+        help="no colour in the output (also NO_COLOR=1; colour is only ever used on a terminal)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -92,12 +102,16 @@ def execute(argv: Sequence[str]) -> int:
     if "--" in argv:
         cut = argv.index("--")
         argv, passthrough = argv[:cut], argv[cut + 1 :]
+    # `runbook plan P --debug` as `runbook --debug plan P`: the global flags move to the front
+    flags = [a for a in argv if a in GLOBAL_FLAGS]
+    argv = [*dict.fromkeys(flags), *(a for a in argv if a not in GLOBAL_FLAGS)]
     args = parser.parse_args(argv)
     args.passthrough = passthrough
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
     _setup_logging(bool(args.debug))
+    terminal.configure(sys.stdout, bool(args.no_color))
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # a closed pipe shows here, not as a traceback at exit
@@ -108,7 +122,9 @@ def execute(argv: Sequence[str]) -> int:
     except RunbookError as exc:
         if args.debug:
             logger.exception("traceback")
-        print(one_line(f"error: {exc}"), file=sys.stderr)
+        # one line per problem (a params file's several), each at most 300 characters
+        for line in getattr(exc, "lines", None) or [str(exc)]:
+            print(one_line(f"error: {line}"), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from runbook.core import terminal
 from runbook.core.errors import InputError
 from runbook.engine.steps import Mode
 from runbook.notebook import build
@@ -99,5 +100,6 @@ def handle(args: argparse.Namespace) -> int:
             only=only,
             resume=resume,
             secrets_dir=args.secrets,
+            colour=terminal.enabled(),
         )
         return runner.run(req)

@@ -37,7 +37,7 @@ from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runbook.core.errors import InputError
-from runbook.core.masking import MaskClashError, clip, protect
+from runbook.core.masking import MaskClashError, clip, mask, protect
 from runbook.core.models import Deadlines, Host
 
 _LABEL: Final = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
@@ -545,6 +545,19 @@ def _screen(data: Any, source: str) -> None:
                 )
 
 
+class ParamsProblemsError(InputError):
+    """Every problem pydantic found in a params file, each naming the file and key: the CLI
+    prints one line per problem (`lines`); as text they read as one line, joined by "; "."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = [mask(line) for line in lines]
+
+
+def _implied(loc: tuple[Any, ...], locs: list[tuple[Any, ...]]) -> bool:
+    return any(len(other) > len(loc) and other[: len(loc)] == loc for other in locs)
+
+
 def parse(text: str, source: str = "<params>", base: Path | None = None) -> Deployment:
     """Validate a params text; `base` is the directory relative paths are taken from."""
     try:
@@ -559,10 +572,12 @@ def parse(text: str, source: str = "<params>", base: Path | None = None) -> Depl
     try:
         return Deployment.model_validate(data, context={"base": base})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        more = len(exc.errors()) - 1
-        extra = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-        raise InputError(f"{source}: {_describe(dict(first))}{extra}") from None
+        errors = exc.errors()
+        locs = [tuple(e["loc"]) for e in errors]
+        # a container's error that only follows from its items' ("vms: at least 1 item"
+        # after vms[0] was refused) is not a problem of its own
+        own = [e for e, loc in zip(errors, locs, strict=True) if not _implied(loc, locs)]
+        raise ParamsProblemsError([f"{source}: {_describe(dict(e))}" for e in own]) from None
     except RecursionError:
         raise InputError(f"{source}: nested too deep") from None
 

@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 from runbook.core.errors import RecordWriteError
 from runbook.core.masking import mask
+from runbook.core.terminal import colour_tags
 from runbook.engine.steps import StepRecord
 from runbook.notebook.html_export import Exports, export_html
 from runbook.notebook.records import RunLog, step_records, write_bytes_atomic
@@ -65,14 +66,16 @@ def _register() -> None:
 
 
 class Stream:
-    """Where cell output goes: masked, to the terminal and run.log; remembers the last step.
+    """Where cell output goes: masked, to the terminal (its outcome tags coloured when
+    `colour`) and run.log (plain); remembers the last step.
 
     It never raises into the run: a terminal that went away (a closed pipe) sets
     `out_closed`, a log the disk refused sets `log.error`; the runner ends the run on both.
     """
 
-    def __init__(self, out: IO[str], log: RunLog) -> None:
+    def __init__(self, out: IO[str], log: RunLog, colour: bool = False) -> None:
         self.out = out
+        self.colour = colour  # outcome tags coloured on the terminal only; run.log stays plain
         self.log = log
         self.out_closed = False
         self.current_step = ""
@@ -91,7 +94,7 @@ class Stream:
             self.log.write(masked)
             if not self.out_closed:
                 try:
-                    self.out.write(masked)
+                    self.out.write(colour_tags(masked, self.colour))
                     self.out.flush()
                 except (BrokenPipeError, ValueError, OSError):
                     self.out_closed = True

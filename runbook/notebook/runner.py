@@ -93,6 +93,7 @@ class RunRequest:
     resume: Path | None = None
     secrets_dir: Path | None = None
     out: IO[str] = field(default=sys.stdout, compare=False)
+    colour: bool = False  # the outcome tags in colour on `out` (a terminal); never in the record
 
 
 # -- selection -----------------------------------------------------------------------------
@@ -373,7 +374,7 @@ def _run_locked(req: RunRequest, plan: RunPlan) -> int:
         if isinstance(exc, RecordWriteError):
             raise
         raise RecordWriteError(f"cannot write the record {plan.record}: {exc}") from None
-    stream = Stream(req.out, log)
+    stream = Stream(req.out, log, req.colour)
     stream.say(f"record {plan.record} · {plan.mode} · deployment {m['deployment']}")
     for note in plan.notes:
         stream.say(note)
@@ -405,6 +406,7 @@ def _close_record(plan: RunPlan, stream: Stream) -> None:
     except RecordWriteError as exc:
         print(f"error: {exc}: the record {plan.record} still shows its last state", file=sys.stderr)
     write_index(plan.record, m)
+    stream.say(totals(m))
     stream.log.last_line(f"record: {plan.record} ({m['status']})")
     stream.log.close()
     if not stream.out_closed:
@@ -412,6 +414,31 @@ def _close_record(plan: RunPlan, stream: Stream) -> None:
             stream.out.write(f"record: {plan.record} ({m['status']})\n")
             stream.out.flush()
     seal(plan.record)  # read-only from now on (`--resume` unseals it)
+
+
+# the totals line's words, in this order: "34 steps: 8 planned, 26 unchecked"
+_TOTAL_WORDS: Final = (
+    (Outcome.PLAN, "planned"),
+    (Outcome.DONE, "done"),
+    (Outcome.ALREADY, "already done"),
+    (Outcome.UNCHECKED, "unchecked"),
+    (Outcome.SKIPPED, "skipped"),
+    (Outcome.FAILED, "failed"),
+)
+
+
+def totals(m: Manifest) -> str:
+    """The run's steps by outcome, counted from the manifest (every notebook that ran)."""
+    counts: dict[str, int] = {}
+    for nb in m["notebooks"]:
+        for s in nb["steps"]:
+            counts[s["outcome"]] = counts.get(s["outcome"], 0) + 1
+    total = sum(counts.values())
+    parts = [f"{counts.pop(str(o))} {word}" for o, word in _TOTAL_WORDS if str(o) in counts]
+    parts += [f"{n} {o}" for o, n in counts.items()]  # an outcome this list does not know
+    ran = sum(1 for nb in m["notebooks"] if nb["status"] != "pending")
+    head = f"{total} step{'s' if total != 1 else ''}"
+    return f"{head}: {', '.join(parts)}" if parts else f"{head} ({ran} notebooks ran)"
 
 
 def _seconds_since(stamp: str) -> float:
@@ -611,9 +638,13 @@ def _stop(
     why = (stop.reason if stop is not None else (entry["error"] if entry else None)) or ""
     verb = "deploy" if plan.mode is Mode.DEPLOY else "plan"
     fix = "free space there" if why.startswith("records disk full") else "fix the cause"
+    if plan.mode is Mode.DEPLOY:
+        again = f"continue with `runbook deploy {req.params} --resume {plan.record}`"
+    else:  # a plan changed nothing: plan again from where it stopped (a deploy would apply)
+        nn = entry["notebook"][:2] if entry is not None else None
+        again = f"plan again with `runbook plan {req.params}" + (f" --from {nn}`" if nn else "`")
     summary = (
-        f"{verb} {status} at {where}: {why}. The record is {plan.record}; "
-        f"{fix}, then continue with `runbook deploy {req.params} --resume {plan.record}`."
+        f"{verb} {status} at {where}: {why}. The record is {plan.record}; {fix}, then {again}."
     )
     m["failure"] = summary
     stream.log.write(f"error: {summary}\n")
