@@ -20,78 +20,24 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
 
 import pytest
 import yaml
 
 from tests.conftest import need
 from tests.deploy_rig import Deploy, run_deploy
+from tests.fault_scenarios import ArgvSampler
 
 STATE = Path("/var/lib/runbook-lab-trusttest")
 SUBNET, BRIDGE = "10.231.34.0/25", "rblabv"  # test_lab_warm_cache has 10.231.34.128/25
 CACHE_HOST, WORKER_VM = "nixos-utm-cache", "vm-aarch64-utm"
 API = f"http://{ipaddress.IPv4Network(SUBNET).network_address + 11}:8080/"  # the cache, host 0
 PASSWORDS = {"root": "Tq7-live-iso-w2", "jqwang": "jqwang-trust-lab"}
-
-
-class ArgvSampler:
-    """Samples the argv of every process on a lab host while a deploy runs: the host's own
-    `ps -eo args` (through nsenter) and, much faster, `/proc/PID/cmdline` of each process in
-    the host's PID namespace, read from here. Distinct lines are kept, to be searched later
-    (the secrets are not known before the deploy makes them)."""
-
-    def __init__(self, host: str) -> None:
-        from runbook.lab import exec_in
-        from runbook.lab.host import init_pid
-
-        pid = init_pid(host)
-        assert pid is not None, f"lab host {host} is not running"
-        self.host, self._exec_in = host, exec_in
-        self.ns = os.readlink(f"/proc/{pid}/ns/pid")
-        self.lines: set[str] = set()
-        self.ps_samples = self.proc_samples = 0
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._ps, daemon=True),
-            threading.Thread(target=self._proc, daemon=True),
-        ]
-
-    def __enter__(self) -> Self:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
-
-    def _ps(self) -> None:
-        while not self._stop.is_set():
-            r = self._exec_in(self.host, ["ps", "-eo", "args"])
-            self.lines.update(r.stdout.splitlines())
-            self.ps_samples += 1
-
-    def _proc(self) -> None:
-        while not self._stop.is_set():
-            for entry in os.scandir("/proc"):
-                if not entry.name.isdigit():
-                    continue
-                try:
-                    if os.readlink(f"/proc/{entry.name}/ns/pid") != self.ns:
-                        continue
-                    raw = Path(f"/proc/{entry.name}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                self.lines.add(raw.replace(b"\0", b" ").decode(errors="replace"))
-            self.proc_samples += 1
 
 
 @dataclass
