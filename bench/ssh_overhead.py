@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -25,7 +26,7 @@ N = 200
 N_FRESH = 30  # a fresh ssh costs ~200 ms; 30 gives a stable median
 
 
-def timed(fn, n: int) -> float:
+def timed(fn: Callable[[], object], n: int) -> float:
     samples = []
     for _ in range(n):
         t0 = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -43,15 +44,15 @@ def sshd() -> Iterator[Sshd]:
 def fish_host_on(sshd: Sshd, tmp_path: Path, deadlines: Deadlines | None = None) -> Host:
     """The fish-shell sudo user on the test sshd, with a known_hosts of its own (one test
     changes the server's host key) and, if given, its own deadlines."""
-    return Host(
+    host = Host(
         name="fishvm",
         address="127.0.0.1",
         user=FISH_USER,
         port=sshd.port,
         identity=sshd.user_key,
         known_hosts=tmp_path / "known_hosts",
-        **({"deadlines": deadlines} if deadlines is not None else {}),
     )
+    return host if deadlines is None else dataclasses.replace(host, deadlines=deadlines)
 
 
 @pytest.fixture

@@ -59,8 +59,9 @@ class ConsoleRig:
                             clients.remove(c)
                             sel.unregister(c)
                 else:
-                    conn = key.fileobj
-                    assert isinstance(conn, socket.socket)
+                    peer = key.fileobj
+                    assert isinstance(peer, socket.socket)
+                    conn = peer
                     try:
                         data = conn.recv(65536)
                     except OSError:  # a client that went away abruptly

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from runbook.cache import attic, keys
+from runbook.core.errors import InputError
 from runbook.core.secrets import Secret, write_private
 from runbook.lab.attic.token import CachePermission, encode_token, make_claims
 
@@ -448,7 +449,7 @@ def _missing(lab, paths: list[str]) -> list[str]:
 def test_push_stdin_prints_only_per_path_lines(lab, pushed):
     """`push_stdin` (client/src/command/push.rs): no `Pushing`/`All done` line, one
     `✅ <hash-name> (…)` line per upload (client/src/push.rs), nothing when nothing is left."""
-    built, dep, up = str(pushed["built"]), list(pushed["dep"]), str(pushed["upstream"])  # type: ignore[arg-type]
+    built, dep, up = str(pushed["built"]), list(pushed["dep"]), str(pushed["upstream"])
     paths = f"{built}\n\n{up}\n"  # an empty line is skipped
     argv = attic.push_argv("main", jobs=2)
     assert sorted(_missing(lab, [built, *dep])) == sorted([built, *dep])
@@ -559,7 +560,7 @@ class TamperingProxy(BaseHTTPRequestHandler):
 
 
 def test_verify_cache_success_and_distinct_failures(lab, pushed):
-    built, dep = str(pushed["built"]), list(pushed["dep"])  # type: ignore[arg-type]
+    built, dep = str(pushed["built"]), list(pushed["dep"])
     key = json.loads(http(f"{lab.url}/main/attic-cache-info")[2])["public_key"]
     ok = attic.verify_cache(f"{lab.url}/main", key, [built, *dep])
     assert ok.ok, ok.failures
@@ -611,7 +612,7 @@ def test_argv_builders_follow_the_handbook():
         "--configure-cache-retention", "*", "--destroy-cache", "*",
     ]  # fmt: skip
     assert attic.push_argv("main", jobs=8) == ["attic", "push", "main", "--stdin", "-j", "8"]
-    with pytest.raises(attic.InputError):
+    with pytest.raises(InputError):
         attic.push_argv("main", jobs=0)
     token = attic.parse_make_token_output("\r\n  eyJh.eyJz.c2ln\r\n")
     assert token.reveal() == "eyJh.eyJz.c2ln" and str(token) == "*****"

@@ -7,14 +7,16 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import pytest
 
 from runbook.cli import execute
-from runbook.core.errors import ConnectError, InputError
+from runbook.core.errors import CommandError, ConnectError, InputError
 from runbook.core.models import Result
 from runbook.core.secrets import Secret
 from runbook.mac import utm
@@ -237,7 +239,7 @@ def test_serial_refuses_untypable_text_before_sending(console: ConsoleRig) -> No
 def test_serial_wait_times_out_with_the_console_tail(console: ConsoleRig) -> None:
     b = backends.SerialBackend(port=console.port)
     b.run("vm", "echo ready-''mark", "ready-mark", timeout=30)  # the shell is up (slow under load)
-    with pytest.raises(backends.CommandError, match=r"no match within 3 s.*nothing-here"):
+    with pytest.raises(CommandError, match=r"no match within 3 s.*nothing-here"):
         b.run("vm", "echo nothing-here", "never-printed", timeout=3)
 
 
@@ -292,7 +294,7 @@ def test_utm_input_scan_codes_golden(run: mock.MagicMock) -> None:
 def test_utm_input_long_text_is_chunked_in_order(run: mock.MagicMock) -> None:
     backends.UtmInputBackend(chunk=4).type_text("vm", "abc")
     typed = [c for c in run.call_args_list if c.kwargs["stdin"] != utm.UTM_VERSION_SCRIPT]
-    sent = [re.search(r"codes \{(.*)\}", c.kwargs["stdin"])[1] for c in typed]
+    sent = [m[1] for c in typed if (m := re.search(r"codes \{(.*)\}", c.kwargs["stdin"]))]
     assert sent == ["30, 158, 48, 176", "46, 174"]
 
 
@@ -331,7 +333,7 @@ def test_utm_input_off_macos_is_unchecked(monkeypatch: pytest.MonkeyPatch) -> No
 def _lua_rows(lua: str) -> list[tuple[int, int, int]]:
     body = re.search(r"local seq = \{(.*)\}\n", lua)
     assert body
-    return [tuple(map(int, r)) for r in re.findall(r"\{(\d+),(\d),(\d)\}", body[1])]
+    return [(int(a), int(b), int(c)) for a, b, c in re.findall(r"\{(\d+),(\d),(\d)\}", body[1])]
 
 
 def test_hammerspoon_argv_and_raw_events(run: mock.MagicMock) -> None:
@@ -381,7 +383,7 @@ def test_lua_string_escapes_everything_unusual() -> None:
 
 
 def test_quartz_posts_keycode_events_with_shift_flags(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[str, object]] = []
+    calls: list[tuple[str, Any]] = []
 
     class App:
         def bundleIdentifier(self) -> str:  # noqa: N802
@@ -402,7 +404,7 @@ def test_quartz_posts_keycode_events_with_shift_flags(monkeypatch: pytest.Monkey
     monkeypatch.setitem(sys.modules, "Quartz", quartz)
     monkeypatch.setitem(sys.modules, "AppKit", appkit)
     monkeypatch.setattr(sys, "platform", "darwin")
-    monkeypatch.setattr(backends.time, "sleep", lambda s: None)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
     # UTM's windows are faked here; the window decisions are tested in test_console_mac.py
     windows = mock.Mock(titles=mock.Mock(return_value=["vm"]))
     windows.focus.return_value = backends.UtmFocus(True, "vm")
@@ -494,5 +496,5 @@ def test_backend_types_through_standins_into_a_shell_that_answers(
 def test_hammerspoon_screenshot_through_standin(lab_vm: str, tmp_path: Path) -> None:
     shot = backends.HammerspoonBackend().screenshot(lab_vm, tmp_path / "02-console.png")
     assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-    with pytest.raises(backends.CommandError, match="no UTM window titled other"):
+    with pytest.raises(CommandError, match="no UTM window titled other"):
         backends.HammerspoonBackend().screenshot("other", tmp_path / "x.png")

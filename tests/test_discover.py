@@ -23,6 +23,7 @@ from runbook.core.errors import CommandTimeoutError
 from runbook.core.models import Result
 from runbook.mac import discover
 from runbook.mac.console import backends, keymap
+from runbook.transport import local
 from runbook.transport.remote import tcp_probe
 from tests.conftest import need
 from tests.console_rig import start_console
@@ -73,7 +74,7 @@ CONSOLE = (
 @pytest.fixture(autouse=True)
 def no_real_commands(monkeypatch: pytest.MonkeyPatch) -> Iterator[mock.MagicMock]:
     """Nothing here may run dns-sd/avahi/arp/utmctl for real."""
-    monkeypatch.setattr(discover.local, "which", lambda name: None)
+    monkeypatch.setattr(local, "which", lambda name: None)
     with mock.patch("runbook.transport.local.run", autospec=True) as run:
         run.side_effect = AssertionError("a test tried to run an external command")
         yield run
@@ -181,7 +182,7 @@ def test_mdns_falls_back_to_dns_sd_and_keeps_lines_before_the_timeout(
     monkeypatch: pytest.MonkeyPatch, no_real_commands: mock.MagicMock
 ) -> None:
     monkeypatch.setattr(
-        discover.local, "which", lambda name: "/usr/bin/dns-sd" if name == "dns-sd" else None
+        local, "which", lambda name: "/usr/bin/dns-sd" if name == "dns-sd" else None
     )
 
     def browse_forever(argv, **kwargs):
@@ -202,7 +203,7 @@ def test_mdns_avahi_resolve_on_linux(
     monkeypatch: pytest.MonkeyPatch, no_real_commands: mock.MagicMock
 ) -> None:
     monkeypatch.setattr(
-        discover.local,
+        local,
         "which",
         lambda name: "/usr/bin/avahi-resolve" if name == "avahi-resolve" else None,
     )
@@ -229,7 +230,7 @@ def test_neighbour_table_argv(
     out: str,
 ) -> None:
     monkeypatch.setattr(sys, "platform", platform)
-    monkeypatch.setattr(discover.local, "which", lambda name: f"/bin/{name}")
+    monkeypatch.setattr(local, "which", lambda name: f"/bin/{name}")
     no_real_commands.side_effect = None
     no_real_commands.return_value = Result(" ".join(argv), 0, out, "", 0.1)
     table = discover.neighbour_table()
@@ -307,9 +308,9 @@ def test_tcp_probe_on_loopback() -> None:
 
 
 def test_target_from_params() -> None:
-    from runbook.core.params import VM
+    from runbook.core.params import VM, Role
 
-    vm = VM(name="vm-aarch64-utm-cache", role="cache", address="nixos-utm-cache.local", mac=MAC)
+    vm = VM(name="vm-aarch64-utm-cache", role=Role.CACHE, address="nixos-utm-cache.local", mac=MAC)
     assert discover.Target.from_params(vm) == discover.Target(
         "nixos-utm-cache.local", vm="vm-aarch64-utm-cache", mac=MAC
     )

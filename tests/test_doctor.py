@@ -363,7 +363,7 @@ def test_mkif_cannot_be_decided_so_it_is_unchecked(clean: Path, key: Path):
     [
         (lambda k: k.chmod(0o644), "mode 0644"),
         (lambda k: k.with_name(k.name + ".pub").unlink(), "public half"),
-        (lambda k: write_key(k.parent / "other") and shutil.copy(k.parent / "other.pub", str(k) + ".pub"),
+        (lambda k: write_key(k.parent / "other") and shutil.copy(k.parent / "other.pub", Path(f"{k}.pub")),
          "is not the public half"),
         (lambda k: k.unlink(), "does not exist"),
     ],

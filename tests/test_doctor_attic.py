@@ -172,7 +172,7 @@ def test_notebook_07_adds_mdns_with_the_substituter(tmp_path: Path) -> None:
     config = repo(tmp_path)
     ctx = context(tmp_path, config)
     step = s07_workers.configure(ctx)
-    assert any("services.avahi.nssmdns4 = true;" in c for c in step.commands)
+    assert any("services.avahi.nssmdns4 = true;" in c for c in step.plan())
     assert step.probe().done is False  # type: ignore[misc]
     result = step.action()  # type: ignore[misc]
     assert result is not None and "avahi's mDNS resolution (nssmdns4)" in result
@@ -206,6 +206,6 @@ def test_notebook_07_leaves_avahi_alone_for_a_cache_by_ip(tmp_path: Path) -> Non
     config = repo(tmp_path)
     ctx = context(tmp_path, config, host="192.168.64.13")
     step = s07_workers.configure(ctx)
-    assert not any("avahi" in c for c in step.commands)
+    assert not any("avahi" in c for c in step.plan())
     step.action()  # type: ignore[misc]
     assert "avahi" not in (config / "machines" / "vm-shared.nix").read_text()

@@ -259,14 +259,14 @@ def test_the_old_two_connection_pattern_times_out(local_console: _LocalConsole) 
 def test_02_types_the_password_over_one_shared_connection(local_console: _LocalConsole) -> None:
     """The product's path: typing, the prompt waits and a command's answer all go through
     the serial backend's one connection, so a one-client console serves all of them."""
-    from runbook.core.params import VM
+    from runbook.core.params import VM, Role
     from runbook.core.secrets import Secret
     from runbook.mac.console.backends import SerialBackend
     from runbook.sections.s02_console import type_password
     from runbook.sections.vm_console import VmConsole, run_marked
 
     serial = SerialBackend(port=local_console.port)
-    con = VmConsole(VM(name="vm", role="cache", address="vm.local"), serial, serial)
+    con = VmConsole(VM(name="vm", role=Role.CACHE, address="vm.local"), serial, serial)
     type_password(con, Secret("Shared-Conn-Pw-5"))
     assert "password updated successfully" in serial.last_transcript
     marked = run_marked(con, serial.session(), "echo answer-$((6*7))", "T")
@@ -300,7 +300,9 @@ def test_console_is_a_root_shell_inside_the_host(lab: list[Any]) -> None:
 
     ports = {h.name: h.console_port for h in lifecycle.status(LAB)}
     assert all(ports.values()), ports
-    console = SerialBackend(port=ports["rbc-live"])
+    live = ports["rbc-live"]
+    assert live is not None
+    console = SerialBackend(port=live)
     try:
         out = console.run(
             "rbc-live",
@@ -346,6 +348,7 @@ def test_every_backend_types_into_the_lab_console(lab: list[Any], work: Path, ba
     port = console.port(_lab_params(), "rbc-inst")
     typer = make_backend(backend, serial_port=port, hs=dep.console.hs, osascript=dep.utm.osascript)
     # one client at a time on the serial port: the serial backend reads on its own connection
+    assert port is not None
     reader = typer if isinstance(typer, SerialBackend) else SerialBackend(port=port)
     marker = f"/tmp/typed-{backend}"
     try:

@@ -5,8 +5,10 @@ is started (this machine's nix only), so no lab lock is needed.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -15,7 +17,11 @@ from tests.conftest import need
 TEMPLATE = Path(__file__).resolve().parents[1] / "runbook" / "lab" / "nixos-config"
 
 
-def _context(tmp_path: Path, config: Path) -> object:
+if TYPE_CHECKING:
+    from runbook.engine.steps import Context
+
+
+def _context(tmp_path: Path, config: Path) -> Context:
     from runbook.core.params import load
     from runbook.core.secrets import SecretStore
     from runbook.engine.steps import Context, Mode
@@ -42,7 +48,7 @@ def _context(tmp_path: Path, config: Path) -> object:
 def config(tmp_path: Path) -> Path:
     need(shutil.which("nix") is not None, "needs nix (Debian's nix-bin)")
     need(
-        Path("/nix/store").is_dir() and shutil.os.access("/nix/store", shutil.os.W_OK),
+        Path("/nix/store").is_dir() and os.access("/nix/store", os.W_OK),
         "needs a writable /nix/store",
     )
     dest = tmp_path / "nixos-config"
@@ -55,14 +61,14 @@ def test_00_builds_the_lab_toplevel_then_finds_it_built(tmp_path: Path, config: 
     from runbook.sections import s00_preflight
 
     ctx = _context(tmp_path, config)
-    vm = ctx.dep.cache_vm  # type: ignore[attr-defined]
-    assert ctx.run(s00_preflight.toplevel_build(ctx, vm)) in (Outcome.DONE, Outcome.ALREADY)  # type: ignore[attr-defined]
-    built = ctx.records[-1]["reason"]  # type: ignore[attr-defined]
+    vm = ctx.dep.cache_vm
+    assert ctx.run(s00_preflight.toplevel_build(ctx, vm)) in (Outcome.DONE, Outcome.ALREADY)
+    built = ctx.records[-1]["reason"]
     assert "/nix/store/" in built and "nixos-system-nixos-utm-cache-lab" in built, built
     out = Path(built.split()[-1])
     assert '"hostName":"nixos-utm-cache"' in (out / "config.json").read_text()
     # the same configuration evaluates to the same path: already built, nothing run again
-    assert ctx.run(s00_preflight.toplevel_build(ctx, vm)) is Outcome.ALREADY  # type: ignore[attr-defined]
+    assert ctx.run(s00_preflight.toplevel_build(ctx, vm)) is Outcome.ALREADY
 
 
 @pytest.mark.parametrize(
@@ -87,9 +93,9 @@ def test_a_configuration_that_does_not_evaluate_stops_the_run(
     assert old in text
     (config / rel).write_text(text.replace(old, new, 1))
     ctx = _context(tmp_path, config)
-    vm = ctx.dep.cache_vm  # type: ignore[attr-defined]
+    vm = ctx.dep.cache_vm
     with pytest.raises(StepFailed, match="nix build") as failed:
-        ctx.run(s00_preflight.toplevel_build(ctx, vm))  # type: ignore[attr-defined]
+        ctx.run(s00_preflight.toplevel_build(ctx, vm))
     assert says in str(failed.value) or says in failed.value.error, failed.value
 
 
@@ -110,4 +116,4 @@ def test_conflicting_definitions_are_refused_like_the_module_system(
     (config / "machines" / "other-name.nix").write_text('{ ... }: { networking.hostName = "x"; }\n')
     ctx = _context(tmp_path, config)
     with pytest.raises(StepFailed, match="conflicting definition values"):
-        ctx.run(s00_preflight.toplevel_build(ctx, ctx.dep.cache_vm))  # type: ignore[attr-defined]
+        ctx.run(s00_preflight.toplevel_build(ctx, ctx.dep.cache_vm))

@@ -85,7 +85,7 @@ PASSWORD_OPTIONS = (
 )
 
 
-def _golden_ctx(tmp_path: Path, text: str = GOLDEN_PARAMS):  # type: ignore[no-untyped-def]
+def _golden_ctx(tmp_path: Path, text: str = GOLDEN_PARAMS):
     from runbook.core.params import Loaded, parse
     from runbook.core.secrets import SecretStore
     from runbook.engine.steps import Context, Mode

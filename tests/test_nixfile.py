@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ from tests.conftest import need
 SUBS = ("nix", "settings", "substituters")
 
 
-def nix_eval(expr: str) -> object:
+def nix_eval(expr: str) -> Any:
     """Evaluate with the real Nix (skips outside CI when Nix is missing)."""
     need(
         shutil.which("nix-instantiate") is not None,

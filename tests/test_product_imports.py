@@ -31,10 +31,14 @@ def lab_imports(path: Path) -> list[str]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module":
-            names = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            names = [
+                a.value
+                for a in node.args
+                if isinstance(a, ast.Constant) and isinstance(a.value, str)
+            ]
         for name in names:
             if name == "runbook.lab" or name.startswith("runbook.lab."):
-                found.append(f"{node.lineno}: {name}")
+                found.append(f"{getattr(node, 'lineno', '?')}: {name}")
                 break
     return found
 

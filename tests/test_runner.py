@@ -35,10 +35,10 @@ def _only_record(root: Path) -> Path:
 
 @pytest.fixture
 def no_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(self: runner.KernelThread) -> None:
+    def refuse(self: kernel_thread.KernelThread) -> None:
         raise AssertionError("a kernel was started")
 
-    monkeypatch.setattr(runner.KernelThread, "start", refuse)
+    monkeypatch.setattr(kernel_thread.KernelThread, "start", refuse)
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ from unittest import mock
 
 import pytest
 
-from runbook.core.errors import CommandError, InputError
+from runbook.core.errors import CommandError, InputError, RunbookError
 from runbook.core.models import Result
-from runbook.core.params import VM
+from runbook.core.params import VM, Role
 from runbook.mac import utm
 
 UTMCTL = "/Applications/UTM.app/Contents/MacOS/utmctl"
@@ -135,7 +135,7 @@ def test_find_vm_by_name_or_uuid(run: mock.MagicMock) -> None:
             [UTMCTL, "stop", "NixOS", "--request"],
         ),
         (
-            lambda: utm.stop("a b", mode="kill", utmctl="utmctl"),
+            lambda: utm.stop("a b", mode=utm.StopMode.KILL, utmctl="utmctl"),
             ["utmctl", "stop", "a b", "--kill"],
         ),
         (
@@ -291,7 +291,7 @@ def test_remove_iso_checks_stopped_then_updates(run: mock.MagicMock) -> None:
 
 def test_remove_iso_refuses_a_running_vm(run: mock.MagicMock) -> None:
     run.return_value = res("started\n")
-    with pytest.raises(utm.RunbookError, match="is started: stop it"):
+    with pytest.raises(RunbookError, match="is started: stop it"):
         utm.remove_iso("NixOS")
     assert run.call_count == 1
 
@@ -388,7 +388,7 @@ def test_utm_version(run: mock.MagicMock) -> None:
 def test_input_scripts_refused_before_they_run_on_utm_4_7_2(run: mock.MagicMock) -> None:
     run.return_value = res("4.7.2\n")
     script = 'tell application "UTM"\n  input scan code of vm codes {28, 156}\nend tell\n'
-    with pytest.raises(utm.RunbookError, match=r"needs UTM >= 4\.7\.3, this Mac has UTM 4\.7\.2"):
+    with pytest.raises(RunbookError, match=r"needs UTM >= 4\.7\.3, this Mac has UTM 4\.7\.2"):
         utm.run_applescript(script, "vm", what="typing")
     (call,) = run.call_args_list  # only the version was read: nothing typed
     assert call.kwargs["stdin"] == utm.UTM_VERSION_SCRIPT
@@ -424,7 +424,7 @@ def test_vm_lifecycle_through_the_standins(standins: Path) -> None:
     # the live ISO has no guest agent: utmctl says so on stderr and still exits 0
     with pytest.raises(CommandError, match="guest agent is not running"):
         utm.ip_addresses("vm-aarch64-utm-cache", utmctl="utmctl")
-    with pytest.raises(utm.RunbookError, match="stop it before removing the ISO"):
+    with pytest.raises(RunbookError, match="stop it before removing the ISO"):
         utm.remove_iso("vm-aarch64-utm-cache", utmctl="utmctl")
     utm.stop("vm-aarch64-utm-cache", mode=utm.StopMode.REQUEST, utmctl="utmctl")
     iso, disk = utm.drives("vm-aarch64-utm-cache")
@@ -544,7 +544,7 @@ def test_the_old_create_form_fails_and_leaves_a_vm_01_does_not_call_done(standin
     assert (config.memory_mib, config.displays, config.nics[0].mode) == (512, (), "shared")
     wrong = utm.config_differences(MADE, config)
     assert [w.split(":")[0] for w in wrong] == ["network", "display", "serial"]
-    vm = VM(name="v", role="cache", address="10.0.0.1")
+    vm = VM(name="v", role=Role.CACHE, address="10.0.0.1")
     check = s01_create_vm.made_as_asked(MacSide(str(standins / "bin" / "utmctl")), MADE, vm)
     assert check.done is False and check.reason.startswith("v exists in UTM but differs: network")
 
@@ -617,7 +617,7 @@ def test_the_standins_utm_lets_utm_input_run_and_4_7_2_is_refused(standins: Path
     state = json.loads(state_file.read_text())
     state["version"] = "4.7.2"
     state_file.write_text(json.dumps(state))
-    with pytest.raises(utm.RunbookError, match=r"needs UTM >= 4\.7\.3, this Mac has UTM 4\.7\.2"):
+    with pytest.raises(RunbookError, match=r"needs UTM >= 4\.7\.3, this Mac has UTM 4\.7\.2"):
         utm.run_applescript(typing, "v", what="typing")
 
 
