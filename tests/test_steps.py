@@ -169,11 +169,11 @@ def test_widget_panel_plans_checks_and_applies(tmp_path: Path) -> None:
     box = panel(ctx, steps)
     local_row, wipe_row = box.children[2], box.children[3]
     plan_b, check_b, apply_b = local_row.children[0].children[1:]
-    plan_b.click()
-    check_b.click()
-    apply_b.click()
-    text = "".join(o["text"] for o in local_row.children[1].outputs)
-    assert "$ echo hi" in text and "[to do]" in text and "[done: ok] local" in text
+    seen = []
+    for button in (plan_b, check_b, apply_b):  # each click's output replaces the last's
+        button.click()
+        seen.append("".join(o["text"] for o in local_row.children[1].outputs))
+    assert "$ echo hi" in seen[0] and "[to do]" in seen[1] and "[done: ok] local" in seen[2]
     assert ran == ["x"] and ctx.mode is Mode.PLAN  # restored after Apply
     wipe_row.children[0].children[3].click()  # Apply without the confirm box: refused
     assert ran == ["x"] and "--yes" in "".join(o["text"] for o in wipe_row.children[1].outputs)
