@@ -150,3 +150,69 @@ def test_a_refused_write_leaves_no_temp_file_and_says_disk_full(
         records.write_manifest(tmp_path, _manifest("x"))
     monkeypatch.setattr(os, "replace", real)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_log_lines_start_with_their_utc_time(tmp_path: Path) -> None:
+    import re
+
+    log = records.RunLog(tmp_path / "run.log")
+    log.write("one\n\ntwo, then half")
+    log.write(" of three\n")
+    log.last_line("record: x (completed)")
+    log.close()
+    lines = (tmp_path / "run.log").read_text().splitlines()
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+    assert [re.sub(stamp, "T", line) for line in lines] == [
+        "T one",
+        "T",
+        "T two, then half of three",
+        "T record: x (completed)",
+    ]
+
+
+def test_seal_makes_a_record_read_only_and_unseal_undoes_it(tmp_path: Path) -> None:
+    import stat
+
+    record = _write(tmp_path, "20260101T000000Z-cache")
+    (record / "sub").mkdir()
+    (record / "sub" / "f.txt").write_text("x")
+    records.seal(record)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [record, *record.rglob("*")]}
+    assert modes == {record.name: 0o555, "manifest.json": 0o444, "sub": 0o555, "f.txt": 0o444}
+    assert records.sealed(record)
+    assert records.read_manifest(record)["id"] == record.name  # still readable
+    records.unseal(record)
+    assert not records.sealed(record)
+    records.write_manifest(record, records.read_manifest(record))
+    assert stat.S_IMODE((record / "sub" / "f.txt").stat().st_mode) == 0o644
+
+
+def test_keep_params_copies_the_file_and_keeps_both_when_a_resume_changed_it(
+    tmp_path: Path,
+) -> None:
+    record = _write(tmp_path, "20260101T000000Z-cache")
+    params = tmp_path / "p.yaml"
+    params.write_text("deployment: cache\n")
+    m = records.read_manifest(record)
+    records.keep_params(record, params, m)
+    assert m["params_copy"] == "params.yaml"
+    assert (record / "params.yaml").read_text() == "deployment: cache\n"
+    records.keep_params(record, params, m)  # a resume with the same file: nothing new
+    assert sorted(p.name for p in record.glob("params*")) == ["params.yaml"]
+    params.write_text("deployment: cache\n# changed\n")
+    records.keep_params(record, params, m)
+    assert m["params_copy"] != "params.yaml" and m["params_copy"].startswith("params-")
+    assert (record / m["params_copy"]).read_text().endswith("# changed\n")
+    assert (record / "params.yaml").read_text() == "deployment: cache\n"
+
+
+def test_step_entries_keep_the_start_and_old_records_without_it_still_read(
+    tmp_path: Path,
+) -> None:
+    new = {"notebook": "n", "step": "s", "host": "h", "outcome": "done", "reason": ""}
+    new |= {"duration": 0.5, "commands": [], "start": "2026-01-01T00:00:00.000000Z"}
+    old = {k: v for k, v in new.items() if k != "start"}
+    entries = records.step_entries([new, old])  # type: ignore[list-item]
+    assert entries[0]["start"] == "2026-01-01T00:00:00.000000Z" and "start" not in entries[1]
+    _write(tmp_path, "20260101T000000Z-cache")  # its steps have no start
+    assert list(records.table(tmp_path)["id"]) == ["20260101T000000Z-cache"]

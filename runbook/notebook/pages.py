@@ -94,8 +94,10 @@ def about_rows(m: Manifest, notebook: str | None = None) -> list[tuple[str, str]
 
 
 def _md(text: str) -> str:
-    """Text safe in a markdown table cell: escaped HTML, no pipes, one line."""
-    return html.escape(" ".join(text.split())).replace("|", "\\|").replace("*", "\\*")
+    """Text safe in a markdown table cell: escaped HTML, no pipes, one line, and no address
+    made a link (a reason may name http://host:8080; a record's pages link nothing outside)."""
+    safe = html.escape(" ".join(text.split())).replace("|", "\\|").replace("*", "\\*")
+    return safe.replace("://", "&#58;//")
 
 
 def step_rows(steps: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str, str, str, str]]:
