@@ -10,7 +10,7 @@ UNAME := $(shell uname -s)
 # Mac-side programs are the lab's stand-ins; `make demo` deploys it.
 LAB_PARAMS := /var/lib/runbook-lab/params.yaml
 
-.PHONY: demo test lint notebooks system-deps venv bench clean lab-down
+.PHONY: demo test lint notebooks system-deps venv bench clean lab-down screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ notebooks: $(STAMP)
 
 test: system-deps $(STAMP) lint
 	$(BIN)/python -m pytest -q -ra
+
+# the README's pictures (docs/screenshots/*.png): the browser test takes them, the dashboard's on
+# a record of `runbook deploy` of a lab of its own (needs root and chromium, as `make test`)
+screenshots: system-deps $(STAMP)
+	RUNBOOK_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_browser.py -k "panel_answers or dashboard"
+	@ls -l docs/screenshots/*.png
 
 ifeq ($(UNAME),Darwin)
 demo: $(STAMP)

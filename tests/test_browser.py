@@ -1,16 +1,23 @@
 """JupyterLab in a real browser: a user opens a section notebook, runs it top to bottom in plan
-mode against params/cache.yaml, and uses the step panel (runbook.notebook.widgets).
+mode against params/cache.yaml, and uses the step panel (runbook.notebook.widgets); then opens
+the records dashboard on a record made by `runbook deploy` of the lab and finds its timeline.
 
 Real JupyterLab server, real kernel, Debian's chromium driven headless by playwright (the
 python package; its driver ships in the wheel, `playwright install` is never run). Flags and
 timings: /work/shared/reference/lab-notes.md, "JupyterLab in a real browser". Plan mode never
 connects, so nothing leaves loopback: the VM addresses in params/cache.yaml are never contacted.
+The lab's record is made before the browser starts, in the lab's own namespaces.
+
+Screenshots (cropped to the widget or area, PNG palette-quantised with Pillow) go to the test's
+temp dir, or to $RUNBOOK_SCREENSHOTS when set: `make screenshots` refreshes docs/screenshots/.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -50,6 +57,13 @@ LAB_SETTINGS = {
 SERVER_START_TIMEOUT = 40.0
 RUN_TIMEOUT_MS = 30_000
 NOTEBOOK = "05-token-secret"
+DASHBOARD = "records-dashboard"
+SHOTS_ENV = "RUNBOOK_SCREENSHOTS"
+MAX_SHOT_BYTES = 200_000  # small enough to keep in git
+# the lab the dashboard's record comes from: its own state dir, subnet and bridge
+LAB_STATE = Path("/var/lib/runbook-lab-browsertest")
+LAB_SUBNET, LAB_BRIDGE = "10.231.36.0/24", "rblabb"
+LAB_PASSWORDS = {"root": "Lb7-live-iso-q2", "jqwang": "jqwang-lab"}
 
 
 @dataclass(frozen=True)
@@ -209,24 +223,93 @@ def _plan_and_use_the_panel(lab: Lab, page: Any) -> Any:
     rows = page.locator(".widget-vbox", has=page.locator(".widget-button", has_text="Plan"))
     first = rows.filter(has_text="generate the token secret locally").last
     first.wait_for()
+    heading = page.locator(".runbook-summary").last
+    assert heading.inner_text() == "5 steps: 1 plan, 4 unchecked"  # the run above, per step
+    badge = first.locator(".runbook-badge")
+    assert badge.inner_text() == "plan"
+    # red only for a dangerous Apply: none of 05's steps wipes anything
+    assert page.locator(".widget-button.mod-danger").count() == 0
+    assert first.locator(".widget-button.mod-primary", has_text="Apply").count() == 1
+    output = first.locator(".widget-output")
     first.locator(".widget-button", has_text="Plan").click()
-    first.locator(
-        ".widget-output", has_text="$ runbook.cache.keys.generate_token_secret(4096)"
-    ).wait_for()
+    output.filter(has_text="$ runbook.cache.keys.generate_token_secret(4096)").wait_for()
+    assert output.inner_text().startswith("Plan:")
     first.locator(".widget-button", has_text="Check").click()
-    first.locator(".widget-output", has_text="[to do]").wait_for()
+    output.filter(has_text="[to do]").wait_for()
+    assert "Check:" in output.inner_text() and "Plan:" not in output.inner_text()  # replaced
+    assert badge.inner_text() == "to do"
 
     # Apply = a deploy of this one (local) step: a real RSA-4096 key into the throwaway store
     first.locator(".widget-button", has_text="Apply").click()
-    first.locator(".widget-output", has_text="[done: RSA-4096, PKCS#8 PEM").wait_for()
+    output.filter(has_text="[done: RSA-4096, PKCS#8 PEM").wait_for()
+    page.locator(".runbook-summary", has_text="5 steps: 1 done, 4 unchecked").wait_for()
+    assert badge.inner_text() == "done"
     first.locator(".widget-button", has_text="Check").click()
-    first.locator(".widget-output", has_text="[already done:").wait_for()
+    output.filter(has_text="[already done:").wait_for()
+    assert badge.inner_text() == "already done"
     assert (lab.root.parent / "secrets" / "attic-token-secret").stat().st_mode & 0o777 == 0o600
 
     remote = rows.filter(has_text="install /var/lib/atticd/env").last
     remote.locator(".widget-button", has_text="Check").click()
     remote.locator(".widget-output", has_text="[unchecked: plan mode does not connect").wait_for()
+    hint = remote.locator(".widget-output").inner_text()
+    assert 'set mode = "deploy"' in hint and "--only 05`" in hint, hint
     return first
+
+
+# -- screenshots -----------------------------------------------------------------------------
+
+
+def shots_dir(tmp_path: Path) -> Path:
+    """$RUNBOOK_SCREENSHOTS (`make screenshots`: docs/screenshots), else the test's temp dir."""
+    folder = Path(os.environ.get(SHOTS_ENV) or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def save_shot(page: Any, parts: list[Any], name: str, tmp_path: Path) -> Path:
+    """A screenshot of the area the `parts` (locators) cover, as a palette PNG (Pillow's
+    quantize + optimize: a UI screenshot has few colours), at most MAX_SHOT_BYTES."""
+    from PIL import Image
+
+    boxes = []
+    for part in parts:
+        part.scroll_into_view_if_needed()
+        box = part.bounding_box()
+        assert box is not None, f"{name}: {part} is not on the page"
+        boxes.append(box)
+    x0, y0 = min(b["x"] for b in boxes), min(b["y"] for b in boxes)
+    x1 = max(b["x"] + b["width"] for b in boxes)
+    y1 = max(b["y"] + b["height"] for b in boxes)
+    clip = {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0}
+    raw = page.screenshot(clip=clip, full_page=True)
+    image = Image.open(io.BytesIO(raw)).convert("RGB").quantize(colors=128)
+    out = shots_dir(tmp_path) / name
+    image.save(out, format="PNG", optimize=True)
+    size = out.stat().st_size
+    assert 5_000 < size <= MAX_SHOT_BYTES, f"{out}: {size:,} bytes"
+    return out
+
+
+def _cjk_renders(page: Any) -> bool:
+    """Two different Chinese characters draw differently: a real CJK font, not the same
+    "missing glyph" box for both (Chinese headings would show as boxes without one)."""
+    return bool(
+        page.evaluate(
+            """() => {
+        const draw = (ch) => {
+            const c = document.createElement("canvas");
+            c.width = 40; c.height = 40;
+            const g = c.getContext("2d");
+            g.font = "32px sans-serif";
+            g.fillText(ch, 2, 34);
+            return Array.from(g.getImageData(0, 0, 40, 40).data).join(",");
+        };
+        const a = draw("部"), b = draw("署"), blank = draw(" ");
+        return a !== b && a !== blank && b !== blank;
+    }"""
+        )
+    )
 
 
 @pytest.mark.slow
@@ -244,6 +327,10 @@ def test_notebook_runs_in_plan_mode_and_the_step_panel_answers(
     page.screenshot(path=str(shot))
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+    # the whole panel (its heading's summary, a badge per row), cropped to the widget
+    widget = page.locator(".jp-OutputArea-output", has=page.locator(".widget-button")).last
+    saved = save_shot(page, [widget], "step-panel.png", tmp_path)
+    print(f"step panel screenshot: {saved} ({saved.stat().st_size:,} bytes)")
     assert not lab.sockets_log.exists(), lab.sockets_log.read_text()  # plan mode: loopback only
     elapsed = time.monotonic() - started
     print(f"browser: {NOTEBOOK} planned and panel used in {elapsed:.1f}s; screenshot {shot}")
@@ -264,4 +351,69 @@ def test_preflight_notebook_runs_in_plan_mode_with_its_panel(
     row.locator(".widget-output", has_text="$ ").wait_for()
     row.scroll_into_view_if_needed()
     page.screenshot(path=str(tmp_path / "preflight.png"))
+    assert not lab.sockets_log.exists(), lab.sockets_log.read_text()
+
+
+# -- the records dashboard on a record of the lab --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab_record(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A record made by `runbook deploy --yes` of a lab (cache VM + one worker), in a child
+    process as a user runs it; the lab is taken down before the browser starts."""
+    need(os.geteuid() == 0, "the lab needs root (network and mount namespaces)")
+    for tool in ("sshd", "fish", "sudo", "rsync", "nix-store", "ip", "unshare", "make"):
+        need(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(), f"needs {tool}")
+    from runbook import lab
+    from runbook.lab import deployment
+    from tests.deploy_rig import run_deploy
+
+    tmp = tmp_path_factory.mktemp("browserlab")
+    lab_file = deployment.write(
+        tmp / "lab.yaml", state_dir=LAB_STATE, subnet=LAB_SUBNET, bridge=LAB_BRIDGE,
+        workers=1, passwords=LAB_PASSWORDS, name="cache",
+    )  # fmt: skip
+    lab.down(lab_file)
+    try:
+        lab.up(lab_file, secrets_dir=tmp / "secrets")
+        made = run_deploy(
+            lab.params_path(lab_file), tmp / "secrets", tmp / "records", tmp / "deploy.log"
+        )
+    finally:
+        lab.down(lab_file)
+    assert made.rc == 0, made.out[-3000:]
+    print(f"lab record {made.record.name}: runbook deploy took {made.seconds:.0f} s")
+    yield made.record
+
+
+@pytest.mark.slow
+@pytest.mark.lab
+def test_the_dashboard_shows_a_lab_deploy_record_and_its_timeline(
+    lab_record: Path, lab: Lab, page: Any, tmp_path: Path
+) -> None:
+    records = lab.root / "records"  # the dashboard's records_root, "../records"
+    shutil.copytree(lab_record, records / lab_record.name)
+    manifest = json.loads((lab_record / "manifest.json").read_text())
+    assert manifest["mode"] == "deploy" and manifest["status"] == "completed"
+    try:
+        _open_and_run_all(lab, page, DASHBOARD)
+        timeline = page.locator(".jp-OutputArea-output img").first
+        timeline.wait_for()
+        # a real picture, decoded by the browser (not a broken image)
+        size = timeline.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        assert size[0] > 300 and size[1] > 100, size
+        assert timeline.get_attribute("src", timeout=1000).startswith("data:image/png")
+        runs = _output(page, lab_record.name)
+        runs.wait_for()
+        assert "completed" in runs.inner_text()
+        for noise in ("Traceback", "NaN", "Error"):
+            assert page.locator(".jp-OutputArea-output", has_text=noise).count() == 0, noise
+        heading = page.locator(".jp-MarkdownOutput h1").first
+        assert "部署记录" in heading.inner_text()
+        assert _cjk_renders(page), "no CJK font: the Chinese headings render as boxes"
+    except Exception:
+        page.screenshot(path=str(tmp_path / "dashboard-failure.png"), full_page=True)
+        raise
+    saved = save_shot(page, [heading, runs, timeline], "dashboard.png", tmp_path)
+    print(f"dashboard screenshot: {saved} ({saved.stat().st_size:,} bytes)")
     assert not lab.sockets_log.exists(), lab.sockets_log.read_text()
