@@ -166,6 +166,8 @@ class Context:
                     ok_codes=ok_codes,
                     timeout=timeout or command.timeout,
                     stdin=command.stdin,
+                    cwd=command.cwd,
+                    env=command.env or None,
                 )
             case RemoteScript():
                 conn = self.connection(

@@ -16,6 +16,7 @@ from runbook.core.params import VM, check_paths
 from runbook.engine.steps import DONE, TODO, Check, Context, Step, unchecked
 from runbook.sections.common import config_present, render
 from runbook.transport import local
+from runbook.transport.commands import LocalCommand
 
 if TYPE_CHECKING:
     from runbook.nix.nixcfg import Change
@@ -232,7 +233,17 @@ def local_nix_env(ctx: Context) -> dict[str, str]:
 
 def toplevel_build(ctx: Context, vm: VM) -> Step:
     """Lesson 3's prevention: a configuration that does not build never reaches a VM."""
-    argv = toplevel_argv(vm)
+    # the environment goes on nix's own words, where a shell would apply it too
+    shown = "NIX_CONFIG=<params local_nix_config>" if ctx.dep.local_nix_config.strip() else ""
+    config, env = ctx.dep.nixos_config, local_nix_env(ctx)
+    build_cmd = LocalCommand.of(toplevel_argv(vm), cwd=config, env=env, env_shown=shown)
+    evaluate = LocalCommand.of(
+        toplevel_out_path_argv(vm),
+        timeout=BUILD_PROBE_TIMEOUT,
+        cwd=config,
+        env=env,
+        env_shown=shown,
+    )
 
     def probe() -> Check:
         if (missing := config_present(ctx)) is not None:
@@ -240,17 +251,11 @@ def toplevel_build(ctx: Context, vm: VM) -> Step:
         if local.which("nix") is None:
             return unchecked("nix is not on this machine")
         if ctx.planning:  # evaluating a flake writes the Nix store and its database
-            return unchecked(PLAN_EVALUATES_NOTHING.format(eval=render(toplevel_out_path_argv(vm))))
+            return unchecked(PLAN_EVALUATES_NOTHING.format(eval=evaluate.render()))
         # built already when the configuration evaluates to a store path this machine has
         # (a configuration that does not evaluate is left to the build, which says why)
         try:
-            found = local.run(
-                toplevel_out_path_argv(vm),
-                check=False,
-                cwd=ctx.dep.nixos_config,
-                env=local_nix_env(ctx),
-                timeout=BUILD_PROBE_TIMEOUT,
-            )
+            found = ctx.execute(evaluate, check=False)
         except RunbookError:  # e.g. the evaluation timed out: the build will tell
             return TODO
         out = found.stdout.strip()
@@ -259,17 +264,14 @@ def toplevel_build(ctx: Context, vm: VM) -> Step:
         return TODO
 
     def build() -> str:
-        result = local.run(argv, check=False, cwd=ctx.dep.nixos_config, env=local_nix_env(ctx))
+        result = ctx.execute(build_cmd, check=False)
         if not result.ok:  # nix says what is wrong first, then where: that is its tail
             raise CommandError(
                 host="localhost",
-                command=render(argv),
+                command=build_cmd.render(),
                 exit_code=result.exit_code,
                 stderr=nix_error(result.stderr),
             )
         return f"built {built_path(result.stdout)}"
 
-    # the environment goes on nix's own words, where a shell would apply it too
-    env = "NIX_CONFIG=<params local_nix_config> " if ctx.dep.local_nix_config.strip() else ""
-    cmd = f"cd {ctx.dep.nixos_config} && {env}{render(argv)}"
-    return Step(f"build {vm.name} locally first (lesson 3)", "localhost", [cmd], probe, build)
+    return Step(f"build {vm.name} locally first (lesson 3)", "localhost", [build_cmd], probe, build)

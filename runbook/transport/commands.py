@@ -16,7 +16,7 @@ string instead; it runs no shell.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,13 +28,17 @@ from runbook.transport.shell import BASH_STDIN, SUDO_BASH_STDIN
 
 @dataclass(frozen=True)
 class LocalCommand:
-    """An argv run here (within `timeout` seconds, if given), with `stdin` fed to it (an
-    AppleScript for `osascript -`, shown as a here-document named `heredoc`)."""
+    """An argv run here (within `timeout` seconds, if given), in `cwd`, with `env` added to
+    the environment (shown as `env_shown`, or as the names alone: a value may be long), and
+    `stdin` fed to it (an AppleScript for `osascript -`, shown as a here-document `heredoc`)."""
 
     argv: tuple[str, ...]
     timeout: float | None = None
     stdin: str | None = None
     heredoc: str = "EOF"
+    cwd: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    env_shown: str = ""
 
     @classmethod
     def of(
@@ -44,11 +48,26 @@ class LocalCommand:
         timeout: float | None = None,
         stdin: str | None = None,
         heredoc: str = "EOF",
+        cwd: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        env_shown: str = "",
     ) -> LocalCommand:
-        return cls(tuple(str(a) for a in argv), timeout=timeout, stdin=stdin, heredoc=heredoc)
+        return cls(
+            tuple(str(a) for a in argv),
+            timeout=timeout,
+            stdin=stdin,
+            heredoc=heredoc,
+            cwd=str(cwd) if cwd is not None else None,
+            env=dict(env or {}),
+            env_shown=env_shown,
+        )
 
     def render(self) -> str:
         line = shlex.join(self.argv)
+        if self.env:  # the environment on the command's own words, where a shell applies it
+            line = f"{self.env_shown or ' '.join(f'{k}=…' for k in self.env)} {line}"
+        if self.cwd is not None:
+            line = f"cd {shlex.quote(self.cwd)} && {line}"
         if self.stdin is None:
             return mask(line)
         return mask(f"{line} <<'{self.heredoc}'\n{self.stdin}{self.heredoc}")
