@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -41,10 +41,16 @@ class Rig:
     secrets: Path
     records: Path
     logs: Path
+    argv: set[str] = field(default_factory=set)  # every argv seen on the first worker
 
     def deploy(self, *extra: str) -> Deploy:
+        from tests.test_lab_cache_trust import ArgvSampler
+
         log = self.logs / f"deploy-{len(list(self.logs.glob('*.log')))}.log"
-        return run_deploy(self.params, self.secrets, self.records, log, *extra)
+        with ArgvSampler(HOSTS[0]) as sampler:
+            d = run_deploy(self.params, self.secrets, self.records, log, *extra)
+        self.argv |= sampler.lines
+        return d
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +164,11 @@ def test_the_workers_token_pushes_and_pulls_and_nothing_else(rig: Rig) -> None:
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(req, timeout=10)
         assert refused.value.code == 403, (method, refused.value.code)
+
+
+def test_the_push_token_is_in_no_argv_on_the_worker(rig: Rig) -> None:
+    """Runs last: the worker's login and push were sampled (ps and /proc/*/cmdline)."""
+    token = (rig.secrets / "attic-worker-push-token").read_text().strip()
+    assert any("runbook.lab.attic.client" in line for line in rig.argv), len(rig.argv)
+    slices = {token[i : i + 24] for i in range(0, len(token) - 23, 8)}
+    assert [line[:80] for line in rig.argv if any(p in line for p in slices)] == []
