@@ -178,3 +178,37 @@ def test_a_secret_equal_to_a_runbook_word_is_refused(fresh_masking: None) -> Non
     params.load(Path(__file__).resolve().parents[1] / "params" / "cache.yaml")
     with pytest.raises(InputError, match="'pw' is the runbook's word 'completed'"):
         Secret("completed", "pw")
+
+
+def test_mask_inside_a_registration_does_not_deadlock(
+    fresh_masking: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A garbage collection during the pattern's build can run a __del__ that logs, and the
+    log filter masks: mask() re-entered in the thread holding masking's lock. With a plain
+    Lock that hung a test run for good; the lock is reentrant."""
+    import re
+    import threading
+
+    real = re.compile
+    inner: list[str] = []
+
+    def compile_and_log(pattern: str, flags: int = 0) -> re.Pattern[str]:
+        if not inner:
+            inner.append("building")
+            inner.append(mask("a __del__ logs while the pattern is built"))
+        return real(pattern, flags)
+
+    monkeypatch.setattr(re, "compile", compile_and_log)
+    Secret("reentrant-" + os.urandom(4).hex(), "r")
+    worker = threading.Thread(target=lambda: inner.append(mask("x")), daemon=True)
+    done = threading.Event()
+
+    def go() -> None:
+        mask("trigger the build")
+        done.set()
+
+    threading.Thread(target=go, daemon=True).start()
+    assert done.wait(10), "mask() deadlocked on its own lock"
+    worker.start()
+    worker.join(10)
+    assert inner

@@ -21,7 +21,10 @@ _MIN_LEN: Final = 6
 # A 5 MB "password" made the masking regex cost minutes to build (issue 13): refused.
 MAX_SECRET_CHARS: Final = 64 * 1024
 
-_lock = threading.Lock()
+# Reentrant: a __del__ that logs (jupyter_client's "Could not destroy zmq context") can run
+# mask() from a garbage collection in the middle of register() or of building the pattern,
+# in the thread that already holds the lock.
+_lock = threading.RLock()
 _registered: dict[str, str] = {}  # value -> the secret's name (never printed with the value)
 _protected: dict[str, str] = {}  # a name the runbook prints -> where it comes from
 _pattern: re.Pattern[str] | None = None
