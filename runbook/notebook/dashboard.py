@@ -171,7 +171,7 @@ class Board:
             _styled(df)
             .apply(_rows_css("status", lambda s: s in BAD), axis=1)
             .map(lambda s: STATUS_CSS.get(str(s), ""), subset=["status"])
-            .set_properties(subset=["started (UTC)", "took"], **{"white-space": "nowrap"})
+            .set_properties(subset=["started (UTC)", "record", "took"], **{"white-space": "nowrap"})
             .set_properties(subset=["failed step · reason"], **{"max-width": "48em"})
         )
 
@@ -249,7 +249,9 @@ class Board:
             _styled(df)
             .apply(_rows_css("outcome", lambda s: s == "failed"), axis=1)
             .map(lambda s: OUTCOME_CSS.get(str(s), ""), subset=["outcome"])
-            .set_properties(subset=["took", "started", "outcome"], **{"white-space": "nowrap"})
+            .set_properties(
+                subset=["notebook", "took", "started", "outcome"], **{"white-space": "nowrap"}
+            )
             .set_caption(
                 f"{chosen[0].name} · {chosen[1]['mode']} · {chosen[1]['status']} — "
                 f"its pages: {chosen[0] / records.INDEX}"
