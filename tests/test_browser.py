@@ -60,6 +60,7 @@ NOTEBOOK = "05-token-secret"
 DASHBOARD = "records-dashboard"
 SHOTS_ENV = "RUNBOOK_SCREENSHOTS"
 MAX_SHOT_BYTES = 200_000  # small enough to keep in git
+SHOT_VIEWPORT_HEIGHT = 2400  # a screenshot's area fits in it whole
 # the lab the dashboard's record comes from: its own state dir, subnet and bridge
 LAB_STATE = Path("/var/lib/runbook-lab-browsertest")
 LAB_SUBNET, LAB_BRIDGE = "10.231.36.0/24", "rblabb"
@@ -272,17 +273,26 @@ def save_shot(page: Any, parts: list[Any], name: str, tmp_path: Path) -> Path:
     quantize + optimize: a UI screenshot has few colours), at most MAX_SHOT_BYTES."""
     from PIL import Image
 
-    boxes = []
-    for part in parts:
-        part.scroll_into_view_if_needed()
-        box = part.bounding_box()
-        assert box is not None, f"{name}: {part} is not on the page"
-        boxes.append(box)
-    x0, y0 = min(b["x"] for b in boxes), min(b["y"] for b in boxes)
-    x1 = max(b["x"] + b["width"] for b in boxes)
-    y1 = max(b["y"] + b["height"] for b in boxes)
-    clip = {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0}
-    raw = page.screenshot(clip=clip, full_page=True)
+    # JupyterLab scrolls the notebook, not the page: a viewport tall enough for the whole
+    # area, the first part scrolled into it, then every part measured at that one scroll
+    viewport = page.viewport_size
+    page.set_viewport_size({"width": viewport["width"], "height": SHOT_VIEWPORT_HEIGHT})
+    try:
+        parts[0].scroll_into_view_if_needed()
+        parts[0].evaluate("e => e.scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(300)  # the notebook's windowing renders what came into view
+        boxes = []
+        for part in parts:
+            box = part.bounding_box()
+            assert box is not None, f"{name}: {part} is not on the page"
+            boxes.append(box)
+        x0, y0 = min(b["x"] for b in boxes), min(b["y"] for b in boxes)
+        x1 = max(b["x"] + b["width"] for b in boxes)
+        y1 = min(max(b["y"] + b["height"] for b in boxes), SHOT_VIEWPORT_HEIGHT)
+        clip = {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0}
+        raw = page.screenshot(clip=clip)
+    finally:
+        page.set_viewport_size(viewport)
     image = Image.open(io.BytesIO(raw)).convert("RGB").quantize(colors=128)
     out = shots_dir(tmp_path) / name
     image.save(out, format="PNG", optimize=True)
