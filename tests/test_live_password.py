@@ -90,8 +90,10 @@ def test_a_real_shell_reads_exactly_what_was_made(console: ConsoleRig) -> None:
     pw = s02_console.new_live_password(NAME)
     b = backends.SerialBackend(port=console.port)
     b.run("vm", "echo ready-''mark", "ready-mark", timeout=30)
-    b.run("vm", "read -rs PW; echo GOT-''IT", r"\n?")
+    # read -p prints its prompt once it reads: nothing is typed ahead of it
+    b.run("vm", "read -rsp 'PW-''PROMPT:' PW; echo; echo GOT-''IT", r"PW-PROMPT:")
     b.type_text("vm", Secret(pw.reveal() + "\n", "line"))
+    b.session().read_until("GOT-IT", timeout=30)
     out = b.run("vm", "printf 'len=%s sum=%s\\n' ${#PW} $(printf %s \"$PW\" | md5sum)", r"sum=\w+")
     assert f"len={len(pw.reveal())} sum={hashlib.md5(pw.reveal().encode()).hexdigest()}" in out
     b.close()
