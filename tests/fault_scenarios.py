@@ -322,6 +322,7 @@ class FaultLab:
         from runbook import lab
         from runbook.lab import deployment
 
+        tmp.mkdir(parents=True, exist_ok=True)
         data = deployment.deployment(
             state_dir=STATE, subnet=SUBNET, bridge=BRIDGE, workers=1, passwords=PASSWORDS,
             name="faults",
@@ -778,3 +779,140 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
     cache_key_regenerated,
     host_key_changed,
 )  # after sigterm_during_the_push, which is the lab's first deploy
+
+
+# -- the secret sweep ------------------------------------------------------------------------
+
+
+def secret_values(lab: FaultLab) -> dict[str, str]:
+    """Every secret the lab's deployment holds: each value of its secret store, the lines of
+    the token secret's PEM, the lab's passwords, the lab client key's private lines. (Read
+    while the lab is up: the key is in its state dir.)"""
+    import base64
+
+    values: dict[str, str] = {}
+    for path in sorted(lab.secrets.iterdir()) if lab.secrets.is_dir() else []:
+        if path.is_file():
+            values[f"secret {path.name}"] = path.read_text().strip()
+    if "secret attic-token-secret" in values:
+        pem = base64.b64decode(values["secret attic-token-secret"]).decode().splitlines()
+        for i, line in enumerate(pem[1:-1]):
+            values[f"token secret PEM line {i + 1}"] = line
+    for user, password in PASSWORDS.items():
+        values[f"lab password of {user}"] = password
+    key = STATE / "id_ed25519"
+    if key.is_file():
+        body = [ln for ln in key.read_text().splitlines() if ln and not ln.startswith("-----")]
+        values["lab client key"] = "".join(body)
+        for i, line in enumerate(body):
+            values[f"lab client key line {i + 1}"] = line
+    return values
+
+
+SLICE: Final = 32
+
+
+@dataclass
+class Sweep:
+    """Where secret values were found: whole, or any 32-character slice of one."""
+
+    texts: int = 0
+    values: int = 0
+    whole: list[str] = field(default_factory=list)  # "file: value name"
+    sliced: list[str] = field(default_factory=list)
+
+
+def sweep(texts: dict[str, str], values: dict[str, str]) -> Sweep:
+    """Search each text (name -> content) for each value whole and for every 32-character
+    slice of it (values shorter than that: whole only). Slices are looked up in runs of the
+    values' own characters only, so megabytes of HTML cost little."""
+    wanted = {name: v for name, v in values.items() if len(v) >= 6}
+    slices: dict[str, str] = {}
+    for name, value in wanted.items():
+        for i in range(len(value) - SLICE + 1):
+            slices.setdefault(value[i : i + SLICE], name)
+    chars = "".join(sorted(set("".join(slices))))
+    runs = re.compile(f"[{re.escape(chars)}]{{{SLICE},}}") if chars else None
+    found = Sweep(texts=len(texts), values=len(wanted))
+    for where, text in texts.items():
+        found.whole += [f"{where}: {name}" for name, v in wanted.items() if v in text]
+        hit: set[str] = set()
+        for m in runs.finditer(text) if runs is not None else ():
+            s = m.group()
+            hit.update(slices[s[i : i + SLICE]] for i in range(len(s) - SLICE + 1)
+                       if s[i : i + SLICE] in slices)  # fmt: skip
+        hit.update(name for name, v in wanted.items() if len(v) < SLICE and v in text)
+        found.sliced += [f"{where}: {name}" for name in sorted(hit)]
+    return found
+
+
+def record_texts(*roots: Path) -> dict[str, str]:
+    """Every file under `roots` (records roots, console logs), by path, as text."""
+    return {
+        str(p): p.read_bytes().decode(errors="replace")
+        for root in roots
+        if root.is_dir()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+# -- the hostile-params corpus ----------------------------------------------------------------
+
+CORPUS: Final = Path(__file__).resolve().parent / "corpus" / "params"
+MAX_LINE: Final = 300
+_CORPUS_CHILD: Final = """
+import contextlib, io, json, sys
+from runbook.cli import execute
+for f in sys.argv[2:]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = execute(["plan", f, "--records", sys.argv[1]])
+        except BaseException as exc:  # a crash is a finding, reported as one
+            code, err = -1, io.StringIO(f"{type(exc).__name__}: {exc}")
+    print(json.dumps([f, code, err.getvalue()]), flush=True)
+"""
+
+
+@dataclass
+class CorpusRun:
+    files: int = 0
+    clean: int = 0
+    unclean: list[str] = field(default_factory=list)
+
+
+def run_corpus(root: Path, corpus: Path = CORPUS) -> CorpusRun:
+    """`runbook plan FILE` of every file in the corpus directory as it is now, in one child
+    interpreter (each file its own `cli.execute`), in the surroundings the corpus test makes
+    (tests/test_params_corpus.py make_workdir: the nixos-config the files name, with
+    symlinks out of it, and the key). A clean rejection: exit 2 and exactly one line of at
+    most 300 characters, no traceback."""
+    from tests.test_params_corpus import make_workdir
+
+    wd = make_workdir(root)
+    files = []
+    for src in sorted(p for p in corpus.iterdir() if p.is_file()):
+        dest = wd.work / src.name
+        dest.write_bytes(src.read_bytes())
+        files.append(dest)
+    env = clean_env(wd.home)
+    env["TMPDIR"] = str(wd.tmp)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CORPUS_CHILD, str(wd.records), *map(str, files)],
+        cwd=wd.work, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    result = CorpusRun(files=len(files))
+    seen = set()
+    for line in proc.stdout.splitlines():
+        name, code, err = json.loads(line)
+        seen.add(name)
+        one = err.endswith("\n") and err.count("\n") == 1 and len(err) - 1 <= MAX_LINE
+        if code == 2 and one and "Traceback" not in err:
+            result.clean += 1
+        else:
+            result.unclean.append(f"{Path(name).name}: exit {code}: {err[:200]!r}")
+    result.unclean += [f"{f.name}: no answer" for f in files if str(f) not in seen]
+    if proc.stderr.strip():
+        result.unclean.append(f"the child wrote to stderr: {proc.stderr[-300:]!r}")
+    return result

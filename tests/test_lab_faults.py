@@ -7,6 +7,12 @@ One lab for the module (cache VM + one worker; state dir /var/lib/runbook-lab-fa
 10.231.30.0/24, bridge rblabr). Its first deploy is the SIGTERM scenario, whose resume
 finishes the deployment; each scenario after it leaves the lab deployed again. The scenarios
 are tests/fault_scenarios.py's, which bench/reliability.py runs too.
+
+Before this file, only two of these faults broke a lab deployment, and neither resumed:
+the regenerated key (test_lab_cache_trust: `--only 06,08` fails at 08, `--only 07,08` is a
+new run) and a changed host key (test_lab_first_install, test_lab_make_ssh: refused). The
+others (a frozen host, SIGTERM, two runs, a full disk) were tested on a loopback sshd or on
+fault notebooks (test_reliability.py), not on a deployment.
 """
 
 from __future__ import annotations
