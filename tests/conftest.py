@@ -30,6 +30,19 @@ def need(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The markers, where they belong: every test of a lab file brings up (or uses) the lab's
+    namespaces, as root; a test on the test sshd needs root for its users. So
+    `pytest -m "not lab"` is the quick run and `-m "not root"` the one without root."""
+    for item in items:
+        if item.path.name.startswith("test_lab_"):
+            item.add_marker(pytest.mark.lab)
+            item.add_marker(pytest.mark.root)
+        elif "sshd" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.root)
+
+
 @pytest.fixture(scope="session")
 def sshd() -> Iterator[Sshd]:
     need(os.geteuid() == 0, "needs root to create test users and run sshd")
