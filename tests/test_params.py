@@ -272,3 +272,14 @@ def test_cli_error_is_one_line_whatever_the_path(tmp_path: Path) -> None:
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "a\\nb" in r.stderr and len(r.stderr) <= 301
     assert cli  # imported in-process too: the module is the one under test
+
+
+def test_argument_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse's own errors go through the same rendering (before: an argument holding a
+    newline was echoed as two lines)."""
+    from runbook import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.execute(["plan", "p.yaml", "extra\nline"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "extra\\nline" in err
