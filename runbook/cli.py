@@ -122,9 +122,11 @@ def execute(argv: Sequence[str]) -> int:
     except RunbookError as exc:
         if args.debug:
             logger.exception("traceback")
-        # one line per problem (a params file's several), each at most 300 characters
+        # one line per problem (a params file's several): bad input at most 300 characters,
+        # a failure (step, host, command, stderr tail, hint) at most 1000, cut in the middle
+        width = 300 if exc.exit_code == EXIT_BAD_INPUT else 1000
         for line in getattr(exc, "lines", None) or [str(exc)]:
-            print(one_line(f"error: {line}"), file=sys.stderr)
+            print(one_line(f"error: {line}", width), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

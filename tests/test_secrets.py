@@ -212,3 +212,14 @@ def test_mask_inside_a_registration_does_not_deadlock(
     worker.start()
     worker.join(10)
     assert inner
+
+
+def test_one_line_keeps_the_start_and_the_hint() -> None:
+    """A message cut to its width keeps what failed and the hint at its end."""
+    from runbook.core.masking import one_line
+
+    text = "host key changed: " + "x" * 800 + " (accept with --replace-host-key)"
+    out = one_line(text, 300)
+    assert len(out) <= 300 and out.startswith("host key changed: ")
+    assert out.endswith("(accept with --replace-host-key)") and "(851 characters)" in out
+    assert one_line("a\nb\x00c") == "a\\nb\\x00c"

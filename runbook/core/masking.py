@@ -133,12 +133,15 @@ def escape_controls(text: str) -> str:
 
 
 def one_line(text: str, limit: int = 300) -> str:
-    """A message as the terminal gets it: masked, one line, at most `limit` characters."""
+    """A message as the terminal gets it: masked, one line, at most `limit` characters; a
+    longer one keeps its start (what failed) and its end (the hint), cut in the middle."""
     out = escape_controls(mask(text))
     if len(out) <= limit:
         return out
-    more = f"… ({len(out):,} characters)"
-    return out[: limit - len(more)] + more
+    cut = f" … ({len(out):,} characters) … "
+    room = max(limit - len(cut), 2)
+    head = room * 2 // 3
+    return out[:head] + cut + out[len(out) - (room - head) :]
 
 
 def registered_count() -> int:
