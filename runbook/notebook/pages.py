@@ -10,9 +10,10 @@ one markdown cell put before the notebook's first cell). Everything shown is mas
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -264,6 +265,28 @@ def index_html(m: Manifest, record: Path, timeline: str | None) -> str:
 """
 
 
+@contextlib.contextmanager
+def _no_font_cache_at_home() -> Iterator[None]:
+    """matplotlib's first import in this process writes its font cache into a temp dir that
+    is gone afterwards, not ~/.cache/matplotlib: a run writes nothing outside its records
+    (the cache is in memory by then; building it costs about a second)."""
+    import os
+    import sys
+    import tempfile
+
+    if "matplotlib" in sys.modules or "MPLCONFIGDIR" in os.environ:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="runbook-mpl-") as tmp:
+        os.environ["MPLCONFIGDIR"] = tmp
+        try:
+            import matplotlib.font_manager  # noqa: F401 - builds the cache in tmp, now
+
+            yield
+        finally:
+            os.environ.pop("MPLCONFIGDIR", None)
+
+
 def write_index(record: Path, m: Manifest) -> None:
     """`timeline.png` and `index.html` into the record; a failure is logged, never raised
     (the manifest, notebooks and log are the record; these are its reading aids)."""
@@ -271,7 +294,9 @@ def write_index(record: Path, m: Manifest) -> None:
 
     picture: str | None = records.TIMELINE
     try:
-        records.write_bytes_atomic(record / records.TIMELINE, timeline.timeline_png(m))
+        with _no_font_cache_at_home():
+            png = timeline.timeline_png(m)
+        records.write_bytes_atomic(record / records.TIMELINE, png)
     except Exception as exc:  # noqa: BLE001 - the index is written without it
         logger.warning("%s: no timeline: %s", record.name, mask(str(exc)))
         picture = None
