@@ -176,15 +176,24 @@ def test_seal_makes_a_record_read_only_and_unseal_undoes_it(tmp_path: Path) -> N
     record = _write(tmp_path, "20260101T000000Z-cache")
     (record / "sub").mkdir()
     (record / "sub" / "f.txt").write_text("x")
+    (record / "private").write_text("x")
+    (record / "private").chmod(0o600)  # as secrets.write_private leaves the run's addresses
     records.seal(record)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [record, *record.rglob("*")]}
-    assert modes == {record.name: 0o555, "manifest.json": 0o444, "sub": 0o555, "f.txt": 0o444}
+    assert modes == {
+        record.name: 0o555,
+        "manifest.json": 0o444,
+        "sub": 0o555,
+        "f.txt": 0o444,
+        "private": 0o400,  # read-only, and still private
+    }
     assert records.sealed(record)
     assert records.read_manifest(record)["id"] == record.name  # still readable
     records.unseal(record)
     assert not records.sealed(record)
     records.write_manifest(record, records.read_manifest(record))
     assert stat.S_IMODE((record / "sub" / "f.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((record / "private").stat().st_mode) == 0o600
 
 
 def test_keep_params_copies_the_file_and_keeps_both_when_a_resume_changed_it(

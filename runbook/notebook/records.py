@@ -13,7 +13,7 @@
     records/.lock-<deployment>   held (flock) by the one process running that deployment,
                                  there only while it runs (or after it died)
 
-A record that ended is read-only (files 0444, folders 0555, `seal`); `--resume` makes it
+A record that ended is read-only (files 0444, folders 0555: no write bit, `seal`); `--resume` makes it
 writable for the resumed run (`unseal`) and seals it again at its end. run.log lines start
 with their UTC time.
 
@@ -225,31 +225,35 @@ def keep_params(record: Path, params: Path, m: Manifest) -> None:
 
 
 def seal(record: Path) -> None:
-    """The ended record read-only: files 0444, folders 0555 (the record itself last)."""
+    """The ended record read-only: every write bit cleared (files 0644 become 0444, folders
+    0555; a private 0600 file stays private, 0400), the record folder itself last."""
     for path in sorted(record.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        with contextlib.suppress(OSError):
-            if path.is_symlink():
-                continue
-            os.chmod(path, 0o555 if path.is_dir() else 0o444)
-    with contextlib.suppress(OSError):
-        os.chmod(record, 0o555)
+        _chmod(path, clear=_WRITE)
+    _chmod(record, clear=_WRITE)
 
 
 def unseal(record: Path) -> None:
-    """A sealed record writable again (a `--resume`): folders 0755, files 0644."""
-    with contextlib.suppress(OSError):
-        os.chmod(record, 0o755)
+    """A sealed record writable again by its owner (a `--resume`): u+w, the folder first."""
+    _chmod(record, add=stat.S_IWUSR)
     for path in sorted(record.rglob("*"), key=lambda p: len(p.parts)):
-        with contextlib.suppress(OSError):
-            if path.is_symlink():
-                continue
-            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        _chmod(path, add=stat.S_IWUSR)
+
+
+_WRITE: Final = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+
+
+def _chmod(path: Path, *, clear: int = 0, add: int = 0) -> None:
+    with contextlib.suppress(OSError):
+        if path.is_symlink():
+            return
+        mode = stat.S_IMODE(path.stat().st_mode)
+        os.chmod(path, (mode & ~clear) | add)
 
 
 def sealed(record: Path) -> bool:
     """True when the record folder is read-only (nobody may write into it)."""
     try:
-        return not (os.stat(record).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        return not os.stat(record).st_mode & _WRITE
     except OSError:
         return False
 
