@@ -284,3 +284,19 @@ def test_the_exporter_drops_every_cdn_script(tmp_path: Path) -> None:
     assert REMOTE.findall(plain.read_text()), (
         "the stock template does load scripts (the test can fail)"
     )
+
+
+def test_steps_that_ran_at_the_same_time_get_lanes_of_their_row() -> None:
+    m = _old_manifest()
+    nb = m["notebooks"][0]
+    one = dict(nb["steps"][0], start="2026-01-01T00:00:02.000000Z", duration=10.0)
+    two = dict(one, host="vm2", start="2026-01-01T00:00:03.000000Z", outcome="done")
+    after = dict(one, host="vm", start="2026-01-01T00:00:20.000000Z", duration=1.0)
+    nb["steps"] = [one, two, after]  # type: ignore[list-item]
+    steps = [b for b in timeline.bars(m) if b.kind == "step"]
+    assert [(b.start, b.lane, b.lanes) for b in steps] == [(2.0, 0, 2), (3.0, 1, 2), (20.0, 0, 2)]
+    assert [b.colour for b in steps][:2] == [
+        timeline.OUTCOME_COLOURS["failed"],
+        timeline.OUTCOME_COLOURS["done"],
+    ]
+    assert timeline.timeline_png(m).startswith(PNG)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -62,6 +62,8 @@ class Bar:
     label: str  # the notebook's name, or the step's
     kind: str  # "notebook" or "step"
     outcome: str  # the notebook's status, or the step's outcome
+    lane: int = 0  # steps that ran at the same time (one per host) get lanes of their row
+    lanes: int = 1
 
 
 def bars(m: Manifest) -> list[Bar]:
@@ -90,11 +92,12 @@ def bars(m: Manifest) -> list[Bar]:
                 status,
             )
         )
+        steps = []
         for step in nb["steps"]:
             at = parse_time(step.get("start"))
             if at is None:
                 continue
-            out.append(
+            steps.append(
                 Bar(
                     row,
                     (at - began).total_seconds(),
@@ -105,8 +108,23 @@ def bars(m: Manifest) -> list[Bar]:
                     step["outcome"],
                 )
             )
+        out += _in_lanes(steps)
         row += 1
     return out
+
+
+def _in_lanes(steps: list[Bar]) -> list[Bar]:
+    """Overlapping steps (run in parallel) each in a lane of their own, first fit."""
+    ends: list[float] = []
+    lane_of = []
+    for b in sorted(steps, key=lambda b: b.start):
+        lane = next((i for i, end in enumerate(ends) if end <= b.start + 1e-6), len(ends))
+        if lane == len(ends):
+            ends.append(0.0)
+        ends[lane] = b.start + b.width
+        lane_of.append((b, lane))
+    lanes = max(len(ends), 1)
+    return [replace(b, lane=lane, lanes=lanes) for b, lane in lane_of]
 
 
 def clock(seconds: float) -> str:
@@ -142,11 +160,13 @@ def timeline_png(m: Manifest, *, dpi: int = 100) -> bytes:
                 linewidth=1.2,
             )
         else:
+            height = 0.6 / b.lanes
+            y = b.row - 0.3 + height * (b.lane + 0.5)
             ax.barh(
-                b.row,
+                y,
                 max(b.width, span * MIN_WIDTH),
                 left=b.start,
-                height=0.5,
+                height=height,
                 color=b.colour,
                 edgecolor="white",
                 linewidth=0.4,
@@ -155,7 +175,7 @@ def timeline_png(m: Manifest, *, dpi: int = 100) -> bytes:
                 right = b.start + b.width < span * 0.6
                 ax.annotate(
                     f"✗ {b.label}"[:60] if right else f"{b.label} ✗"[-60:],
-                    (b.start + b.width, b.row) if right else (b.start, b.row),
+                    (b.start + b.width, y) if right else (b.start, y),
                     xytext=(4, 0) if right else (-4, 0),
                     textcoords="offset points",
                     va="center",
