@@ -11,6 +11,7 @@ The cache VM is a fake connection; atticd's two API routes are a small HTTP serv
 from __future__ import annotations
 
 import json
+import shlex
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -305,7 +306,7 @@ class FakeWorker:
         self.runs.append((shown, kw.get("elevate")))
         if command == s06_cache.SYSTEM_SCRIPT:
             return Result(shown, 0, WORKER_SYSTEM + "\n", "", 0.1, "vm-test-worker")
-        if list(command) == s06_cache.closure_argv(WORKER_SYSTEM):
+        if command == shlex.join(s06_cache.closure_argv(WORKER_SYSTEM)):
             return Result(shown, 0, CLOSURE_JSON, "", 0.1, "vm-test-worker")
         assert isinstance(command, str) and "| attic push main --stdin" in command, shown
         self.atticd.have.update(h(p) for p in self.uploads)
@@ -368,7 +369,7 @@ def test_deduplicated_paths_send_no_bytes() -> None:
 
 def test_the_workers_token_pushes_and_pulls_that_cache_only(tmp_path: Path, atticd: FakeAtticd):
     ctx = _ctx(tmp_path, atticd, FakeCacheVM(atticd, ""))
-    (cmd,) = s06_cache.make_worker_token(ctx, ctx.dep.cache_vm).commands
+    (cmd,) = s06_cache.make_worker_token(ctx, ctx.dep.cache_vm).plan()
     flags = cmd.split("make-token", 1)[1]
     assert "--pull main --push main" in flags
     for refused in ("--delete", "--create-cache", "--configure-cache", "--destroy-cache", "'*'"):
@@ -382,7 +383,7 @@ def test_a_workers_login_puts_the_push_token_0600(tmp_path: Path, atticd: FakeAt
                 return Result("p", 0, "/root/.config/attic/config.toml\n", "", 0.1, "w")
             raise AssertionError(command)
 
-        def put(self, path: str, content: Secret, *, mode: int, owner: str | None) -> Result:
+        def put(self, path: str, content: Secret, *, mode: int, owner: str | None, **_: object) -> Result:
             self.put_ = (path, content.reveal(), mode, owner)
             return Result("put", 0, "", "", 0.1, "w")
 
@@ -397,4 +398,4 @@ def test_a_workers_login_puts_the_push_token_0600(tmp_path: Path, atticd: FakeAt
     assert (path, mode, owner) == ("/root/.config/attic/config.toml", 0o600, "root")
     assert f'endpoint = "http://127.0.0.1:{atticd.port}/"' in text
     assert 'token = "eyJh.eyJ3.d29ya2Vy"' in text
-    assert all("eyJh.eyJ3" not in line for line in step.commands)
+    assert all("eyJh.eyJ3" not in line for line in step.plan())

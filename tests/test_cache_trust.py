@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import threading
@@ -152,7 +153,7 @@ class FakeHost:
             return self._ok(shown, CONFIG_PATH + "\n")
         if command == s08_verify.SAMPLE_PATH_SCRIPT:
             return self._ok(shown, SYSTEM + "\n")
-        if list(command) == list(attic.NIX_SHOW_CONFIG_ARGV):
+        if _words(command) == list(attic.NIX_SHOW_CONFIG_ARGV):
             return self._ok(shown, self.show_config)
         if shown.startswith("stat -c %a "):
             if CONFIG_PATH not in self.files:
@@ -164,7 +165,7 @@ class FakeHost:
             return self._ok(shown, "")  # a public cache answers whatever the token
         raise AssertionError(f"unexpected command on {self.name}: {shown}")
 
-    def put(self, path: str, content: Secret, *, mode: int, owner: str | None) -> Result:
+    def put(self, path: str, content: Secret, *, mode: int, owner: str | None, **_: object) -> Result:
         self.files[path] = (content.reveal().encode(), mode, owner)
         return self._ok(f"put {path}", "")
 
@@ -447,6 +448,16 @@ def test_00_reads_the_notebooks_of_its_run_from_the_manifest(tmp_path) -> None:
 OTHER = "/nix/store/szw91dvx6gzl0fcvr3ymn40ry5wfsis0-nixos-system-dev-2-lab"
 
 
+def _words(command: str | Sequence[str]) -> list[str]:
+    """A command as its words, whether it came as an argv or as the script of one."""
+    if not isinstance(command, str):
+        return list(command)
+    try:
+        return shlex.split(command)
+    except ValueError:
+        return [command]
+
+
 class SystemHost(FakeHost):
     """A worker running `system`, holding `has`; `nix-store -r` prints Nix's copy lines."""
 
@@ -459,11 +470,12 @@ class SystemHost(FakeHost):
         self.commands.append(shown)
         if command == s06_cache.SYSTEM_SCRIPT:
             return self._ok(shown, self.system + "\n")
-        if list(command)[:2] == ["nix-store", "--check-validity"]:
-            return self._ok(shown, "", 0 if list(command)[2] in self.has else 1)
-        if list(command)[:2] == ["nix-store", "-r"]:
-            self.has.add(list(command)[2])
-            return Result(shown, 0, list(command)[2] + "\n", self.log, 0.1, self.name)
+        words = _words(command)
+        if words[:2] == ["nix-store", "--check-validity"]:
+            return self._ok(shown, "", 0 if words[2] in self.has else 1)
+        if words[:2] == ["nix-store", "-r"]:
+            self.has.add(words[2])
+            return Result(shown, 0, words[2] + "\n", self.log, 0.1, self.name)
         return super().run(command, **kw)
 
 

@@ -17,11 +17,11 @@ from typing import Final
 
 from runbook.cache import attic, keys
 from runbook.core.errors import CommandError, RunbookError
-from runbook.core.models import Elevate
 from runbook.core.params import VM
 from runbook.core.secrets import Secret
 from runbook.engine.steps import TODO, Check, Context, Step
-from runbook.sections.common import host_label, ssh_render
+from runbook.sections.common import host_label, remote_script
+from runbook.transport.commands import FilePut, RemoteScript
 
 NOTEBOOK: Final = "06-cache"
 SERVER: Final = "local"
@@ -52,18 +52,23 @@ def _token_valid(ctx: Context, name: str | None = None) -> Check:
 MAKE_TOKEN: Final = "admin token (atticd-atticadm make-token)"
 
 
+def mint(ctx: Context, vm: VM, argv: list[str]) -> RemoteScript:
+    """`atticd-atticadm make-token ...` on the cache VM; stdin closed, so it reads nothing."""
+    return remote_script(ctx, vm, shlex.join(argv) + " </dev/null", sudo=True)
+
+
 def make_token(ctx: Context, vm: VM) -> Step:
-    argv = attic.make_token_argv()
+    cmd = mint(ctx, vm, attic.make_token_argv())
 
     def make() -> str:
-        out = ctx.connection(vm).run(argv, elevate=Elevate.SUDO)
+        out = ctx.execute(cmd)
         ctx.store.put(ctx.dep.cache.admin_token, attic.parse_make_token_output(out.stdout))
         return f"admin token kept in the secret store as {ctx.dep.cache.admin_token!r}"
 
     return Step(
         MAKE_TOKEN,
         host_label(ctx, vm),
-        [ssh_render(ctx, vm, shlex.join(argv) + " </dev/null", sudo=True)],
+        [cmd],
         probe=lambda: _token_valid(ctx),
         action=make,
     )
@@ -89,28 +94,31 @@ def worker_token_permissions(cache: str) -> attic.TokenPermissions:
 
 def make_worker_token(ctx: Context, vm: VM) -> Step:
     """A push-only token for the workers, minted on the cache VM as the admin token is."""
-    argv = attic.make_token_argv(
-        "workers", permissions=worker_token_permissions(ctx.dep.cache.name)
-    )
+    permissions = worker_token_permissions(ctx.dep.cache.name)
+    cmd = mint(ctx, vm, attic.make_token_argv("workers", permissions=permissions))
 
     def make() -> str:
-        out = ctx.connection(vm).run(argv, elevate=Elevate.SUDO)
+        out = ctx.execute(cmd)
         ctx.store.put(WORKER_TOKEN, attic.parse_make_token_output(out.stdout))
         return f"push token (push + pull on {ctx.dep.cache.name} only) kept as {WORKER_TOKEN!r}"
 
     return Step(
         MAKE_WORKER_TOKEN,
         host_label(ctx, vm),
-        [ssh_render(ctx, vm, shlex.join(argv) + " </dev/null", sudo=True)],
+        [cmd],
         probe=lambda: _token_valid(ctx, WORKER_TOKEN),
         action=make,
         remote=True,  # minted on the cache VM: a plan does not connect to it
     )
 
 
+def config_path_query(ctx: Context, vm: VM) -> RemoteScript:
+    return remote_script(ctx, vm, attic.CLIENT_CONFIG_PATH_SCRIPT, sudo=True)
+
+
 def client_config_path(ctx: Context, vm: VM) -> str:
     """The config file root's attic client reads on `vm`, resolved there (attic.md §4)."""
-    out = ctx.connection(vm).run(attic.CLIENT_CONFIG_PATH_SCRIPT, elevate=Elevate.SUDO)
+    out = ctx.execute(config_path_query(ctx, vm))
     path = out.stdout.strip()
     if not path.startswith("/") or "\n" in path:
         raise RunbookError(f"{vm.name}: the attic client's config path came out as {path!r}")
@@ -183,8 +191,7 @@ def login(ctx: Context, vm: VM, how: ClientLogin | None = None) -> Step:
             return TODO
         path = client_config_path(ctx, vm)
         want = hashlib.sha256(_client_config(ctx, how).reveal().encode()).hexdigest()
-        script = f"stat -c %a {shlex.quote(path)} && sha256sum {shlex.quote(path)}"
-        got = ctx.connection(vm).run(script, elevate=Elevate.SUDO, check=False)
+        got = ctx.execute(config_check(path), check=False)
         lines = got.stdout.split("\n")
         if not (got.ok and lines[0].strip() == "600" and lines[1].split()[:1] == [want]):
             print(f"      {path} does not hold the stored token (mode 0600): logging in")
@@ -193,12 +200,18 @@ def login(ctx: Context, vm: VM, how: ClientLogin | None = None) -> Step:
 
     def apply() -> str:
         path = client_config_path(ctx, vm)
-        ctx.connection(vm).put(
-            path, _client_config(ctx, how), mode=attic.CLIENT_CONFIG_MODE, owner="root"
-        )
+        ctx.execute(config_put(path).with_content(_client_config(ctx, how)))
         return f"{path} written (0600, root; no token in any argv); {_prove_token(ctx, how)}"
 
-    shown_config = attic.client_config_shown(SERVER, how.endpoint)
+    def config_check(path: str) -> RemoteScript:
+        q = shlex.quote(path)
+        return remote_script(ctx, vm, f"stat -c %a {q} && sha256sum {q}", sudo=True)
+
+    def config_put(path: str) -> FilePut:
+        host = ctx.dep.host(vm)
+        mode, shows = attic.CLIENT_CONFIG_MODE, attic.client_config_shown(SERVER, how.endpoint)
+        return FilePut(host, path, None, mode=mode, owner="root", shows=shows)
+
     body = json.dumps({"cache": ctx.dep.cache.name, "store_path_hashes": []})
     proof_url = f"{api_base(ctx)}_api/v1/get-missing-paths"
     proof = "proves the token: needs push permission"
@@ -209,9 +222,10 @@ def login(ctx: Context, vm: VM, how: ClientLogin | None = None) -> Step:
         f"attic login{whose}",
         host_label(ctx, vm),
         [
-            ssh_render(ctx, vm, attic.CLIENT_CONFIG_PATH_SCRIPT.replace("\n", "; "), sudo=True)
-            + "   # the client's config.toml",
-            f"put <that path> (mode 0600 from the first byte, owner root): {shown_config}",
+            config_path_query(ctx, vm),
+            "# the client's config.toml is at that path:",
+            config_check("<that path>"),
+            config_put("<that path>"),
             f"curl -sf -H 'Authorization: Bearer <token>' -d '{body}' {proof_url}   # {proof}",
         ],
         probe=probe,
@@ -220,20 +234,23 @@ def login(ctx: Context, vm: VM, how: ClientLogin | None = None) -> Step:
     )
 
 
+def cache_info(ctx: Context, vm: VM) -> RemoteScript:
+    return remote_script(ctx, vm, shlex.join(attic.cache_info_argv(ctx.dep.cache.name)), sudo=True)
+
+
 def _cache_info_ok(ctx: Context, vm: VM) -> Callable[[], Check]:
     def probe() -> Check:
-        argv = attic.cache_info_argv(ctx.dep.cache.name)
-        result = ctx.connection(vm).run(argv, elevate=Elevate.SUDO, check=False)
+        result = ctx.execute(cache_info(ctx, vm), check=False)
         return Check(result.ok, f"cache {ctx.dep.cache.name} answers")
 
     return probe
 
 
 def create(ctx: Context, vm: VM) -> Step:
-    argv = attic.cache_create_argv(ctx.dep.cache.name)
+    cmd = remote_script(ctx, vm, shlex.join(attic.cache_create_argv(ctx.dep.cache.name)), sudo=True)
 
     def apply() -> str:
-        result = ctx.connection(vm).run(argv, elevate=Elevate.SUDO, check=False)
+        result = ctx.execute(cmd, check=False)
         if not result.ok and not attic.is_cache_exists_error(result.stderr):
             raise CommandError(
                 host=vm.name,
@@ -246,7 +263,7 @@ def create(ctx: Context, vm: VM) -> Step:
     return Step(
         f"create cache {ctx.dep.cache.name}",
         host_label(ctx, vm),
-        [ssh_render(ctx, vm, shlex.join(argv), sudo=True)],
+        [cache_info(ctx, vm), cmd],
         _cache_info_ok(ctx, vm),
         apply,
         remote=True,
@@ -255,23 +272,26 @@ def create(ctx: Context, vm: VM) -> Step:
 
 def make_public(ctx: Context, vm: VM) -> Step:
     name = ctx.dep.cache.name
-    argv = attic.cache_configure_argv(name, public=True)
+    cmd = remote_script(
+        ctx, vm, shlex.join(attic.cache_configure_argv(name, public=True)), sudo=True
+    )
+    info_cmd = cache_info(ctx, vm)
 
     def probe() -> Check:
-        out = ctx.connection(vm).run(attic.cache_info_argv(name), elevate=Elevate.SUDO)
+        out = ctx.execute(info_cmd)
         info = attic.parse_cache_info(out.stderr)
         public_key_file(ctx).parent.mkdir(parents=True, exist_ok=True)
         public_key_file(ctx).write_text(info.public_key + "\n")
         return Check(info.public, f"public; key {info.public_key}")
 
     def apply() -> str:
-        ctx.connection(vm).run(argv, elevate=Elevate.SUDO)
+        ctx.execute(cmd)
         return probe().reason
 
     return Step(
         f"make {name} public",
         host_label(ctx, vm),
-        [ssh_render(ctx, vm, shlex.join(argv), sudo=True)],
+        [info_cmd, cmd],
         probe,
         apply,
         remote=True,
@@ -300,11 +320,15 @@ class _PushPlan:
     upstream: list[str]
 
 
+def store_paths(ctx: Context, vm: VM) -> RemoteScript:
+    return remote_script(ctx, vm, PATHS_SCRIPT, sudo=True)
+
+
 def _push_plan(ctx: Context, vm: VM) -> _PushPlan:
     """The cache VM's store paths that `attic push` would send: those not signed by one of
     the cache's own `upstream_cache_key_names` (read from the server, as the client does)."""
     config = attic.get_cache_config(api_base(ctx), ctx.dep.cache.name, _admin_token(ctx))
-    out = ctx.connection(vm).run(PATHS_SCRIPT, elevate=Elevate.SUDO).stdout
+    out = ctx.execute(store_paths(ctx, vm)).stdout
     eligible, upstream = attic.split_upstream(
         attic.parse_path_info_sigs(out),
         config.upstream_cache_key_names,
@@ -324,6 +348,8 @@ def push(ctx: Context, vm: VM) -> Step:
     argv = attic.push_argv(c.name, jobs=c.push_jobs, ignore_upstream_filter=not c.upstream_filter)
     # .drv files are left out: workers substitute outputs, never derivations
     script = f"nix path-info --all | grep -v '\\.drv$' | {shlex.join(argv)}"
+    # judged by progress, not wall time: a first push of a whole store takes long
+    upload = remote_script(ctx, vm, script, sudo=True, transfer=True)
     filt = "on (paths signed by the cache's upstream keys skipped)" if c.upstream_filter else "off"
 
     def probe() -> Check:
@@ -338,7 +364,7 @@ def push(ctx: Context, vm: VM) -> Step:
 
     def apply() -> str:
         plan = _push_plan(ctx, vm)
-        result = ctx.connection(vm).run(script, elevate=Elevate.SUDO, check=False)
+        result = ctx.execute(upload, check=False)
         try:
             verdict = attic.judge_push(
                 cache=c.name,
@@ -364,7 +390,12 @@ def push(ctx: Context, vm: VM) -> Step:
     return Step(
         f"push the store to {c.name} (-j {c.push_jobs}, upstream filter {filt})",
         host_label(ctx, vm),
-        [ssh_render(ctx, vm, script, sudo=True)],
+        [
+            f"GET {api_base(ctx)}_api/v1/cache-config/{c.name} (its upstream keys), from here",
+            store_paths(ctx, vm),
+            upload,
+            "POST <its api-endpoint>_api/v1/get-missing-paths: none may be left, from here",
+        ],
         probe,
         apply,
         remote=True,
@@ -374,9 +405,13 @@ def push(ctx: Context, vm: VM) -> Step:
 SYSTEM_SCRIPT: Final = "readlink -f /nix/var/nix/profiles/system"
 
 
+def system_query(ctx: Context, vm: VM) -> RemoteScript:
+    return remote_script(ctx, vm, SYSTEM_SCRIPT)
+
+
 def system_path(ctx: Context, vm: VM) -> str:
     """The system `vm` runs now (its profile's store path)."""
-    path = ctx.connection(vm).run(SYSTEM_SCRIPT).stdout.strip()
+    path = ctx.execute(system_query(ctx, vm)).stdout.strip()
     if not keys.is_store_path(path):
         raise RunbookError(f"{vm.name}: {SYSTEM_SCRIPT} gave {path!r}")
     return path
@@ -384,6 +419,11 @@ def system_path(ctx: Context, vm: VM) -> str:
 
 def closure_argv(path: str) -> list[str]:
     return ["nix", *attic.NIX_SHOW_CONFIG_ARGV[1:3], "path-info", "--json", "-r", path]
+
+
+def closure_query(ctx: Context, vm: VM, system: str) -> RemoteScript:
+    """`system`'s closure with each path's NAR size (`nix path-info --json -r`)."""
+    return remote_script(ctx, vm, shlex.join(closure_argv(system)))
 
 
 @dataclass(frozen=True)
@@ -401,7 +441,7 @@ def _closure_plan(ctx: Context, vm: VM) -> _ClosurePlan:
     token = _stored_token(ctx, WORKER_TOKEN)
     config = attic.get_cache_config(api_base(ctx), ctx.dep.cache.name, token)
     system = system_path(ctx, vm)
-    out = ctx.connection(vm).run(closure_argv(system)).stdout
+    out = ctx.execute(closure_query(ctx, vm, system)).stdout
     infos = attic.parse_path_info_json(out)
     eligible, upstream = attic.split_upstream(
         infos, config.upstream_cache_key_names, ignore_filter=not ctx.dep.cache.upstream_filter
@@ -417,7 +457,9 @@ def push_closure(ctx: Context, vm: VM) -> Step:
     get-missing-paths), and the record says how many paths and bytes it sent."""
     c = ctx.dep.cache
     argv = attic.push_argv(c.name, jobs=c.push_jobs, ignore_upstream_filter=not c.upstream_filter)
-    script = f"{SYSTEM_SCRIPT} | {shlex.join(argv)}"
+    upload = remote_script(
+        ctx, vm, f"{SYSTEM_SCRIPT} | {shlex.join(argv)}", sudo=True, transfer=True
+    )
 
     def token() -> Secret:
         return _stored_token(ctx, WORKER_TOKEN)
@@ -437,7 +479,7 @@ def push_closure(ctx: Context, vm: VM) -> Step:
 
     def apply() -> str:
         plan = _closure_plan(ctx, vm)
-        result = ctx.connection(vm).run(script, elevate=Elevate.SUDO, check=False)
+        result = ctx.execute(upload, check=False)
         output = result.stderr + result.stdout
         try:
             verdict = attic.judge_push(
@@ -466,9 +508,9 @@ def push_closure(ctx: Context, vm: VM) -> Step:
         f"push {vm.name}'s system closure to {c.name} (only what it lacks)",
         host_label(ctx, vm),
         [
-            ssh_render(ctx, vm, shlex.join(closure_argv("P")).replace(" P", f" $({SYSTEM_SCRIPT})"))
-            + "   # the closure, with NAR sizes",
-            ssh_render(ctx, vm, script, sudo=True),
+            system_query(ctx, vm),
+            closure_query(ctx, vm, "<that system>"),
+            upload,
         ],
         probe,
         apply,

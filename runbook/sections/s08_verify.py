@@ -17,11 +17,11 @@ from typing import Final
 
 from runbook.cache import attic
 from runbook.core.errors import RunbookError
-from runbook.core.models import Elevate
 from runbook.core.params import VM
 from runbook.engine.steps import TODO, Check, Context, Step
-from runbook.sections.common import host_label, render, ssh_render
-from runbook.sections.s06_cache import api_base, system_path
+from runbook.sections.common import host_label, remote_script, render
+from runbook.sections.s06_cache import api_base, system_path, system_query
+from runbook.transport.commands import RemoteScript
 
 NOTEBOOK: Final = "08-verify"
 SAMPLE_PATH_SCRIPT: Final = "readlink -f /nix/var/nix/profiles/system"
@@ -41,8 +41,22 @@ def _config_url(ctx: Context) -> str:
     return f"{api_base(ctx)}_api/v1/cache-config/{ctx.dep.cache.name}"
 
 
+def sample_query(ctx: Context) -> RemoteScript:
+    """The path 08 substitutes: the cache VM's system (pushed by 06)."""
+    return remote_script(ctx, ctx.dep.cache_vm, SAMPLE_PATH_SCRIPT)
+
+
+def is_valid(ctx: Context, vm: VM, path: str) -> RemoteScript:
+    return remote_script(ctx, vm, shlex.join(["nix-store", "--check-validity", path]))
+
+
+def realise(ctx: Context, vm: VM, path: str) -> RemoteScript:
+    """`nix-store -r PATH` on `vm`: substituted from the cache (a transfer, judged by progress)."""
+    return remote_script(ctx, vm, shlex.join(["nix-store", "-r", path]), transfer=True)
+
+
 def _sample_path(ctx: Context) -> str:
-    path = ctx.connection(ctx.dep.cache_vm).run(SAMPLE_PATH_SCRIPT).stdout.strip()
+    path = ctx.execute(sample_query(ctx)).stdout.strip()
     if not path.startswith("/nix/store/"):
         raise RunbookError(f"{ctx.dep.cache.vm}: {SAMPLE_PATH_SCRIPT} gave {path!r}")
     return path
@@ -73,6 +87,11 @@ def verify(ctx: Context) -> Step:
 SHOW_CONFIG: Final = shlex.join(attic.NIX_SHOW_CONFIG_ARGV)
 
 
+def show_config(ctx: Context, worker: VM) -> RemoteScript:
+    """What the worker's Nix runs with (root's view, the nix-daemon's)."""
+    return remote_script(ctx, worker, SHOW_CONFIG, sudo=True)
+
+
 def trust(ctx: Context, worker: VM) -> Step:
     """What the worker's Nix runs with (root's view, the nix-daemon's: `nix show-config`
     through sudo), compared with the live cache: its URL among the substituters and the live
@@ -82,7 +101,7 @@ def trust(ctx: Context, worker: VM) -> Step:
     url = ctx.dep.cache.url
 
     def check() -> str:
-        shown = ctx.connection(worker).run(list(attic.NIX_SHOW_CONFIG_ARGV), elevate=Elevate.SUDO)
+        shown = ctx.execute(show_config(ctx, worker))
         settings = attic.parse_nix_show_config(shown.stdout)
         key = live_key(ctx)
         said = attic.judge_trust(worker.name, settings, url, key)
@@ -95,9 +114,11 @@ def trust(ctx: Context, worker: VM) -> Step:
         f"{worker.name} trusts the key {ctx.dep.cache.name} signs with now",
         host_label(ctx, worker),
         [
-            ssh_render(ctx, worker, SHOW_CONFIG, sudo=True)
-            + "   # substituters, trusted-public-keys",
-            f"curl -sf {_config_url(ctx)}   # public_key",
+            show_config(ctx, worker),
+            f"GET {_config_url(ctx)} (its public_key), from here",
+            "# the worker's substituters must list the cache and its trusted key be that one",
+            sample_query(ctx),
+            f"GET {url}/<that path's hash>.narinfo: its signature checked with the worker's key",
         ],
         probe=lambda: Check(True, check()),  # a check only, as verify
         action=check,
@@ -110,12 +131,12 @@ def substitute(ctx: Context, worker: VM) -> Step:
 
     def probe() -> Check:
         path = _sample_path(ctx)
-        has = ctx.connection(worker).run(["nix-store", "--check-validity", path], check=False)
+        has = ctx.execute(is_valid(ctx, worker, path), check=False)
         return Check(True, f"{worker.name} has {path} (from the cache)") if has.ok else TODO
 
     def apply() -> str:
         path = _sample_path(ctx)
-        result = ctx.connection(worker).run(["nix-store", "-r", path])
+        result = ctx.execute(realise(ctx, worker, path))
         log = result.stdout + result.stderr
         want = f"copying path '{path}' from '{url}'"
         if want not in log:
@@ -126,8 +147,9 @@ def substitute(ctx: Context, worker: VM) -> Step:
         f"substitute the cache VM's system on {worker.name}",
         host_label(ctx, worker),
         [
-            ssh_render(ctx, ctx.dep.cache_vm, SAMPLE_PATH_SCRIPT),
-            ssh_render(ctx, worker, f"nix-store -r {shlex.quote('<that path>')}"),
+            sample_query(ctx),
+            is_valid(ctx, worker, "<that path>"),
+            realise(ctx, worker, "<that path>"),
         ],
         probe=probe,
         action=apply,
@@ -145,14 +167,14 @@ def substitute_peer(ctx: Context, first: VM, second: VM) -> Step:
         path = system_path(ctx, first)
         if system_path(ctx, second) == path:  # one configuration for both: one store path
             return Check(True, f"{second.name} runs {first.name}'s system {path} itself")
-        has = ctx.connection(second).run(["nix-store", "--check-validity", path], check=False)
+        has = ctx.execute(is_valid(ctx, second, path), check=False)
         if has.ok:
             return Check(True, f"{second.name} has {first.name}'s system {path}")
         return TODO
 
     def apply() -> str:
         path = system_path(ctx, first)
-        result = ctx.connection(second).run(["nix-store", "-r", path])
+        result = ctx.execute(realise(ctx, second, path))
         log = result.stdout + result.stderr
         want = f"copying path '{path}' from '{url}'"
         if want not in log:
@@ -170,8 +192,11 @@ def substitute_peer(ctx: Context, first: VM, second: VM) -> Step:
         f"{second.name} substitutes {first.name}'s system (a warm cache)",
         host_label(ctx, second),
         [
-            ssh_render(ctx, first, SAMPLE_PATH_SCRIPT),
-            ssh_render(ctx, second, f"nix-store -r {shlex.quote('<that path>')}"),
+            system_query(ctx, first),
+            system_query(ctx, second),
+            "# unless both run that one system:",
+            is_valid(ctx, second, "<that path>"),
+            realise(ctx, second, "<that path>"),
         ],
         probe=probe,
         action=apply,
