@@ -66,5 +66,6 @@ def test_open_with_bad_params_writes_nothing(tmp_path: Path) -> None:
     bad.write_text("deployment: x\nvms: 3\n")
     records = tmp_path / "records"
     proc = runbook("open", str(bad), "--records", str(records))
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    lines = proc.stderr.strip().splitlines()  # one line per problem (issue 14)
+    assert proc.returncode == 2 and all(x.startswith(f"error: {bad}: key ") for x in lines), lines
     assert not records.exists()
