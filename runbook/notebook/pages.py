@@ -277,6 +277,8 @@ def _no_font_cache_at_home() -> Iterator[None]:
     if "matplotlib" in sys.modules or "MPLCONFIGDIR" in os.environ:
         yield
         return
+    # matplotlib says "generated new fontManager" (INFO) as it builds it: not the run's news
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="runbook-mpl-") as tmp:
         os.environ["MPLCONFIGDIR"] = tmp
         try:
