@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from runbook.core.params import load
 from runbook.core.secrets import Secret, SecretStore
@@ -40,7 +41,7 @@ def test_batch_runs_show_no_panel(tmp_path: Path) -> None:
 def test_row_output_masked_buttons_disabled_while_running(tmp_path: Path) -> None:
     secret = Secret("Panel-Secret-Value-99", "t")
     seen: list[bool] = []
-    row = None  # set below; the action reads its buttons while it runs
+    row: Any = None  # set below; the action reads its buttons while it runs
 
     def action() -> str:
         seen.extend(b.disabled for b in row.children[0].children[1:])
