@@ -271,3 +271,27 @@ def test_a_failed_plan_hints_a_plan_from_its_notebook(
     assert hint == f"runbook plan {PARAMS / 'cache.yaml'} --from 05", r.stderr
     assert "deploy" not in r.stderr.splitlines()[-1].split("then")[-1]
     _parses(hint)
+
+
+def test_every_runbook_command_the_code_prints_parses() -> None:
+    """Each `runbook ...` hint a message builds with the run's own values (an f-string's
+    fields, filled here with a path) is a command line the CLI accepts: the ones a user
+    copies. Prose naming a command or an option (`runbook deploy`) is left out."""
+    found = []
+    for folder in ("sections", "doctor", "notebook", "engine", "commands"):
+        for path in sorted((REPO / "runbook" / folder).rglob("*.py")):
+            for hint in _HINT.findall(path.read_text()):
+                if "{" not in hint or any(c in hint for c in "[]|<>") or "..." in hint:
+                    continue
+                filled = hint
+                while "{" in filled:  # innermost fields first (a nested f-string's)
+                    filled = re.sub(r"\{[^{}]*\}", "x.yaml", filled)
+                for word, value in (("PARAMS", "p.yaml"), ("RECORD", "r"), ("NN", "05")):
+                    filled = filled.replace(word, value)
+                found.append((path.name, filled))
+    assert len(found) >= 5, found
+    for name, command in found:
+        try:
+            _parses(command)
+        except BaseException as exc:
+            raise AssertionError(f"{name}: {command}") from exc

@@ -642,7 +642,7 @@ def _stop(
         again = f"continue with `runbook deploy {req.params} --resume {plan.record}`"
     else:  # a plan changed nothing: plan again from where it stopped (a deploy would apply)
         nn = entry["notebook"][:2] if entry is not None else None
-        again = f"plan again with `runbook plan {req.params}" + (f" --from {nn}`" if nn else "`")
+        again = f"plan again with `runbook plan {req.params}{f' --from {nn}' if nn else ''}`"
     summary = (
         f"{verb} {status} at {where}: {why}. The record is {plan.record}; {fix}, then {again}."
     )
