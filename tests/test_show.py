@@ -126,3 +126,18 @@ def test_records_units_and_failed_step_column(
     monkeypatch.setenv("COLUMNS", "100")
     assert cli.execute(["records", "--records", str(root)]) == 0
     assert all(len(x) <= 100 for x in capsys.readouterr().out.splitlines())
+
+
+def test_on_a_terminal_outcomes_and_statuses_are_coloured(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runbook.commands.records import records_lines, show_lines
+    from runbook.core import terminal
+
+    monkeypatch.setattr(terminal, "_enabled", True)  # as `configure` sets it on a TTY
+    shown = "\n".join(show_lines(root / "20260102T000000Z-cache", 150))
+    assert "\033[1;31mfailed" in shown and "\033[32mdone" in shown
+    listed = "\n".join(records_lines(root, 150))
+    assert "\033[32mcompleted" in listed and "\033[1;31mfailed" in listed
+    monkeypatch.setattr(terminal, "_enabled", False)
+    assert "\033[" not in "\n".join(show_lines(root / "20260102T000000Z-cache", 150))
