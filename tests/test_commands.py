@@ -135,3 +135,33 @@ def test_a_step_of_values_plans_without_connecting(tmp_path: Path) -> None:
     assert step.plan() == ["ssh jqwang@nixos-utm-cache.local bash -s <<< true"]
     with pytest.raises(RunbookError, match="never connects"):
         ctx.execute(cmd)
+
+
+def test_02_and_90_type_what_their_plans_show(tmp_path: Path) -> None:
+    """The plan once showed `sudo su, passwd, *****, *****` while 02 also typed a marker
+    line, and 90's plan the bare fixes while it typed them between markers."""
+    from runbook.sections import s02_console, s90_recover
+    from runbook.sections.vm_console import VmConsole
+
+    ctx = Context("x", load(PARAMS / "cache.yaml"), Mode.PLAN, False, SecretStore(tmp_path / "s"))
+    vm = ctx.dep.cache_vm
+    typed: list[str] = []
+
+    class Keys:
+        name = "serial"
+
+        def type_text(self, _vm: str, text: str | Secret) -> None:
+            typed.append((text.reveal() if isinstance(text, Secret) else text).rstrip("\n"))
+
+    password = Secret("Typed-Pw-123456", "live")
+    s02_console.type_password(ctx, VmConsole(vm, Keys(), None), password)  # type: ignore[arg-type]
+    plan = s02_console.set_root_password(ctx, vm).plan()
+    assert len(typed) == 5 and typed[1] == "echo RUNBOOK-ROOT-''READY"
+    shown = [line for line in plan if "input keystroke" in line]
+    assert len(shown) == len(typed) and "RUNBOOK-ROOT-" in shown[1] and "READY" in shown[1]
+    assert "Typed-Pw" not in " ".join(plan) and "*****" in shown[3]
+    fixes = [line for line in s90_recover.recover(ctx, vm).plan() if "input keystroke" in line]
+    assert [f.count("RUNBOOK-") for f in fixes] == [2, 2, 2]
+    assert s90_recover.fix_lines(ctx, vm)[0].text.startswith(
+        "echo RUNBOOK-FIX0-BE''GIN; ssh-keygen -A; echo RUNBOOK-FIX0-''END=$?"
+    )

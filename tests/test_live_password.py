@@ -142,7 +142,7 @@ class _Typing:
                 return discover.Resolution("198.51.100.7", "arp", "arp")
             return discover.Resolution("198.51.100.7", "callback", "called back")
 
-        def type_password(c: Any, pw: Secret) -> None:
+        def type_password(_ctx: Any, c: Any, pw: Secret) -> None:
             path = store.path(NAME)
             held = path.read_text() if path.exists() else None
             mode = path.stat().st_mode & 0o777 if path.exists() else None

@@ -25,6 +25,7 @@ import threading
 from typing import Final
 
 from runbook.core.errors import ConnectError, HostKeyChangedError, RunbookError
+from runbook.core.masking import MASK
 from runbook.core.params import VM
 from runbook.core.secrets import Secret
 from runbook.engine.steps import TODO, Check, Context, Step, record_address
@@ -34,13 +35,13 @@ from runbook.sections.vm_console import (
     VmConsole,
     mac_side,
     open_console,
-    plan_typing,
     resolve,
     save_screen,
-    type_line,
+    type_value,
+    typing,
     watching,
 )
-from runbook.transport.commands import RemoteScript
+from runbook.transport.commands import ConsoleTyping, RemoteScript
 from runbook.transport.remote import Connection
 
 NOTEBOOK: Final = "02-console-ip"
@@ -149,15 +150,24 @@ def installed_login(ctx: Context, vm: VM, address: str) -> bool:
         return False
 
 
-def type_password(con: VmConsole, password: Secret) -> None:
-    """`sudo su`, `passwd`, the password twice: each after its prompt when the console answers."""
-    with watching(con) as watch:
-        type_line(con, watch, "sudo su")
+def password_lines(ctx: Context, vm: VM, password: Secret | str) -> list[ConsoleTyping]:
+    """`sudo su`, `passwd`, the password twice: each after its prompt when the console answers
+    (`password` is `*****` in a plan, which makes none)."""
+    return [
+        typing(ctx, vm, "sudo su"),
         # the marker is split so only its output matches, not the echoed command line
-        type_line(con, watch, "echo RUNBOOK-ROOT-''READY", READY_MARK + r"\s")
-        type_line(con, watch, "passwd", NEW_PROMPT)
-        type_line(con, watch, password, RETYPE_PROMPT)
-        said = type_line(con, watch, password, PASSWD_DONE)
+        typing(ctx, vm, "echo RUNBOOK-ROOT-''READY", READY_MARK + r"\s"),
+        typing(ctx, vm, "passwd", NEW_PROMPT),
+        typing(ctx, vm, password, RETYPE_PROMPT),
+        typing(ctx, vm, password, PASSWD_DONE),
+    ]
+
+
+def type_password(ctx: Context, con: VmConsole, password: Secret) -> None:
+    with watching(con) as watch:
+        said = ""
+        for line in password_lines(ctx, con.vm, password):
+            said = type_value(con, watch, line)
         if said and "successfully" not in said:
             raise RunbookError(f"passwd on {con.vm.name}'s console said: {said.strip()}")
 
@@ -189,7 +199,7 @@ def set_root_password(ctx: Context, vm: VM) -> Step:
         mac, con = console()
         try:
             try:
-                type_password(con, password)
+                type_password(ctx, con, password)
             finally:
                 save_screen(ctx, con, "02-root-password")
             # now the VM may be found by what it answers on its console (lesson 8)
@@ -201,12 +211,11 @@ def set_root_password(ctx: Context, vm: VM) -> Step:
             raise RunbookError(f"typed the password on {con.label}, but SSH still fails: {detail}")
         return f"typed on {con.label}; {detail}"
 
-    lines = ["sudo su", "passwd", "*****", "*****"]
     return Step(
         f"set root's password on {vm.name}'s console (lesson 4)",
         f"{vm.name} (console)",
         [
-            *plan_typing(ctx, vm, lines),
+            *password_lines(ctx, vm, MASK),
             "# then a fresh root login with it:",
             RemoteScript(
                 ctx.dep.host(vm, installed=False, address=f"<{vm.name}'s address now>"), "id -u"

@@ -22,16 +22,16 @@ from runbook.sections.vm_console import (
     VmConsole,
     exit_status,
     key_fingerprint,
+    marked,
     parse_public_keys,
     pin_host_keys,
-    plan_typing,
     resolve,
     run_marked,
     save_screen,
     sshd_banner,
     watching,
 )
-from runbook.transport.commands import RemoteScript
+from runbook.transport.commands import ConsoleTyping, RemoteScript
 from runbook.transport.hostkeys import KnownHosts, entry_name
 from runbook.transport.remote import Connection
 
@@ -40,6 +40,12 @@ logger: Final = logging.getLogger(__name__)
 NOTEBOOK: Final = "90-recover-host-keys"
 FIX: Final = ("ssh-keygen -A", "systemctl restart sshd")  # the handbook's lesson 3
 SHOW_KEYS: Final = "cat /etc/ssh/ssh_host_*_key.pub"
+FIX_TAGS: Final = tuple((command, f"FIX{i}") for i, command in enumerate(FIX))
+
+
+def fix_lines(ctx: Context, vm: VM) -> list[ConsoleTyping]:
+    """What 90 types: each fix between markers (its exit status read back), then the keys."""
+    return [marked(ctx, vm, c, tag) for c, tag in FIX_TAGS] + [marked(ctx, vm, SHOW_KEYS, "KEYS")]
 
 
 def login_check(ctx: Context, vm: VM, address: str | None = None) -> RemoteScript:
@@ -71,11 +77,11 @@ def fresh_login(ctx: Context, vm: VM, address: str) -> Check:
 def recover_on_console(ctx: Context, con: VmConsole, address: str) -> str:
     """Type the fix; with a console that answers, check it and pin the new keys."""
     with watching(con) as watch:
-        for i, command in enumerate(FIX):
-            out = run_marked(con, watch, command, f"FIX{i}")
-            if out is not None and exit_status(out, f"FIX{i}") != 0:
+        for (command, tag), line in zip(FIX_TAGS, fix_lines(ctx, con.vm), strict=False):
+            out = run_marked(con, watch, line, tag)
+            if out is not None and exit_status(out, tag) != 0:
                 raise RunbookError(f"`{command}` failed on {con.label}: {out.strip()[-300:]}")
-        shown = run_marked(con, watch, SHOW_KEYS, "KEYS")
+        shown = run_marked(con, watch, fix_lines(ctx, con.vm)[-1], "KEYS")
     keys = parse_public_keys(shown or "")
     if keys:
         pin_host_keys(ctx.dep.known_hosts_path, address, con.vm.port, keys)
@@ -133,7 +139,7 @@ def recover(ctx: Context, vm: VM) -> Step:
         [
             login_check(ctx, vm),
             "# only if that fails, on the console:",
-            *plan_typing(ctx, vm, [*FIX, SHOW_KEYS]),
+            *fix_lines(ctx, vm),
         ],
         probe=probe,
         action=action,

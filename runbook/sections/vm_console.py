@@ -53,6 +53,7 @@ from runbook.mac.discover import (
     tcp_callback,
     tcp_sweep,
 )
+from runbook.transport.commands import ConsoleTyping
 from runbook.transport.hostkeys import KnownHosts, entry_name
 from runbook.transport.remote import tcp_probe
 
@@ -180,15 +181,34 @@ class LazyConsole:
             self._opened[1].close()
 
 
-def plan_typing(ctx: Context, vm: VM, lines: list[str]) -> list[str]:
-    """How typed lines show in a plan, secrets as *****: for utm-input UTM's readable
-    `input keystroke` form (the codes sent would spell the password), else `[console] LINE ⏎`."""
+def typing(ctx: Context, vm: VM, text: str | Secret, wait_for: str | None = None) -> ConsoleTyping:
+    """`text` typed on `vm`'s console with the params' backend, shown in a plan as it is sent
+    (secrets as *****): for utm-input UTM's readable `input keystroke` form (the codes sent
+    would spell the password), else `[console] LINE ⏎`."""
     name = ctx.dep.console.backend
-    if name == "utm-input":
-        from runbook.sections.common import keystroke
 
-        return [f"{keystroke(vm, line)}   # sent as `input scan code`" for line in lines]
-    return [f"[{vm.name} console, {BACKEND_LABEL[name]}] {line} ⏎" for line in lines]
+    def shown(line: str | Secret) -> str:
+        if name == "utm-input":
+            from runbook.sections.common import keystroke
+
+            return f"{keystroke(vm, line)}   # sent as `input scan code`"
+        return f"[{vm.name} console, {BACKEND_LABEL[name]}] {line} ⏎"
+
+    return ConsoleTyping(vm.name, text, wait_for, shown)
+
+
+def plan_typing(ctx: Context, vm: VM, lines: list[str]) -> list[ConsoleTyping]:
+    return [typing(ctx, vm, line) for line in lines]
+
+
+def type_value(
+    con: VmConsole,
+    watch: SerialConsole | None,
+    line: ConsoleTyping,
+    timeout: float = PROMPT_TIMEOUT,
+) -> str:
+    """Type one planned line (`typing`) and wait as it says."""
+    return type_line(con, watch, line.text, line.wait_for, timeout)
 
 
 @contextmanager
@@ -224,17 +244,24 @@ def type_line(
     return watch.read_until(wait_for, timeout).group(0)
 
 
-def run_marked(con: VmConsole, watch: SerialConsole | None, command: str, tag: str) -> str | None:
-    """Type `command; echo TAG-END=$?`; the text between, or None without a reader.
-
-    The marker is split with '' so the echoed command line never matches (as discover.py does).
-    """
+def marked(ctx: Context, vm: VM, command: str, tag: str) -> ConsoleTyping:
+    """`command` typed between markers: `echo TAG-BEGIN; command; echo TAG-END=$?`. The
+    markers are split with '' so the echoed command line never matches (as discover.py does)."""
     begin, end = f"RUNBOOK-{tag}-BEGIN", f"RUNBOOK-{tag}-END"
     typed = f"echo {_split(begin)}; {command}; echo {_split(end)}=$?"
+    return typing(ctx, vm, typed, rf"{re.escape(end)}=\d+")
+
+
+def run_marked(
+    con: VmConsole, watch: SerialConsole | None, line: ConsoleTyping, tag: str
+) -> str | None:
+    """Type the `marked(..., tag)` line; the text from its begin marker on, or None without a
+    reader."""
+    begin = f"RUNBOOK-{tag}-BEGIN"
     if watch is None:
-        type_line(con, None, typed)
+        type_line(con, None, line.text)
         return None
-    type_line(con, watch, typed, rf"{re.escape(end)}=\d+")
+    type_value(con, watch, line)
     text = clean_console_text(watch.transcript)
     return text[text.rfind(begin) :] if begin in text else text
 

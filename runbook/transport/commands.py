@@ -16,7 +16,7 @@ string instead; it runs no shell.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -142,13 +142,19 @@ class FilePut:
 
 @dataclass(frozen=True)
 class ConsoleTyping:
-    """A line typed on `vm`'s console, then Return; a secret prints as `*****`."""
+    """A line typed on `vm`'s console, then Return; where the console can be read, typing
+    goes on once it shows `wait_for` (a regular expression). `shown` is how the console
+    backend's typing looks in a plan (a secret prints as `*****`)."""
 
     vm: str
     text: str | Secret
+    wait_for: str | None = None
+    shown: Callable[[str | Secret], str] | None = field(default=None, compare=False, repr=False)
 
     def render(self) -> str:
-        return mask(f"type on {self.vm}'s console: {self.text}")
+        line = self.shown(self.text) if self.shown else f"type on {self.vm}'s console: {self.text}"
+        wait = f"   # then waits for /{self.wait_for}/" if self.wait_for else ""
+        return mask(f"{line}{wait}")
 
 
 Command = LocalCommand | RemoteScript | FilePut | ConsoleTyping
