@@ -17,6 +17,7 @@ from typing import Any
 
 from runbook.core import terminal
 from runbook.core.errors import InputError
+from runbook.core.params import load
 from runbook.engine.steps import Mode
 from runbook.notebook import build
 from runbook.notebook.records import default_root, resolve
@@ -87,6 +88,7 @@ def handle(args: argparse.Namespace) -> int:
     resume = resolve(root, args.resume) if args.resume else None
     if resume is not None and (args.from_ or only):
         raise InputError("--resume continues the record's own notebooks: drop --from/--only")
+    load(args.params)  # bad params: exit 2 now, before any notebook is built
     _note_edited_checkout()
     with built_notebooks() as notebooks:
         req = runner.RunRequest(
