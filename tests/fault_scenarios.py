@@ -691,9 +691,7 @@ def cache_key_regenerated(lab: FaultLab) -> Outcome:
         outcome.notes.append("the key did not change")
 
     def lift() -> None:
-        # 07 trusts the key 06 read from the cache (06 keeps it): both, as a user would
-        # after `attic cache configure --regenerate-keypair` (08's "run notebook 07" alone
-        # would trust the stale key 06 kept)
+        # 07 trusts the key 06 read from the cache (06 keeps it): both, as 08's failure says
         trusted = lab.deploy("--only", "06,07")
         if trusted.rc != 0:
             outcome.notes.append(f"deploy --only 06,07 exited {trusted.rc}")

@@ -13,6 +13,7 @@ the worker's nix.conf lines in NIX_CONFIG.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -165,7 +166,9 @@ class FakeHost:
             return self._ok(shown, "")  # a public cache answers whatever the token
         raise AssertionError(f"unexpected command on {self.name}: {shown}")
 
-    def put(self, path: str, content: Secret, *, mode: int, owner: str | None, **_: object) -> Result:
+    def put(
+        self, path: str, content: Secret, *, mode: int, owner: str | None, **_: object
+    ) -> Result:
         self.files[path] = (content.reveal().encode(), mode, owner)
         return self._ok(f"put {path}", "")
 
@@ -521,3 +524,12 @@ def test_08_one_configuration_for_both_is_said(tmp_path, atticd) -> None:
     ctx = _two_workers(tmp_path, atticd, a, b)
     check = s08_verify.substitute_peer(ctx, *ctx.dep.workers).probe()  # type: ignore[misc]
     assert check.done and "vm-worker-2 runs vm-worker's system" in check.reason
+
+
+def test_the_key_drift_hint_names_the_notebooks_that_fix_it() -> None:
+    """07 alone trusts the key 06 kept: the hint once said "run notebook 07", which failed."""
+    old, new = (f"main:{base64.b64encode(bytes([n]) * 32).decode()}" for n in (1, 2))
+    settings = attic.NixTrust(substituters=("http://c:8080/main",), trusted_public_keys=(old,))
+    with pytest.raises(attic.TrustMismatchError) as raised:
+        attic.judge_trust("vm-worker", settings, "http://c:8080/main", new)
+    assert "--only 06,07" in str(raised.value) and "run notebook 07 " not in str(raised.value)

@@ -811,5 +811,6 @@ def judge_trust(host: str, trust: NixTrust, cache_url: str, cache_key: str) -> s
     trusts = f"trusts {held}" if held else f"trusts no {live.name}: key"
     raise TrustMismatchError(
         f"{host} {trusts}, but the cache {url} signs with {live}: Nix there refuses its "
-        'paths ("not signed by any of the keys"); run notebook 07 to trust the new key'
+        'paths ("not signed by any of the keys"); run notebooks 06 and 07 (`runbook deploy '
+        "PARAMS --only 06,07`): 06 reads the key the cache signs with, 07 has the workers trust it"
     )

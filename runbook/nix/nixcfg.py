@@ -805,7 +805,7 @@ def plan_package(nix: NixFile, package: str = ATTIC_CLIENT) -> Edit | None:
     if not _pkgs_in_scope(nix):
         raise InputError(
             f"{nix.name}: `pkgs` is not an argument of this module; add "
-            f"`environment.systemPackages = [ pkgs.{package} ];` to the cache's configuration"
+            f"`environment.systemPackages = [ pkgs.{package} ];` to this module by hand"
         )
     return _plan_new_binding(nix, SYSTEM_PACKAGES, f"[ pkgs.{package} ]")
 
