@@ -27,7 +27,7 @@ system-deps:
 lint: $(STAMP)
 	$(BIN)/ruff check runbook tests bench
 	$(BIN)/ruff format --check runbook tests bench
-	$(BIN)/mypy runbook
+	$(BIN)/mypy runbook tests bench
 	$(BIN)/python -m runbook.sections.outline check notebooks
 
 # notebooks/ is built from runbook/sections/outline.py: edit that, then run this

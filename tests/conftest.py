@@ -30,7 +30,6 @@ def need(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The markers, where they belong: every test of a lab file brings up (or uses) the lab's
     namespaces, as root; a test on the test sshd needs root for its users. So

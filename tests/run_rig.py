@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runbook.engine.steps import Context
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS = REPO / "params"
@@ -119,3 +124,10 @@ def build_notebooks(folder: Path) -> Path:
 
     build.write(outline.sources(), folder)
     return folder
+
+
+def inject_connection(ctx: Context, key: tuple[str, bool, str], host: object) -> None:
+    """A fake host as the connection `ctx` hands out for `key` (VM name, installed, password
+    name): its connection pool gives it as if connected."""
+    ctx.pool._connections[key] = host  # type: ignore[assignment]
+    ctx.pool._connecting[key] = threading.Lock()

@@ -27,6 +27,7 @@ from runbook.core.params import load
 from runbook.core.secrets import Secret, SecretStore
 from runbook.engine.steps import Context, Mode
 from runbook.sections import s06_cache, s07_workers
+from tests.run_rig import inject_connection
 
 SYSTEM = "/nix/store/3k1wymic8p7h5pfcqfhh0jan8ny2a712-nixos-system-nixos-utm-cache-25.11"
 ETC = "/nix/store/544qcchwgcgpz3xi1bbml28f8jj6009p-etc"
@@ -129,13 +130,6 @@ class FakeCacheVM:
         return Result(command, self.exit_code, "", self.output, 1.0, "vm-test-cache")
 
 
-def _inject(ctx: Context, key: tuple[str, bool, str], host: object) -> None:
-    """A fake host as the connection `ctx` hands out for `key` (its connection pool's)."""
-    holder = getattr(ctx, "pool", ctx)
-    holder._connections[key] = host
-    holder._connecting[key] = threading.Lock()
-
-
 def _ctx(
     tmp_path: Path,
     atticd: FakeAtticd,
@@ -158,7 +152,7 @@ def _ctx(
     )
     ctx = Context("06-cache", load(params), Mode.DEPLOY, True, SecretStore(tmp_path / "s"))
     ctx.store.put(ctx.dep.cache.admin_token, Secret("eyJh.eyJz.c2ln", "attic token"))
-    _inject(ctx, (ctx.dep.cache_vm.name, True, ""), vm)
+    inject_connection(ctx, (ctx.dep.cache_vm.name, True, ""), vm)
     return ctx
 
 
@@ -316,7 +310,7 @@ class FakeWorker:
 def _worker_ctx(tmp_path: Path, atticd: FakeAtticd, worker: FakeWorker) -> Context:
     ctx = _ctx(tmp_path, atticd, FakeCacheVM(atticd, ""), workers=1)
     ctx.store.put(s06_cache.WORKER_TOKEN, Secret("eyJh.eyJ3.d29ya2Vy", "attic token"))
-    _inject(ctx, ("vm-test-worker", True, ""), worker)
+    inject_connection(ctx, ("vm-test-worker", True, ""), worker)
     return ctx
 
 
@@ -383,7 +377,9 @@ def test_a_workers_login_puts_the_push_token_0600(tmp_path: Path, atticd: FakeAt
                 return Result("p", 0, "/root/.config/attic/config.toml\n", "", 0.1, "w")
             raise AssertionError(command)
 
-        def put(self, path: str, content: Secret, *, mode: int, owner: str | None, **_: object) -> Result:
+        def put(
+            self, path: str, content: Secret, *, mode: int, owner: str | None, **_: object
+        ) -> Result:
             self.put_ = (path, content.reveal(), mode, owner)
             return Result("put", 0, "", "", 0.1, "w")
 

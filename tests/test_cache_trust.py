@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from runbook.cache import attic
-from runbook.core.errors import RunbookError
+from runbook.core.errors import InputError, RunbookError
 from runbook.core.models import Result
 from runbook.core.params import load
 from runbook.core.secrets import Secret, SecretStore
@@ -41,6 +41,7 @@ from runbook.lab.attic.state import CacheRecord, PathObject, generate_keypair
 from runbook.sections import s06_cache, s08_verify
 from runbook.sections.outline import section_steps
 from tests.conftest import need
+from tests.run_rig import inject_connection
 
 SYSTEM = "/nix/store/3k1wymic8p7h5pfcqfhh0jan8ny2a712-nixos-system-nixos-utm-cache-25.11"
 NAR_HASH = "sha256:" + "91e129ac1959d062ad093d2b1f8b65afae0f712056fe3eac78ec530ff6a1bb9a"
@@ -159,7 +160,7 @@ class FakeHost:
         if shown.startswith("stat -c %a "):
             if CONFIG_PATH not in self.files:
                 return self._ok(shown, "", 1)
-            data, mode, _ = self.files[CONFIG_PATH]
+            data, mode, _owner = self.files[CONFIG_PATH]
             digest = hashlib.sha256(data).hexdigest()
             return self._ok(shown, f"{mode:o}\n{digest}  {CONFIG_PATH}\n")
         if shown.startswith("attic cache info"):
@@ -171,13 +172,6 @@ class FakeHost:
     ) -> Result:
         self.files[path] = (content.reveal().encode(), mode, owner)
         return self._ok(f"put {path}", "")
-
-
-def _inject(ctx: Context, key: tuple[str, bool, str], host: object) -> None:
-    """A fake host as the connection `ctx` hands out for `key` (its connection pool's)."""
-    holder = getattr(ctx, "pool", ctx)
-    holder._connections[key] = host
-    holder._connecting[key] = threading.Lock()
 
 
 def _ctx(tmp_path: Path, atticd: FakeAtticd, hosts: dict[str, FakeHost]) -> Context:
@@ -194,7 +188,7 @@ def _ctx(tmp_path: Path, atticd: FakeAtticd, hosts: dict[str, FakeHost]) -> Cont
     )
     ctx = Context("08-verify", load(params), Mode.DEPLOY, True, SecretStore(tmp_path / "s"))
     for name, host in hosts.items():
-        _inject(ctx, (name, True, ""), host)
+        inject_connection(ctx, (name, True, ""), host)
     return ctx
 
 
@@ -341,9 +335,9 @@ def test_client_config_is_what_login_rs_writes() -> None:
         'default-server = "local"\n\n[servers.local]\n'
         f'endpoint = "http://localhost:8080"\ntoken = "{TOKEN_A}"\n'
     )
-    with pytest.raises(attic.InputError):
+    with pytest.raises(InputError):
         attic.client_config("-bad", "http://x", Secret(TOKEN_A))
-    with pytest.raises(attic.InputError):
+    with pytest.raises(InputError):
         attic.client_config("local", "http://x", Secret('a"b'))
 
 
@@ -427,7 +421,7 @@ def test_00_reads_the_notebooks_of_its_run_from_the_manifest(tmp_path) -> None:
     record = tmp_path / "record"
     record.mkdir()
     names = ["00-architecture-preflight", "07-workers", "08-verify"]
-    manifest = {
+    manifest: dict[str, object] = {
         "deployment": "t", "record": str(record), "params": "p", "params_digest": "d",
         "runbook_version": "0", "papermill_version": "0", "nixos_config_commit": None,
         "mode": "deploy", "status": "running", "started": "2026-01-01T00:00:00Z", "ended": None,
@@ -490,7 +484,7 @@ def _two_workers(tmp_path: Path, atticd: FakeAtticd, a: FakeHost, b: FakeHost) -
     ctx.loaded.path.write_text(text)
     ctx = Context("08-verify", load(ctx.loaded.path), Mode.DEPLOY, True, ctx.store)
     for name, host in {"vm-cache": FakeHost("vm-cache"), "vm-worker": a, "vm-worker-2": b}.items():
-        _inject(ctx, (name, True, ""), host)
+        inject_connection(ctx, (name, True, ""), host)
     return ctx
 
 

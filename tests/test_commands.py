@@ -162,6 +162,6 @@ def test_02_and_90_type_what_their_plans_show(tmp_path: Path) -> None:
     assert "Typed-Pw" not in " ".join(plan) and "*****" in shown[3]
     fixes = [line for line in s90_recover.recover(ctx, vm).plan() if "input keystroke" in line]
     assert [f.count("RUNBOOK-") for f in fixes] == [2, 2, 2]
-    assert s90_recover.fix_lines(ctx, vm)[0].text.startswith(
+    assert str(s90_recover.fix_lines(ctx, vm)[0].text).startswith(
         "echo RUNBOOK-FIX0-BE''GIN; ssh-keygen -A; echo RUNBOOK-FIX0-''END=$?"
     )

@@ -44,7 +44,7 @@ class Rig:
     argv: set[str] = field(default_factory=set)  # every argv seen on the first worker
 
     def deploy(self, *extra: str) -> Deploy:
-        from tests.test_lab_cache_trust import ArgvSampler
+        from tests.fault_scenarios import ArgvSampler
 
         log = self.logs / f"deploy-{len(list(self.logs.glob('*.log')))}.log"
         with ArgvSampler(HOSTS[0]) as sampler:

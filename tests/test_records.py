@@ -12,7 +12,9 @@ from runbook.core.errors import InputError
 from runbook.notebook import records
 
 
-def _manifest(rid: str, status: str = "completed", failed: str | None = None) -> records.Manifest:
+def _manifest(
+    rid: str, status: records.RunStatus = "completed", failed: str | None = None
+) -> records.Manifest:
     nb = records.NotebookEntry(
         notebook="05-token-secret",
         status="failed" if failed else "completed",
@@ -45,10 +47,12 @@ def _manifest(rid: str, status: str = "completed", failed: str | None = None) ->
     )
 
 
-def _write(root: Path, rid: str, **kw: str) -> Path:
+def _write(
+    root: Path, rid: str, status: records.RunStatus = "completed", failed: str | None = None
+) -> Path:
     path = root / rid
     path.mkdir(parents=True)
-    records.write_manifest(path, _manifest(rid, **kw))
+    records.write_manifest(path, _manifest(rid, status, failed))
     return path
 
 
@@ -218,8 +222,8 @@ def test_keep_params_copies_the_file_and_keeps_both_when_a_resume_changed_it(
 def test_step_entries_keep_the_start_and_old_records_without_it_still_read(
     tmp_path: Path,
 ) -> None:
-    new = {"notebook": "n", "step": "s", "host": "h", "outcome": "done", "reason": ""}
-    new |= {"duration": 0.5, "commands": [], "start": "2026-01-01T00:00:00.000000Z"}
+    new: dict[str, object] = {"notebook": "n", "step": "s", "host": "h", "outcome": "done"}
+    new |= {"reason": "", "duration": 0.5, "commands": [], "start": "2026-01-01T00:00:00.000000Z"}
     old = {k: v for k, v in new.items() if k != "start"}
     entries = records.step_entries([new, old])  # type: ignore[list-item]
     assert entries[0]["start"] == "2026-01-01T00:00:00.000000Z" and "start" not in entries[1]

@@ -371,10 +371,10 @@ class Rig:
     def records(self) -> list[Path]:
         return sorted(p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
 
-    def manifest(self, record: Path) -> dict:  # type: ignore[type-arg]
+    def manifest(self, record: Path) -> dict:
         import json
 
-        return json.loads((record / "manifest.json").read_text())  # type: ignore[no-any-return]
+        return json.loads((record / "manifest.json").read_text())
 
     def pid(self, name: str) -> int:
         return int((self.marks / name).read_text())

@@ -63,7 +63,7 @@ def _address(value: str) -> str:
     except ValueError:
         ip = None
     if isinstance(ip, ipaddress.IPv6Address):
-        raise ValueError(
+        raise ValueError(  # noqa: TRY004 - pydantic reports a ValueError as the field's error
             "IPv6 addresses are not supported: expected an IPv4 address or a host name"
         )
     if ":" in value:
