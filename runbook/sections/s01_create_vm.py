@@ -19,7 +19,6 @@ from runbook.core.params import VM, Deployment
 from runbook.engine.steps import DONE, TODO, Check, Context, Step, unchecked
 from runbook.mac import iso as nixos_iso
 from runbook.mac import utm
-from runbook.sections.common import render
 from runbook.sections.vm_console import MacSide, mac_side
 from runbook.transport.commands import LocalCommand
 
@@ -52,9 +51,9 @@ def iso_plan(dep: Deployment) -> list[str]:
         return [f"# utm.iso auto: NixOS {src.release} ISO cached at {src.path}"]
     return [
         f"# utm.iso auto: download the NixOS {src.release} ISO once, checked against its SHA-256:",
-        render(["curl", "-fL", src.checksum_url]),
-        render(["curl", "-fL", "-o", str(src.part), src.url]),
-        f"# the hash must match, then: mv {src.part} {src.path}",
+        f"GET {src.checksum_url} (from here: the published SHA-256)",
+        f"GET {src.url} -> {src.part} (hashed as it comes)",
+        f"# the hash must match, then {src.part} is renamed {src.path}",
     ]
 
 

@@ -18,16 +18,16 @@ from runbook.sections.common import (
     installed_root_password,
     known_fingerprints,
     login_works,
-    make_argv,
+    make_command,
     make_result,
     recipe_exit,
     remote_probe,
-    render,
+    remote_script,
 )
 from runbook.sections.s01_create_vm import listed
 from runbook.sections.s02_console import stored_live_password
 from runbook.sections.vm_console import MacSide, mac_side, resolve
-from runbook.transport.commands import Command
+from runbook.transport.commands import Command, LocalCommand, RemoteScript
 from runbook.transport.hostkeys import entry_name
 from runbook.transport.remote import Connection
 
@@ -72,14 +72,20 @@ def installed_probe(ctx: Context, vm: VM) -> Callable[[], Check]:
     return probe
 
 
+def live_login(ctx: Context, vm: VM) -> RemoteScript:
+    """The live ISO's root login, its host key checked strictly before anything is wiped."""
+    return remote_script(ctx, vm, "true", installed=False)
+
+
 def bootstrap0(ctx: Context, vm: VM) -> Step:
-    argv = make_argv(ctx, "vm/bootstrap0", vm)
+    make = make_command(ctx, "vm/bootstrap0", vm)
     disk = vm.disk_interface.device
     note = f"wipes {disk} on {vm.name}"
     cmds: list[Command | str] = [
+        live_login(ctx, vm),
         "# it ends in reboot; afterwards root logs in with bootstrap0's password, and the new",
         "# host keys of the reinstall replace the known ones here only (old and new logged):",
-        render(argv),
+        make,
     ]
     if disk != MAKEFILE_DISK:
         cmds.insert(
@@ -92,7 +98,7 @@ def bootstrap0(ctx: Context, vm: VM) -> Step:
         host_label(ctx, vm, installed=False),
         cmds,
         probe=installed_probe(ctx, vm),
-        action=lambda: install(ctx, vm, argv, live_root_password(ctx)),
+        action=lambda: install(ctx, vm, make, live_root_password(ctx)),
         remote=True,
         dangerous=True,
         note=note,
@@ -111,21 +117,20 @@ def live_root_password(ctx: Context) -> Secret:
     return found
 
 
-def install(ctx: Context, vm: VM, argv: list[str], live_password: Secret | None) -> str:
+def install(ctx: Context, vm: VM, make: LocalCommand, live_password: Secret | None) -> str:
     """vm/bootstrap0, then the installed system's identity: new host keys, expected here."""
-    # the live ISO's key, checked strictly before anything is wiped
-    ctx.connection(vm, installed=False).run("true")
+    ctx.execute(live_login(ctx, vm))
     name = entry_name(vm.address, vm.port)
     known = ctx.dep.known_hosts_path
     before = known_fingerprints(known, name)
-    result = make_result(argv, live_password)
+    result = make_result(make, live_password)
     code = recipe_exit(result)
     # `nixos-install ... && reboot` drops the session: ssh may report 255 for it, but only
     # after nixos-install said it finished
     finished = INSTALL_FINISHED in result.stdout + result.stderr
     if result.exit_code != 0 and not (code == SSH_DROPPED and finished):
         raise CommandError(
-            host=vm.name, command=render(argv), exit_code=code or result.exit_code,
+            host=vm.name, command=make.render(), exit_code=code or result.exit_code,
             stderr=result.stderr or result.stdout,
         )  # fmt: skip
     address = back_after_reboot(ctx, vm)
