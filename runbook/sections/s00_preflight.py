@@ -16,7 +16,7 @@ from runbook.core.params import VM, check_paths
 from runbook.engine.steps import DONE, TODO, Check, Context, Step, unchecked
 from runbook.sections.common import config_present, render
 from runbook.transport import local
-from runbook.transport.commands import LocalCommand
+from runbook.transport.commands import Command, LocalCommand
 
 if TYPE_CHECKING:
     from runbook.nix.nixcfg import Change
@@ -148,6 +148,7 @@ def _go_on(ctx: Context) -> str:
 def attic_flake(ctx: Context) -> Step:
     """Lesson 1: drop the attic flake input and module; `nix flake lock` cleans the lock."""
     config = ctx.dep.nixos_config
+    lock = LocalCommand.of(["nix", "flake", "lock"], cwd=config)
 
     def changes() -> list[Change]:
         from runbook.doctor import planned_changes
@@ -166,13 +167,14 @@ def attic_flake(ctx: Context) -> Step:
         from runbook.nix.nixcfg import write_changes
 
         write_changes(changes())
-        local.run(["nix", "flake", "lock"], cwd=config, on_line=lambda _s, ln: print(f"      {ln}"))
+        local.run(list(lock.argv), cwd=lock.cwd, on_line=lambda _s, ln: print(f"      {ln}"))
         return "flake.nix and lib/mksystem.nix use nixpkgs' attic; lock refreshed"
 
-    cmds = [
-        render(["runbook", "doctor", str(ctx.loaded.path), "--fix"])
-        + "   # removes attic.url and inputs.attic.nixosModules.atticd",
-        f"cd {config} && nix flake lock",
+    cmds: list[Command | str] = [
+        "# what `"
+        + render(["runbook", "doctor", str(ctx.loaded.path), "--fix"])
+        + "` does, from here: removes attic.url and inputs.attic.nixosModules.atticd",
+        lock,
     ]
     return Step("use nixpkgs' attic, not the attic flake (lesson 1)", "localhost", cmds, probe, fix)
 

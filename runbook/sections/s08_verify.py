@@ -74,9 +74,11 @@ def verify(ctx: Context) -> Step:
         f"verify {url}",
         f"localhost -> {ctx.dep.cache.host}",
         [
-            f"curl -sf {_config_url(ctx)}   # public_key: the key it signs with now",
-            f"curl -sf {url}/nix-cache-info",
-            render(["runbook", "verify-cache", url, "--public-key", "K", "--store-path", "P"]),
+            f"GET {_config_url(ctx)} (its public_key: the key it signs with now), from here",
+            sample_query(ctx),
+            "# then, from here, what `"
+            + render(["runbook", "verify-cache", url, "--public-key", "K", "--store-path", "P"])
+            + "` checks: nix-cache-info, and that path's narinfo signed with K",
         ],
         probe=lambda: Check(True, check()),  # a check only: when it passes, nothing to do
         action=check,
