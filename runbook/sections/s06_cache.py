@@ -7,6 +7,7 @@ script on bash's stdin (lesson 5), and the token is a registered secret, masked 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shlex
@@ -17,6 +18,7 @@ from typing import Final
 
 from runbook.cache import attic, keys
 from runbook.core.errors import CommandError, RunbookError
+from runbook.core.models import Result
 from runbook.core.params import VM
 from runbook.core.secrets import Secret
 from runbook.engine.steps import TODO, Check, Context, Step
@@ -343,6 +345,39 @@ def _missing(ctx: Context, plan: _PushPlan) -> list[str]:
     )
 
 
+def judged(
+    vm: VM,
+    result: Result,
+    cache: str,
+    eligible: list[str],
+    upstream: list[str],
+    config: attic.CacheConfig,
+    missing: Callable[[], list[str]],
+) -> attic.PushVerdict:
+    """An `attic push` judged by its exit code, its `❌` lines, then what the cache still
+    lacks (asked only when it exited 0); a failed one is a CommandError naming the host."""
+    try:
+        return attic.judge_push(
+            cache=cache,
+            exit_code=result.exit_code,
+            output=result.stderr + result.stdout,
+            eligible=eligible,
+            upstream=len(upstream),
+            upstream_keys=config.upstream_cache_key_names,
+            missing_after=missing() if result.ok else [],
+        )
+    except attic.PushFailedError as exc:
+        if result.ok:
+            raise
+        raise CommandError(
+            host=vm.name,
+            command=result.command,
+            exit_code=result.exit_code,
+            stderr=result.stderr,
+            reason=str(exc),
+        ) from None
+
+
 def push(ctx: Context, vm: VM) -> Step:
     c = ctx.dep.cache
     argv = attic.push_argv(c.name, jobs=c.push_jobs, ignore_upstream_filter=not c.upstream_filter)
@@ -365,27 +400,10 @@ def push(ctx: Context, vm: VM) -> Step:
     def apply() -> str:
         plan = _push_plan(ctx, vm)
         result = ctx.execute(upload, check=False)
-        try:
-            verdict = attic.judge_push(
-                cache=c.name,
-                exit_code=result.exit_code,
-                output=result.stderr + result.stdout,
-                eligible=plan.eligible,
-                upstream=len(plan.upstream),
-                upstream_keys=plan.config.upstream_cache_key_names,
-                missing_after=_missing(ctx, plan) if result.ok else [],
-            )
-        except attic.PushFailedError as exc:
-            if result.ok:
-                raise
-            raise CommandError(
-                host=vm.name,
-                command=result.command,
-                exit_code=result.exit_code,
-                stderr=result.stderr,
-                reason=str(exc),
-            ) from None
-        return verdict.summary()
+        missing = functools.partial(_missing, ctx, plan)
+        return judged(
+            vm, result, c.name, plan.eligible, plan.upstream, plan.config, missing
+        ).summary()
 
     return Step(
         f"push the store to {c.name} (-j {c.push_jobs}, upstream filter {filt})",
@@ -481,26 +499,8 @@ def push_closure(ctx: Context, vm: VM) -> Step:
         plan = _closure_plan(ctx, vm)
         result = ctx.execute(upload, check=False)
         output = result.stderr + result.stdout
-        try:
-            verdict = attic.judge_push(
-                cache=c.name,
-                exit_code=result.exit_code,
-                output=output,
-                eligible=plan.eligible,
-                upstream=len(plan.upstream),
-                upstream_keys=plan.config.upstream_cache_key_names,
-                missing_after=missing(plan) if result.ok else [],
-            )
-        except attic.PushFailedError as exc:
-            if result.ok:
-                raise
-            raise CommandError(
-                host=vm.name,
-                command=result.command,
-                exit_code=result.exit_code,
-                stderr=result.stderr,
-                reason=str(exc),
-            ) from None
+        left = functools.partial(missing, plan)
+        verdict = judged(vm, result, c.name, plan.eligible, plan.upstream, plan.config, left)
         sent = attic.push_sent(attic.parse_push_lines(output), plan.infos)
         return f"{vm.name}'s system {plan.system}: {sent.summary()}; {verdict.summary()}"
 
