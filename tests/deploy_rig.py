@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,3 +33,13 @@ def run_deploy(params: Path, secrets: Path, records: Path, log: Path, *extra: st
     (new,) = {p for p in set(records.iterdir()) - before if p.is_dir()}
     log.write_text(out)
     return Deploy(proc.returncode, out, seconds, new)
+
+
+def need_lab() -> None:
+    """Skip (outside CI) without what the lab's hosts are made of: root for the namespaces,
+    and the real programs each host runs."""
+    from tests.conftest import need
+
+    need(os.geteuid() == 0, "the lab needs root (network and mount namespaces)")
+    for tool in ("sshd", "fish", "sudo", "rsync", "nix-store", "ip", "unshare", "make"):
+        need(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(), f"needs {tool}")

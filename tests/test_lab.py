@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import need
+from tests.deploy_rig import need_lab
 
 STATE = Path("/var/lib/runbook-lab-test")
 PARAMS: dict[str, Any] = {
@@ -41,9 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _requirements() -> None:
-    need(os.geteuid() == 0, "the lab needs root (network and mount namespaces)")
-    for tool in ("sshd", "fish", "sudo", "rsync", "nix-store", "ip", "unshare", "make"):
-        need(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(), f"needs {tool}")
+    need_lab()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import need
-from tests.deploy_rig import Deploy, run_deploy
+from tests.deploy_rig import Deploy, need_lab, run_deploy
 
 STATE = Path("/var/lib/runbook-lab-deploytest")
 SUBNET, BRIDGE = "10.231.10.0/24", "rblabd"
@@ -48,9 +46,7 @@ def _deploy(params: Path, secrets: Path, records: Path, logs: Path, *extra: str)
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    need(os.geteuid() == 0, "the lab needs root (network and mount namespaces)")
-    for tool in ("sshd", "fish", "sudo", "rsync", "nix-store", "ip", "unshare", "make"):
-        need(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(), f"needs {tool}")
+    need_lab()
     from runbook import lab
     from runbook.lab import deployment
 

@@ -18,24 +18,19 @@ fault notebooks (test_reliability.py), not on a deployment.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests import fault_scenarios as fs
-from tests.conftest import need
+from tests.deploy_rig import need_lab
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[fs.FaultLab]:
-    need(os.geteuid() == 0, "the lab needs root (network and mount namespaces)")
-    for tool in ("sshd", "fish", "sudo", "rsync", "nix-store", "ip", "unshare", "make"):
-        need(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(), f"needs {tool}")
+    need_lab()
     rig = fs.FaultLab.create(tmp_path_factory.mktemp("labfaults"))
     try:
         yield rig

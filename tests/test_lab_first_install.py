@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from tests.conftest import need
-from tests.deploy_rig import Deploy, run_deploy
+from tests.deploy_rig import Deploy, need_lab, run_deploy
 
 STATE = Path("/var/lib/runbook-lab-firstinstall")
 SUBNET, BRIDGE = "10.231.13.0/24", "rblabf"
@@ -116,9 +116,7 @@ def _host_key(address: str) -> str:
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    need(os.geteuid() == 0, "the lab needs root (network and mount namespaces)")
-    for tool in ("sshd", "fish", "sudo", "rsync", "nix-store", "ip", "unshare", "make"):
-        need(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(), f"needs {tool}")
+    need_lab()
     need(shutil.which("ssh-keyscan") is not None, "needs ssh-keyscan")
     from runbook import lab
     from runbook.lab import deployment

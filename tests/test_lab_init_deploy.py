@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import need
+from tests.deploy_rig import need_lab
 
 STATE = Path("/var/lib/runbook-lab-initdeploy")
 SUBNET, BRIDGE = "10.231.33.0/24", "rblabi"
@@ -106,9 +106,7 @@ def _set_flags(environment: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    need(os.geteuid() == 0, "the lab needs root (network and mount namespaces)")
-    for tool in ("sshd", "fish", "sudo", "rsync", "nix-store", "ip", "unshare", "make"):
-        need(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(), f"needs {tool}")
+    need_lab()
     from runbook import lab
     from runbook.lab import deployment
 

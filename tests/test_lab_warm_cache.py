@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import need
-from tests.deploy_rig import Deploy, run_deploy
+from tests.deploy_rig import Deploy, need_lab, run_deploy
 
 STATE = Path("/var/lib/runbook-lab-warmtest")
 SUBNET, BRIDGE = "10.231.34.128/25", "rblabw"  # test_lab_cache_trust has 10.231.34.0/25
@@ -55,9 +52,7 @@ class Rig:
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    need(os.geteuid() == 0, "the lab needs root (network and mount namespaces)")
-    for tool in ("sshd", "fish", "sudo", "rsync", "nix-store", "ip", "unshare", "make"):
-        need(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(), f"needs {tool}")
+    need_lab()
     from runbook import lab
     from runbook.lab import deployment
 
