@@ -371,12 +371,11 @@ def test_preflight_notebook_runs_in_plan_mode_with_its_panel(
 def lab_record(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A record made by `runbook deploy --yes` of a lab (cache VM + one worker), in a child
     process as a user runs it; the lab is taken down before the browser starts."""
-    need(os.geteuid() == 0, "the lab needs root (network and mount namespaces)")
-    for tool in ("sshd", "fish", "sudo", "rsync", "nix-store", "ip", "unshare", "make"):
-        need(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(), f"needs {tool}")
     from runbook import lab
     from runbook.lab import deployment
-    from tests.deploy_rig import run_deploy
+    from tests.deploy_rig import need_lab, run_deploy
+
+    need_lab()
 
     tmp = tmp_path_factory.mktemp("browserlab")
     lab_file = deployment.write(
