@@ -548,7 +548,7 @@ def test_02_types_the_password_first_when_the_vm_is_not_found_yet(
 
     monkeypatch.setattr(s02_console, "LazyConsole", Lazy)
     monkeypatch.setattr(s02_console, "resolve", resolve)
-    monkeypatch.setattr(s02_console, "type_password", lambda con, pw: events.append("type"))
+    monkeypatch.setattr(s02_console, "type_password", lambda ctx, con, pw: events.append("type"))
     monkeypatch.setattr(s02_console, "save_screen", lambda *a: None)
     monkeypatch.setattr(
         s02_console, "root_login", lambda ctx, vm, where, pw: (True, f"root logs in at {where}")

@@ -118,12 +118,16 @@ def test_a_host_frozen_during_a_put_ends_within_the_bound(sshd: Sshd, tmp_path: 
     with Connection(_host(sshd, tmp_path)) as c:
         c.run("true")
         t0 = time.monotonic()
-        with frozen_sessions(sshd, after=0.3), pytest.raises(ConnectionLostError) as info:
+        # the keepalives lose the peer, or (on a busy machine, first) the put stops moving:
+        # either way it ends within the bound and says which put
+        lost = (ConnectionLostError, CommandStalledError)
+        with frozen_sessions(sshd, after=0.3), pytest.raises(lost) as info:
             c.put(str(target), os.urandom(64 * 1024 * 1024), mode=0o600)
         took = time.monotonic() - t0
     print(f"frozen host during a 64 MiB put: {took:.1f} s")
     assert took < 0.3 + FAST.dead_after + SLACK
-    assert "lost during `put " in str(info.value) and "keepalives" in str(info.value)
+    said = str(info.value)
+    assert "`put " in said and ("keepalives" in said or "stalled: no byte sent" in said)
 
 
 def test_a_transfer_is_judged_by_progress_not_wall_time(sshd: Sshd, tmp_path: Path) -> None:

@@ -221,11 +221,12 @@ def read(
     if not usable:
         view = views.get(cache) or next(iter(views.values()), None)
         where = _user_file(view, chosen_user.value) if view is not None else "users/USER/nixos.nix"
-        have = ", ".join(str(p.with_suffix(".pub")) for p, _ in local) or f"no {ssh_dir}/*.pub"
+        # key names only (their folder once): the line stays whole within the 300 characters
+        names = ", ".join(p.with_suffix(".pub").name for p, _ in local)
+        have = f"{ssh_dir}/{{{names}}}" if names else f"no {ssh_dir}/*.pub (ssh-keygen makes one)"
         raise InputError(
-            f"{root / where}: no local SSH key is authorized for {chosen_user.value} (looked at "
-            f"{have}): add your public key to users.users.{chosen_user.value}.openssh."
-            "authorizedKeys.keys there (or make one: ssh-keygen -t ed25519)"
+            f"{root / where}: no local SSH key is authorized for {chosen_user.value} ({have}): "
+            f"add one's .pub to users.users.{chosen_user.value}.openssh.authorizedKeys.keys there"
         )
     return found
 
