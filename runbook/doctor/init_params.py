@@ -222,8 +222,8 @@ def read(
         view = views.get(cache) or next(iter(views.values()), None)
         where = _user_file(view, chosen_user.value) if view is not None else "users/USER/nixos.nix"
         # key names only (their folder once): the line stays whole within the 300 characters
-        names = ", ".join(p.with_suffix(".pub").name for p, _ in local)
-        have = f"{ssh_dir}/{{{names}}}" if names else f"no {ssh_dir}/*.pub (ssh-keygen makes one)"
+        key_names = ", ".join(p.with_suffix(".pub").name for p, _ in local)
+        have = f"{ssh_dir}/{{{key_names}}}" if key_names else f"no {ssh_dir}/*.pub (ssh-keygen makes one)"
         raise InputError(
             f"{root / where}: no local SSH key is authorized for {chosen_user.value} ({have}): "
             f"add one's .pub to users.users.{chosen_user.value}.openssh.authorizedKeys.keys there"
