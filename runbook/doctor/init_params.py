@@ -223,7 +223,11 @@ def read(
         where = _user_file(view, chosen_user.value) if view is not None else "users/USER/nixos.nix"
         # key names only (their folder once): the line stays whole within the 300 characters
         key_names = ", ".join(p.with_suffix(".pub").name for p, _ in local)
-        have = f"{ssh_dir}/{{{key_names}}}" if key_names else f"no {ssh_dir}/*.pub (ssh-keygen makes one)"
+        have = (
+            f"{ssh_dir}/{{{key_names}}}"
+            if key_names
+            else f"no {ssh_dir}/*.pub (ssh-keygen makes one)"
+        )
         raise InputError(
             f"{root / where}: no local SSH key is authorized for {chosen_user.value} ({have}): "
             f"add one's .pub to users.users.{chosen_user.value}.openssh.authorizedKeys.keys there"
