@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from runbook.commands.records import find
 from runbook.core import terminal
 from runbook.core.errors import InputError
 from runbook.core.params import load
 from runbook.engine.steps import Mode
 from runbook.notebook import build
-from runbook.notebook.records import default_root, resolve
+from runbook.notebook.records import default_root
 from runbook.sections import outline
 
 # a checkout's notebooks/ (absent from an installed package): the outline's rendering
@@ -49,7 +50,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     deploy = sub.add_parser("deploy", help="run the notebooks in order into a record")
     _common(deploy)
     deploy.add_argument(
-        "--resume", metavar="RECORD", help="continue a failed or interrupted record"
+        "--resume",
+        metavar="RECORD",
+        help="continue a failed or interrupted record (a folder, an id, its prefix or latest)",
     )
     deploy.add_argument("--yes", action="store_true", help="confirm dangerous steps (disk wipe)")
     deploy.add_argument(
@@ -85,7 +88,7 @@ def handle(args: argparse.Namespace) -> int:
     only = tuple(x.strip() for x in args.only.split(",") if x.strip()) if args.only else ()
     if args.only is not None and not only:
         raise InputError("--only: expected notebook numbers such as 05,06")
-    resume = resolve(root, args.resume) if args.resume else None
+    resume = find(root, args.resume) if args.resume else None
     if resume is not None and (args.from_ or only):
         raise InputError("--resume continues the record's own notebooks: drop --from/--only")
     load(args.params)  # bad params: exit 2 now, before any notebook is built
