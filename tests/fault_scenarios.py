@@ -593,6 +593,13 @@ def _push_step() -> str:
     return "push the store to main"
 
 
+def _mid_push(run: Run) -> bool:
+    """The push runs on the cache VM and its step's header has reached the runner: a signal
+    now lands inside that step as the runner knows it (on a fast machine the push starts
+    before the kernel's header line is relayed)."""
+    return run.wait_process(CACHE_HOST, PUSH_RE) and run.wait_line(f"── {_push_step()}")
+
+
 def sigterm_during_the_push(lab: FaultLab, *extra: str) -> Outcome:
     """SIGTERM to `runbook deploy` (the runner alone, as `kill PID` sends it) while 06's
     `attic push` runs on the cache VM."""
@@ -601,7 +608,7 @@ def sigterm_during_the_push(lab: FaultLab, *extra: str) -> Outcome:
     outcome = Outcome("SIGTERM to runbook deploy during 06's push", TERM_GRACE + DEAD_KERNEL_WAIT)
     lab.new_store_path()
     run = lab.start(*extra)
-    if run.wait_process(CACHE_HOST, PUSH_RE):
+    if _mid_push(run):
         run.inject(lambda: os.kill(run.proc.pid, signal.SIGTERM))
     want = Expected("terminated", "06", _push_step(), ("terminated by SIGTERM", "--resume"))
     return _faulted(lab, outcome, run, want)
@@ -615,7 +622,7 @@ def sigint_during_the_push(lab: FaultLab) -> Outcome:
                       INTERRUPT_GRACE + DEAD_KERNEL_WAIT)  # fmt: skip
     lab.new_store_path()
     run = lab.start("--only", "06")
-    if run.wait_process(CACHE_HOST, PUSH_RE):
+    if _mid_push(run):
         run.inject(lambda: os.killpg(run.proc.pid, signal.SIGINT))
     want = Expected("interrupted", "06", _push_step(), ("interrupted (Ctrl-C)", "--resume"))
     return _faulted(lab, outcome, run, want)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -107,6 +108,9 @@ class Context:
     sink: Sink = _display_sink
     records: list[StepRecord] = field(default_factory=list)
     changed: set[str] = field(default_factory=set)
+    # what the notebook's steps read once and share (e.g. 08's sample path), under memo_lock
+    memo: dict[str, str] = field(default_factory=dict)
+    memo_lock: threading.Lock = field(default_factory=threading.Lock)
     pool: ConnectionPool = field(default_factory=ConnectionPool)
 
     @property

@@ -56,10 +56,15 @@ def realise(ctx: Context, vm: VM, path: str) -> RemoteScript:
 
 
 def _sample_path(ctx: Context) -> str:
-    path = ctx.execute(sample_query(ctx)).stdout.strip()
-    if not path.startswith("/nix/store/"):
-        raise RunbookError(f"{ctx.dep.cache.vm}: {SAMPLE_PATH_SCRIPT} gave {path!r}")
-    return path
+    """The cache VM's system, read once per notebook: the workers' steps run in parallel and
+    all substitute this one path."""
+    with ctx.memo_lock:
+        if "08-sample-path" not in ctx.memo:
+            path = ctx.execute(sample_query(ctx)).stdout.strip()
+            if not path.startswith("/nix/store/"):
+                raise RunbookError(f"{ctx.dep.cache.vm}: {SAMPLE_PATH_SCRIPT} gave {path!r}")
+            ctx.memo["08-sample-path"] = path
+        return ctx.memo["08-sample-path"]
 
 
 def verify(ctx: Context) -> Step:
